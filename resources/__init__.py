@@ -1,0 +1,1 @@
+"""Data shipped with napari-diffinfinite (installed as the package ``napari_diffinfinite.resources``)."""
