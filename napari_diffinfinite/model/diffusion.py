@@ -8,7 +8,7 @@ clipped to [-1, 1] when sampling, integer times in 0..T-1 and time pairs ending 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -176,16 +176,3 @@ def guided_scale(omega: float) -> float:
     return float(omega) + 1.0
 
 
-__all__: Sequence[str] = (
-    "Schedule",
-    "cosine_schedule",
-    "time_pairs",
-    "q_sample",
-    "predict_start_from_noise",
-    "predict_noise_from_start",
-    "predictions",
-    "ddim_step",
-    "multilabel_ddim_step",
-    "inpaint",
-    "guided_scale",
-)
