@@ -1,0 +1,156 @@
+"""Packaging: resources are found from the editable install and from a wheel installed elsewhere, and the
+wheel carries every subpackage, every resource file and the napari manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import napari_diffinfinite
+from napari_diffinfinite._resources import resource_path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = REPO / "napari_diffinfinite"
+RESOURCES_DIR = REPO / "resources"
+# Not part of the distribution; left out of the copy the wheel is built from.
+_BUILD_IGNORE = shutil.ignore_patterns(
+    ".git", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".venv", "venv*", ".pytest_cache", "tests"
+)
+
+
+def _source_packages() -> set[str]:
+    """Dotted names of the packages in the source tree (folders with __init__.py)."""
+    names = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for init in PACKAGE_DIR.rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    names.add("napari_diffinfinite.resources")
+    return names
+
+
+def _resource_files() -> set[str]:
+    return {
+        p.relative_to(RESOURCES_DIR).as_posix()
+        for p in RESOURCES_DIR.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+# -- editable install ------------------------------------------------------------------------------------------
+def test_editable_install_imports_from_the_repo():
+    assert Path(napari_diffinfinite.__file__).resolve().parent == PACKAGE_DIR
+
+
+def test_resource_path_in_editable_install():
+    config = resource_path("vae", "sd2-base", "config.json")
+    assert config.resolve() == (RESOURCES_DIR / "vae" / "sd2-base" / "config.json").resolve()
+    assert json.loads(config.read_text())["latent_channels"] == 4
+    assert resource_path("masks", "squamous_mask_example_5classes.png").is_file()
+    assert resource_path("vae").is_dir()
+
+
+def test_resource_path_missing_file_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="no/such.file"):
+        resource_path("no", "such.file")
+
+
+# -- built wheel, installed elsewhere -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built (without build isolation) from a clean copy of the source tree."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    shutil.copytree(REPO, src, ignore=_BUILD_IGNORE)
+    out = tmp / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(src)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (whl,) = out.glob("napari_diffinfinite-*.whl")
+    return whl
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """The wheel installed with ``pip install --target`` into a folder outside the repository."""
+    target = tmp_path_factory.mktemp("site")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return target
+
+
+def test_wheel_contains_every_subpackage_and_resource(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages_in_wheel = {n[: -len("/__init__.py")].replace("/", ".") for n in names if n.endswith("/__init__.py")}
+    missing = _source_packages() - packages_in_wheel
+    assert not missing, f"packages missing from the wheel (fix the packages list in setup.py): {sorted(missing)}"
+    assert not {n for n in names if n.startswith("resources/")}, "resources/ must install under napari_diffinfinite/"
+    resources_in_wheel = {
+        n[len("napari_diffinfinite/resources/") :] for n in names if n.startswith("napari_diffinfinite/resources/")
+    }
+    missing_files = _resource_files() - resources_in_wheel
+    assert not missing_files, f"resource files missing from the wheel: {sorted(missing_files)}"
+    assert not any(n.endswith(".pyc") for n in names)
+    assert "napari_diffinfinite/napari.yaml" in names
+
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "napari-diffinfinite = napari_diffinfinite:napari.yaml" in text
+    assert "diffinfinite = napari_diffinfinite.cli:main" in text
+
+
+_PROBE = r"""
+import json, sys
+from importlib import resources
+import napari_diffinfinite
+from napari_diffinfinite._resources import resource_path
+from napari_diffinfinite._sample_data import load_demo_mask
+import npe2
+
+manifest = resources.files("napari_diffinfinite") / "napari.yaml"
+pm = npe2.PluginManifest.from_file(str(manifest))
+mask = load_demo_mask()
+print(json.dumps({
+    "file": napari_diffinfinite.__file__,
+    "config": str(resource_path("vae", "sd2-base", "config.json")),
+    "latent_channels": json.loads(resource_path("vae", "sd2-base", "config.json").read_text())["latent_channels"],
+    "manifest": str(manifest),
+    "plugin": pm.name,
+    "sample_keys": [s.key for s in pm.contributions.sample_data],
+    "mask_shape": list(mask.shape),
+    "mask_labels": sorted(int(v) for v in set(mask.ravel().tolist())),
+}))
+"""
+
+
+def test_installed_wheel_finds_its_resources(installed, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    target = installed.resolve()
+    for key in ("file", "config", "manifest"):
+        path = Path(found[key]).resolve()
+        assert path.is_relative_to(target), f"{key} came from {path}, not from the installed wheel in {target}"
+        assert not path.is_relative_to(REPO)
+    assert found["latent_channels"] == 4
+    assert found["plugin"] == "napari-diffinfinite"
+    assert found["sample_keys"] == ["demo_mask"]
+    assert found["mask_shape"] == [2560, 2560]
+    assert found["mask_labels"] == [0, 1, 3, 4]
