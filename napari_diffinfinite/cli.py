@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=DISCLAIMER,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    sub = parser.add_subparsers(dest="command", title="commands", required=True)
     demo = sub.add_parser("demo", help="open napari with the demo mask and the DiffInfinite widget")
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="print versions and the selected device")
