@@ -1,0 +1,35 @@
+"""The demo-mask sample as LayerData (no GUI)."""
+
+import numpy as np
+from PIL import Image
+
+from napari_diffinfinite import DISCLAIMER
+from napari_diffinfinite._resources import resource_path
+from napari_diffinfinite._sample_data import demo_mask, load_demo_mask
+from napari_diffinfinite.classes import FIVE_CLASSES
+
+
+def test_demo_mask_labels_undo_the_0_255_scaling():
+    raw = np.asarray(Image.open(resource_path("masks", "squamous_mask_example_5classes.png")))
+    assert raw.shape == (2560, 2560) and raw.dtype == np.uint8
+    assert set(np.unique(raw).tolist()) == {0, 63, 191, 255}
+    labels = load_demo_mask()
+    assert labels.shape == (2560, 2560) and labels.dtype == np.uint8
+    # 0 -> 0 Unknown, 63 -> 1 Carcinoma, 191 -> 3 Tumor stroma, 255 -> 4 Others
+    for value, label in {0: 0, 63: 1, 191: 3, 255: 4}.items():
+        assert np.all(labels[raw == value] == label)
+    # the painted classes cover the mask; Unknown is a sliver
+    assert (labels == 0).mean() < 0.01 and (labels == 1).mean() > 0.3 and (labels == 3).mean() > 0.3
+
+
+def test_demo_mask_layer_data():
+    ((data, kwargs, layer_type),) = demo_mask()
+    assert layer_type == "labels"
+    assert data.shape == (2560, 2560)
+    assert kwargs["scale"] == (0.5, 0.5)
+    assert kwargs["units"] == ("um", "um")
+    assert kwargs["colormap"] == FIVE_CLASSES.color_dict()
+    assert kwargs["features"]["class"] == FIVE_CLASSES.names
+    assert kwargs["metadata"]["disclaimer"] == DISCLAIMER
+    assert "not for diagnosis" in DISCLAIMER
+    assert kwargs["metadata"]["diffinfinite"]["class_set"] == "5"

@@ -1,0 +1,143 @@
+"""The napari face: manifest, sample, dock widget and its class palette (needs a display: xvfb-run -a)."""
+
+from __future__ import annotations
+
+import ast
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_diffinfinite import DISCLAIMER
+from napari_diffinfinite._widget import GENERATE_TOOLTIP, MAX_SEED, DiffInfiniteWidget
+from napari_diffinfinite.classes import FIVE_CLASSES, TEN_CLASSES
+
+PLUGIN = "napari-diffinfinite"
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "napari_diffinfinite"
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def _open_demo(viewer):
+    (layer,) = viewer.open_sample(PLUGIN, "demo_mask")
+    return layer
+
+
+def _dock(viewer) -> DiffInfiniteWidget:
+    _dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
+    assert isinstance(widget, DiffInfiniteWidget)
+    return widget
+
+
+def _click(button) -> None:
+    button.native.click()
+
+
+def test_demo_sample_opens_as_a_5_class_labels_layer(viewer):
+    layer = _open_demo(viewer)
+    assert layer.__class__.__name__ == "Labels"
+    assert layer.name == "DiffInfinite demo mask"
+    assert layer.data.shape == (2560, 2560)
+    assert set(np.unique(layer.data).tolist()) == {0, 1, 3, 4}
+    np.testing.assert_allclose(layer.scale, [0.5, 0.5])
+    assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
+    # colours: the class palette, label 0 transparent
+    ids = np.arange(len(FIVE_CLASSES))
+    np.testing.assert_allclose(layer.colormap.map(ids), [c.color for c in FIVE_CLASSES], atol=1e-6)
+    assert list(layer.features["class"]) == FIVE_CLASSES.names
+    assert layer.metadata["disclaimer"] == DISCLAIMER
+
+
+def test_dock_widget_from_the_manifest_and_its_defaults(viewer):
+    layer = _open_demo(viewer)
+    widget = _dock(viewer)
+    assert viewer.window.dock_widgets["DiffInfinite (napari-diffinfinite)"] is widget
+    assert widget.model.value == "embedded"
+    assert widget.omega.value == 3.0
+    assert widget.steps.value == 50
+    assert widget.device.value == "auto"
+    assert widget.context.value == 0
+    assert widget.labels_layer.value is layer
+    assert [b.text.split("  ")[1] for b in widget.palette_buttons] == FIVE_CLASSES.names
+    assert not widget.generate.enabled
+    assert widget.generate.tooltip == GENERATE_TOOLTIP and "coming" in GENERATE_TOOLTIP
+
+
+def test_palette_sets_the_selected_label_of_the_chosen_layer(viewer):
+    layer = _open_demo(viewer)
+    widget = _dock(viewer)
+    for label in (3, 4, 1, 0, 2):
+        _click(widget.palette_buttons[label])
+        assert layer.selected_label == label
+
+
+def test_palette_follows_the_model_choice(viewer):
+    layer = _open_demo(viewer)
+    widget = _dock(viewer)
+    widget.model.value = "diffinfinite-10"
+    assert len(widget.palette_buttons) == 10
+    assert not widget.num_classes.enabled
+    _click(widget.palette_buttons[8])
+    assert TEN_CLASSES[8].name == "Tumor stroma"
+    assert layer.selected_label == 8
+
+    widget.model.value = "user"
+    assert widget.num_classes.enabled
+    assert not widget.checkpoint.native.isHidden()
+    widget.num_classes.value = 5
+    assert len(widget.palette_buttons) == 5
+
+    widget.model.value = "diffinfinite-5"
+    assert widget.checkpoint.native.isHidden()
+
+
+def test_palette_targets_a_new_labels_layer_and_colours_it(viewer):
+    _open_demo(viewer)
+    widget = _dock(viewer)
+    painted = viewer.add_labels(np.zeros((64, 64), dtype=np.uint8), name="painted")
+    choices = list(widget.labels_layer.choices)
+    assert painted in choices
+    widget.labels_layer.value = painted
+    _click(widget.palette_buttons[2])
+    assert painted.selected_label == 2
+    assert viewer.layers["DiffInfinite demo mask"].selected_label != 2
+
+    _click(widget.apply_colors)
+    np.testing.assert_allclose(painted.colormap.map(np.array([2])), [FIVE_CLASSES[2].color], atol=1e-6)
+    assert list(painted.features["class"]) == FIVE_CLASSES.names
+
+
+def test_palette_is_disabled_without_a_labels_layer(viewer):
+    widget = _dock(viewer)
+    assert widget.labels_layer.value is None
+    assert not any(b.enabled for b in widget.palette_buttons)
+    viewer.add_labels(np.zeros((8, 8), dtype=np.uint8))
+    assert widget.labels_layer.value is not None
+    assert all(b.enabled for b in widget.palette_buttons)
+
+
+def test_reroll_draws_a_new_seed(viewer):
+    widget = _dock(viewer)
+    widget.seed.value = 0
+    random.seed(1234)
+    _click(widget.reroll)
+    expected = random.Random(1234).randrange(MAX_SEED + 1)
+    assert widget.seed.value == expected != 0
+
+
+def test_plugin_code_does_not_import_a_qt_binding_directly():
+    for path in PACKAGE_DIR.rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in {"PyQt5", "PyQt6", "PySide2", "PySide6"}, f"{path}: {name}"
