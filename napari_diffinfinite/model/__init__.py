@@ -3,6 +3,15 @@
 No napari, no Qt, no files other than weights.
 """
 
+from .autoencoder import (
+    SD2_LATENT_DIVISOR,
+    SD2_REPO_ID,
+    SD2VAE,
+    TINY_VAE_OVERRIDES,
+    Autoencoder,
+    VAEWeightsNotFoundError,
+    sd2_vae_config,
+)
 from .checkpoint import RELEASED_CONFIGS, CheckpointError, load_diffinfinite_checkpoint, save_unet
 from .diffusion import (
     Schedule,
@@ -17,9 +26,22 @@ from .diffusion import (
     q_sample,
     time_pairs,
 )
+from .compact_autoencoder import CompactAutoencoder
+from .device import DeviceUnavailableError, select_device, select_dtype
 from .unet import ImageUnet, MaskUnet, guide
 
 __all__ = [
+    "Autoencoder",
+    "CompactAutoencoder",
+    "DeviceUnavailableError",
+    "SD2VAE",
+    "SD2_LATENT_DIVISOR",
+    "SD2_REPO_ID",
+    "TINY_VAE_OVERRIDES",
+    "VAEWeightsNotFoundError",
+    "sd2_vae_config",
+    "select_device",
+    "select_dtype",
     "CheckpointError",
     "ImageUnet",
     "MaskUnet",

@@ -1,0 +1,110 @@
+"""The embedded model's autoencoder: small, 8x downsampling, and local.
+
+The decoder has no normalisation layers and no attention, so every output pixel depends only on latents
+within :attr:`CompactAutoencoder.decoder_margin` latent pixels. Decoding a crop of a large latent with that
+margin around it therefore gives exactly the pixels of decoding the whole latent: tiles join without seams
+by construction and memory stays bounded by the tile. Latents come out of a ``tanh``, so they lie in
+(-1, 1) where the diffusion sampler clips its ``x_start`` predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class CompactAutoencoder(nn.Module):
+    """Pixel-(un)shuffle at full resolution, convolutional residual stages at 1/2, 1/4 and 1/8.
+
+    ``widths`` are the channels at 1/2, 1/4 and 1/8 resolution.
+    """
+
+    downsampling = 8
+
+    def __init__(self, latent_channels: int = 4, widths=(32, 64, 96), blocks=(1, 1, 2)):
+        super().__init__()
+        self.config = dict(latent_channels=latent_channels, widths=list(widths), blocks=list(blocks))
+        self.latent_channels = latent_channels
+        self.latent_scale = 1.0
+        w1, w2, w3 = widths
+        b1, b2, b3 = blocks
+        self.encoder = nn.Sequential(
+            nn.PixelUnshuffle(2), nn.Conv2d(12, w1, 3, padding=1), *[_ResBlock(w1) for _ in range(b1)],
+            nn.Conv2d(w1, w2, 3, stride=2, padding=1), *[_ResBlock(w2) for _ in range(b2)],
+            nn.Conv2d(w2, w3, 3, stride=2, padding=1), *[_ResBlock(w3) for _ in range(b3)],
+            nn.SiLU(), nn.Conv2d(w3, latent_channels, 3, padding=1),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(latent_channels, w3, 3, padding=1), *[_ResBlock(w3) for _ in range(b3)],
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w3, w2, 3, padding=1),
+            *[_ResBlock(w2) for _ in range(b2)],
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w2, w1, 3, padding=1),
+            *[_ResBlock(w1) for _ in range(b1)],
+            nn.SiLU(), nn.Conv2d(w1, 12, 3, padding=1), nn.PixelShuffle(2),
+        )
+        # receptive radius of the decoder in latent pixels (3x3 convs: 1 px each at their own scale)
+        convs_at = [1 + 2 * b3, 1 + 2 * b2, 2 + 2 * b1]
+        self.decoder_margin = int(
+            torch.ceil(torch.tensor(convs_at[0] + convs_at[1] / 2 + convs_at[2] / 4 + 1)).item()
+        )
+
+    # the Autoencoder protocol -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents with gradients (training)."""
+        return torch.tanh(self.encoder(images))
+
+    def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unclipped images with gradients (training)."""
+        return self.decoder(latents)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_raw(images.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decode_raw(latents.to(self.device, self.dtype)).clamp(0, 1)
+
+    # weights --------------------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """safetensors with the config in its metadata, written to a temp file and renamed."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(tmp), metadata={"diffinfinite.kind": "autoencoder", "diffinfinite.config": json.dumps(self.config)})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path, device=None) -> "CompactAutoencoder":
+        from safetensors.torch import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("diffinfinite.kind") != "autoencoder":
+            raise ValueError(f"{path} is not a compact autoencoder (kind {meta.get('diffinfinite.kind')!r})")
+        net = cls(**json.loads(meta["diffinfinite.config"]))
+        net.load_state_dict(load_file(str(path)), strict=True)
+        return net.eval().to(device or "cpu")

@@ -1,0 +1,86 @@
+"""Training the embedded model's compact autoencoder: L1 + Fourier-magnitude loss on random crops."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..model.compact_autoencoder import CompactAutoencoder
+from .dataset import Patch, PatchDataset, infinite_batches, stratified_holdout
+from .loop import TrainConfig, Trainer
+
+
+def fourier_l1(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between spectrum magnitudes: penalises lost texture (blur) that pixel L1 forgives."""
+    fy, fx = torch.fft.rfft2(y, norm="ortho"), torch.fft.rfft2(x, norm="ortho")
+    return (fy.abs() - fx.abs()).abs().mean()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1]."""
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def split_holdout(patches: list[Patch], holdout_file: Path, n: int, labels) -> tuple[list[Patch], list[Patch]]:
+    """(train, held out); the held-out names are read from ``holdout_file`` or chosen and written there."""
+    if holdout_file.exists():
+        names = set(json.loads(holdout_file.read_text())["held_out"])
+    else:
+        names = set(stratified_holdout(patches, n, labels))
+        holdout_file.parent.mkdir(parents=True, exist_ok=True)
+        holdout_file.write_text(json.dumps({"held_out": sorted(names)}, indent=1) + "\n")
+    unknown = names - {p.name for p in patches}
+    if unknown:
+        raise ValueError(f"{holdout_file} names patches that are not in the dataset: {sorted(unknown)[:5]}")
+    return [p for p in patches if p.name not in names], [p for p in patches if p.name in names]
+
+
+def save_grid(rows: list[torch.Tensor], path: Path) -> None:
+    """Rows of (N, 3, H, W) images in [0, 1] as one PNG."""
+    grid = torch.cat([torch.cat(list(r.clamp(0, 1)), dim=2) for r in rows], dim=1)
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def train_autoencoder(
+    train: list[Patch],
+    held_out: list[Patch],
+    out: Path,
+    config: TrainConfig,
+    batch: int = 8,
+    crop: int = 256,
+    latent_channels: int = 4,
+    widths=(32, 64, 96),
+    fourier_weight: float = 0.1,
+    latent_weight: float = 1e-2,
+    progress: bool = True,
+) -> CompactAutoencoder:
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    net = CompactAutoencoder(latent_channels=latent_channels, widths=widths)
+    metadata = {"diffinfinite.kind": "autoencoder", "diffinfinite.config": json.dumps(net.config)}
+    trainer = Trainer(net, out, config, metadata)
+    batches = infinite_batches(PatchDataset(train, crop=crop), batch)
+
+    def loss_fn(model: CompactAutoencoder):
+        images, _ = next(batches)
+        z = model.encode_raw(images)
+        recon = model.decode_raw(z)
+        l1 = (recon - images).abs().mean()
+        ff = fourier_l1(recon, images)
+        reg = (z**2).mean()
+        return {"loss": l1 + fourier_weight * ff + latent_weight * reg, "l1": l1, "fft": ff, "z2": reg}
+
+    view = torch.stack([torch.from_numpy(p.image[:256, :256].copy()).permute(2, 0, 1).float() / 255 for p in held_out[:4]])
+
+    def sample_fn(ema: CompactAutoencoder, path: Path):
+        recon = ema.decode(ema.encode(view))
+        save_grid([view, recon], path)
+
+    trainer.run(loss_fn, sample_fn, progress=progress)
+    return trainer.ema
