@@ -1,0 +1,223 @@
+"""Random-patch sampling: latents of any size from a model trained on fixed-size windows.
+
+Two samplers over one region, both with optional fixed context (in- and outpainting):
+
+``mode="faithful"``
+    The reference algorithm (DiffInfinite, Alg. 1): a per-pixel step counter; repeatedly pick a random
+    pixel at the global minimum, take the window around it, advance the window pixels that sit at the
+    window's minimum by one DDIM step (pixels already one step ahead enter with their previous-level
+    values), until every pixel has done all steps. Unlike the reference it stops on an exact integer test,
+    applies the final ``(t, -1)`` step (the output is the x0 prediction) and handles any region size.
+
+``mode="batched"``
+    Every step advances all pixels together. The region is covered by a tiling of windows whose origin is
+    shifted at random each step, so tile borders never stay in one place (no seams), and all windows of a
+    step run in one batched forward pass. A tiling with a random offset has at most one extra row and
+    column of windows, so its cost approaches plain tiling as regions grow (1.27x at 4096 px).
+
+Context: where ``known_mask`` is set, the window input is the known latent re-noised to the current time
+(fresh noise every step) and the output keeps the known latent bit-for-bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+
+from ..model.diffusion import Schedule, q_sample, time_pairs
+
+
+class Cancelled(Exception):
+    """Raised inside a sampler when its ``cancel`` callback returns True."""
+
+
+class WindowStepper(Protocol):
+    size_multiple: int
+
+    def __call__(self, x: torch.Tensor, cond, t: int, t_next: int, noise: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class SamplingStats:
+    """Cost figures of one sampling run."""
+
+    window_evals: int = 0  # windows advanced by one step (one guided multi-label step each)
+    rounds: int = 0  # batched forward passes (faithful: one per window)
+    latent_pixels: int = 0
+    steps: int = 0
+    window: tuple[int, int] = (64, 64)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tiling_evals(self) -> float:
+        """Window evaluations plain non-overlapping tiling would need for the same pixels and steps."""
+        return self.steps * self.latent_pixels / (self.window[0] * self.window[1])
+
+    @property
+    def cost_vs_tiling(self) -> float:
+        return self.window_evals / self.tiling_evals if self.tiling_evals else float("nan")
+
+
+def _window_size(size: int, window: int, multiple: int) -> int:
+    w = min(window, size)
+    w -= w % multiple
+    if w <= 0:
+        raise ValueError(f"region side {size} is smaller than the network's minimum window of {multiple} latents")
+    return w
+
+
+def _tiling(size: int, win: int, offset: int) -> list[tuple[int, int, int]]:
+    """A tiling of [0, size) by ``win``-wide tiles shifted by ``offset``: (window start, owned a, owned b).
+
+    Each tile owns its span of the unclamped tiling; its window is clamped to lie inside [0, size), which
+    still contains the span. Spans whose clamped windows coincide are merged (one evaluation).
+    """
+    out: list[tuple[int, int, int]] = []
+    pos = offset - win if offset else 0
+    while pos < size:
+        start, a, b = min(max(pos, 0), size - win), max(pos, 0), min(pos + win, size)
+        if out and out[-1][0] == start:
+            out[-1] = (start, out[-1][1], b)
+        else:
+            out.append((start, a, b))
+        pos += win
+    return out
+
+
+def sample_region(
+    stepper: WindowStepper,
+    shape: tuple[int, int, int],
+    cond: torch.Tensor | None,
+    *,
+    schedule: Schedule,
+    steps: int,
+    generator: torch.Generator,
+    mode: Literal["batched", "faithful"] = "batched",
+    window: int = 64,
+    known: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    stats: SamplingStats | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Latents (C, H, W) for a region; ``cond`` (H, W) is the label map at latent resolution (or None).
+
+    ``progress(done, total)`` counts latent-pixel steps; ``cancel()`` returning True raises :class:`Cancelled`.
+    All randomness comes from ``generator`` (a CPU generator), so results are reproducible.
+    """
+    c, h, w = shape
+    device = torch.device(device)
+    if known_mask is None:
+        known_mask = torch.zeros(h, w, dtype=torch.bool)
+    known_mask = known_mask.bool().cpu()
+    if known_mask.any() and known is None:
+        raise ValueError("known_mask is set but no known latents were given")
+    if cond is not None and tuple(cond.shape) != (h, w):
+        raise ValueError(f"label map shape {tuple(cond.shape)} does not match the latent region {(h, w)}")
+    wh, ww = _window_size(h, window, stepper.size_multiple), _window_size(w, window, stepper.size_multiple)
+    pairs = time_pairs(steps, schedule.timesteps)
+    st = stats if stats is not None else SamplingStats()
+    st.latent_pixels, st.steps, st.window = int((~known_mask).sum()), steps, (wh, ww)
+
+    x = torch.randn((c, h, w), generator=generator).to(device)
+    if known is not None:
+        known = known.to(device)
+        x = torch.where(known_mask.to(device), known, x)
+    cond = None if cond is None else cond.to(device)
+    run = _batched if mode == "batched" else _faithful if mode == "faithful" else None
+    if run is None:
+        raise ValueError(f"mode must be 'batched' or 'faithful', got {mode!r}")
+    x = run(stepper, x, cond, schedule, pairs, generator, (wh, ww), known, known_mask, progress, cancel, st, device)
+    if known is not None:
+        x = torch.where(known_mask.to(device), known, x)
+    return x
+
+
+def _noised_context(schedule, x_in, known, known_mask_win, t, generator, device):
+    if known is None or not known_mask_win.any():
+        return x_in
+    noise = torch.randn(x_in.shape, generator=generator).to(device)
+    return torch.where(known_mask_win.to(device), q_sample(schedule, known, t, noise), x_in)
+
+
+def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mask, progress, cancel, st, device):
+    c, h, w = x.shape
+    wh, ww = win
+    unknown = ~known_mask
+    total = len(pairs) * int(unknown.sum())
+    for k, (t, t_next) in enumerate(pairs):
+        if cancel is not None and cancel():
+            raise Cancelled()
+        oy = int(torch.randint(0, wh, (1,), generator=generator)) if h > wh else 0
+        ox = int(torch.randint(0, ww, (1,), generator=generator)) if w > ww else 0
+        boxes = [
+            (y0, x0, (ay, by), (ax, bx))
+            for y0, ay, by in _tiling(h, wh, oy)
+            for x0, ax, bx in _tiling(w, ww, ox)
+            if unknown[ay:by, ax:bx].any()
+        ]
+        if not boxes:
+            continue
+        state = x
+        if known is not None:
+            noise = torch.randn(x.shape, generator=generator).to(device)
+            state = torch.where(known_mask.to(device), q_sample(schedule, known, t, noise), x)
+        batch = torch.stack([state[:, y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
+        labels = None if cond is None else torch.stack([cond[y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
+        noise = torch.randn(batch.shape, generator=generator).to(device)
+        out = stepper(batch, labels, t, t_next, noise)
+        new = x.clone()
+        for (y0, x0, (ay, by), (ax, bx)), o in zip(boxes, out):
+            new[:, ay:by, ax:bx] = o[:, ay - y0 : by - y0, ax - x0 : bx - x0]
+        x = torch.where(unknown.to(device), new, x)
+        st.window_evals += len(boxes)
+        st.rounds += 1
+        if progress is not None:
+            progress((k + 1) * int(unknown.sum()), total)
+    return x
+
+
+def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_mask, progress, cancel, st, device):
+    c, h, w = x.shape
+    wh, ww = win
+    n = len(pairs)
+    unknown = ~known_mask
+    times = torch.zeros(h, w, dtype=torch.long)
+    times[known_mask] = n
+    prev = x.clone()
+    total = n * int(unknown.sum())
+    done = 0
+    while True:
+        if cancel is not None and cancel():
+            raise Cancelled()
+        level = int(times.min())
+        if level >= n:
+            break
+        candidates = torch.nonzero(times == level)
+        cy, cx = candidates[int(torch.randint(0, len(candidates), (1,), generator=generator))].tolist()
+        y0 = min(max(cy - wh // 2, 0), h - wh)
+        x0 = min(max(cx - ww // 2, 0), w - ww)
+        sl = (slice(None), slice(y0, y0 + wh), slice(x0, x0 + ww))
+        sub_times = times[y0 : y0 + wh, x0 : x0 + ww]
+        active = (sub_times == level) & unknown[y0 : y0 + wh, x0 : x0 + ww]
+        t, t_next = pairs[level]
+        x_in = torch.where((sub_times == level).to(device), x[sl], prev[sl])
+        x_in = _noised_context(schedule, x_in, None if known is None else known[sl],
+                               known_mask[y0 : y0 + wh, x0 : x0 + ww], t, generator, device)
+        labels = None if cond is None else cond[y0 : y0 + wh, x0 : x0 + ww][None]
+        noise = torch.randn((1, *x_in.shape), generator=generator).to(device)
+        out = stepper(x_in[None], labels, t, t_next, noise)[0]
+        act = active.to(device)
+        prev[sl] = torch.where(act, x[sl], prev[sl])
+        x[sl] = torch.where(act, out, x[sl])
+        times[y0 : y0 + wh, x0 : x0 + ww] += active.long()
+        done += int(active.sum())
+        st.window_evals += 1
+        st.rounds += 1
+        if progress is not None:
+            progress(done, total)
+    return x

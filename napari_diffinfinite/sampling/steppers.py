@@ -1,0 +1,96 @@
+"""Window steppers: one guided DDIM step for a batch of latent windows, in as few UNet calls as possible.
+
+A stepper turns windows at one diffusion time into windows at the next. The samplers in
+:mod:`napari_diffinfinite.sampling.random_patch` decide which windows; steppers decide how to run the
+network on them.
+
+:class:`ImageStepper` is DiffInfinite's multi-label step, batched: for every window it runs one null row
+(the all-zero mask) and one conditional row per label > 0 present, all windows in one forward pass. Each
+pixel then takes the guided noise of its own label (label 0 takes the null prediction: its condition *is*
+the null condition) and the whole window takes a single DDIM step. Because ``x_start`` prediction, clipping
+and the DDIM update are per-pixel, this equals the reference's per-label-group loop with one noise tensor
+per window (tested against :func:`napari_diffinfinite.model.multilabel_ddim_step`), at
+``1 + labels`` rows per window instead of ``2 x labels``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.diffusion import Schedule, ddim_step, predictions
+from ..model.unet import ImageUnet, MaskUnet
+
+
+class ImageStepper:
+    """Multi-label guided DDIM step of the mask-conditioned image UNet over a batch of windows."""
+
+    def __init__(self, net: ImageUnet, schedule: Schedule, cond_scale: float, eta: float = 1.0, max_batch: int = 64):
+        self.net = net
+        self.schedule = schedule
+        self.cond_scale = float(cond_scale)
+        self.eta = eta
+        self.max_batch = max_batch
+        self.size_multiple = net.size_multiple
+        self.rows_evaluated = 0  # UNet rows (samples) run so far: the cost figure the benchmarks report
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for i in range(0, x.shape[0], self.max_batch):
+            sl = slice(i, i + self.max_batch)
+            outs.append(self.net(x[sl], t[sl], mask[sl]))
+        self.rows_evaluated += x.shape[0]
+        return torch.cat(outs)
+
+    def guided_noise(self, x: torch.Tensor, labels: torch.Tensor, t: int) -> torch.Tensor:
+        """Per-pixel guided noise prediction for windows ``x`` (N, C, h, w) with label maps (N, h, w)."""
+        n = x.shape[0]
+        labels = labels.to(x.device)
+        rows_x, rows_mask, owner = [x], [torch.zeros_like(labels)[:, None]], []
+        for i in range(n):
+            for label in torch.unique(labels[i]).tolist():
+                if label > 0 and self.cond_scale != 0:
+                    rows_x.append(x[i : i + 1])
+                    rows_mask.append(((labels[i] == label) * label)[None, None])
+                    owner.append((i, label))
+        xs, masks = torch.cat(rows_x), torch.cat(rows_mask).to(x.dtype)
+        time = torch.full((xs.shape[0],), t, device=x.device, dtype=torch.long)
+        eps = self._forward(xs, time, masks)
+        null = eps[:n]
+        guided = null.clone()
+        for row, (i, label) in enumerate(owner, start=n):
+            where = (labels[i] == label)[None]
+            guided[i] = torch.where(where, null[i] + (eps[row] - null[i]) * self.cond_scale, guided[i])
+        return guided
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, t: int, t_next: int, noise: torch.Tensor) -> torch.Tensor:
+        eps = self.guided_noise(x, labels, t)
+        pred_noise, x_start = predictions(self.schedule, x, torch.full((x.shape[0],), t, device=x.device), eps)
+        return ddim_step(self.schedule, x_start, pred_noise, t, t_next, self.eta, noise)
+
+
+class MaskStepper:
+    """Guided DDIM step of the mask UNet for one context class over a batch of windows."""
+
+    def __init__(self, net: MaskUnet, schedule: Schedule, context: int, cond_scale: float, eta: float = 1.0,
+                 max_batch: int = 64):
+        self.net = net
+        self.schedule = schedule
+        self.context = int(context)
+        self.cond_scale = float(cond_scale)
+        self.eta = eta
+        self.max_batch = max_batch
+        self.size_multiple = net.size_multiple
+        self.rows_evaluated = 0
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, labels, t: int, t_next: int, noise: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for i in range(0, x.shape[0], self.max_batch):
+            xb = x[i : i + self.max_batch]
+            time = torch.full((xb.shape[0],), t, device=x.device, dtype=torch.long)
+            outs.append(self.net.forward_with_cond_scale(xb, time, self.context, self.cond_scale))
+            self.rows_evaluated += xb.shape[0] * (1 if self.cond_scale == 1 else 2)
+        eps = torch.cat(outs)
+        pred_noise, x_start = predictions(self.schedule, x, torch.full((x.shape[0],), t, device=x.device), eps)
+        return ddim_step(self.schedule, x_start, pred_noise, t, t_next, self.eta, noise)
