@@ -36,6 +36,13 @@ def _source_packages() -> set[str]:
     return names
 
 
+def _source_modules() -> set[str]:
+    """Paths (relative to the repo) of the package's .py files, as the wheel should hold them."""
+    return {
+        p.relative_to(REPO).as_posix() for p in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in p.parts
+    }
+
+
 def _resource_files() -> set[str]:
     return {
         p.relative_to(RESOURCES_DIR).as_posix()
@@ -93,8 +100,17 @@ def installed(wheel, tmp_path_factory) -> Path:
     return target
 
 
+def test_every_source_folder_with_modules_is_a_regular_package():
+    """A folder of modules without __init__.py (e.g. one left uncommitted) is silently left out of the wheel."""
+    folders = {(REPO / m).parent for m in _source_modules()}
+    missing = sorted(f.relative_to(REPO).as_posix() for f in folders if not (f / "__init__.py").is_file())
+    assert not missing, f"folders with modules but no __init__.py (add and commit one): {missing}"
+
+
 def test_wheel_contains_every_subpackage_and_resource(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
+    missing_modules = _source_modules() - names
+    assert not missing_modules, f"modules missing from the wheel: {sorted(missing_modules)}"
     packages_in_wheel = {n[: -len("/__init__.py")].replace("/", ".") for n in names if n.endswith("/__init__.py")}
     missing = _source_packages() - packages_in_wheel
     assert not missing, f"packages missing from the wheel (fix the packages list in setup.py): {sorted(missing)}"
