@@ -1,0 +1,1 @@
+"""Sampling over a canvas: random-patch diffusion, seamless decoding, seam metrics (pure torch + numpy)."""
