@@ -36,6 +36,11 @@ def golden_mask() -> Golden:
     return Golden("mask_model_public")
 
 
+# One thread: the suite's networks are tiny, and on a loaded 2-core machine two threads per process
+# oversubscribe the cores (a 20 ms forward pass becomes seconds).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

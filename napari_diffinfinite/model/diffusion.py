@@ -96,7 +96,8 @@ def ddim_step(
     alpha = schedule.alphas_cumprod[t].to(x_start.device)
     alpha_next = schedule.alphas_cumprod[t_next].to(x_start.device)
     sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
-    c = (1 - alpha_next - sigma**2).sqrt()
+    # clamp: for a large jump from t ~ T, c^2 is ~1e-9 and float32 rounding can make it negative
+    c = (1 - alpha_next - sigma**2).clamp(min=0).sqrt()
     out = x_start * alpha_next.sqrt() + c * pred_noise
     if eta:
         if noise is None:

@@ -44,6 +44,8 @@ class ImageStepper:
     def guided_noise(self, x: torch.Tensor, labels: torch.Tensor, t: int) -> torch.Tensor:
         """Per-pixel guided noise prediction for windows ``x`` (N, C, h, w) with label maps (N, h, w)."""
         n = x.shape[0]
+        if labels is None:  # no label map: unconditional (every pixel label 0)
+            labels = torch.zeros((n, *x.shape[-2:]), dtype=torch.long)
         labels = labels.to(x.device)
         rows_x, rows_mask, owner = [x], [torch.zeros_like(labels)[:, None]], []
         for i in range(n):
