@@ -1,7 +1,7 @@
 """Masks: latent codecs, one-patch mask generation, cleaning, painted-mask validation and loading.
 
-Real data where it exists: the 16-bit label maps of the DiffInfinite sample patches (../shared, skipped when
-absent) and the shipped 8-bit "scaled" example mask. Real networks: a tiny random SD2 VAE (diffusers) and a
+Real data: the 16-bit label maps of the DiffInfinite sample patches (copied into tests/fixtures/sample_masks)
+and the shipped 8-bit "scaled" example mask. Real networks: a tiny random SD2 VAE (diffusers) and a
 tiny random MaskUnet. Nothing is downloaded.
 """
 
@@ -37,9 +37,9 @@ from napari_diffinfinite.sampling.masks import (
     validate_labels,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "diffinfinite-samples"
-PATCH_MASKS = sorted((SAMPLES / "patches" / "omega3.0").glob("*_mask.png"))
-needs_samples = pytest.mark.skipif(not PATCH_MASKS, reason=f"sample patches not found under {SAMPLES}")
+# copies of the 50 masks of the sample data's patches/omega3.0 (see the folder's README)
+PATCH_MASKS = sorted((Path(__file__).parent / "fixtures" / "sample_masks").glob("*_mask.png"))
+assert len(PATCH_MASKS) == 50, "the sample-mask fixtures are missing"
 SCALED_EXAMPLE = resource_path("masks", "squamous_mask_example_5classes.png")
 
 
@@ -83,7 +83,6 @@ def test_simplex_vertices_regular_centred_in_unit_box():
         assert torch.allclose(norms, norms[0].expand_as(norms), rtol=1e-5)
 
 
-@needs_samples
 def test_simplex_codec_exact_round_trip_on_sample_masks():
     masks = torch.from_numpy(np.stack(_two_label_patch_masks(2)).astype(np.int64))
     codec = SimplexMaskCodec(5)
@@ -134,7 +133,6 @@ def test_sd2_label_formula_inverts_the_encode_signal_exactly():
     assert signal_to_labels(wild, 5).tolist() == [[[0, 0, 4, 4]]]
 
 
-@needs_samples
 def test_sd2_codec_shapes_ranges_and_normalisation(tiny_vae):
     masks = np.stack(_two_label_patch_masks(2))[:, ::8, ::8].astype(np.int64)  # 64 px, as labels
     labels = torch.from_numpy(masks)
@@ -179,7 +177,6 @@ def test_clean_mask_turns_a_class_border_into_a_band_of_zero():
         clean_mask(np.full((4, 4), 6), 5)
 
 
-@needs_samples
 def test_clean_mask_on_sample_masks_at_mask_resolution():
     masks = np.stack(_two_label_patch_masks(2))[:, ::4, ::4]  # the 128-px masks the mask model works at
     cleaned = clean_mask(masks, 5, factor=4)
@@ -265,7 +262,6 @@ def test_load_scaled_8bit_example_gives_label_ids():
     assert "labels [63, 191, 255] outside 0..9" in msg and "5-class labels scaled to 0..255" in msg
 
 
-@needs_samples
 def test_load_16bit_sample_masks_as_label_ids():
     for path in PATCH_MASKS[:3]:
         labels = load_label_image(path, 5)
@@ -334,7 +330,6 @@ def test_upsample_and_labels_at_scale():
         labels_at_scale(labels)
 
 
-@needs_samples
 def test_coarse_painted_mask_comes_back_to_full_resolution():
     full = _patch_mask(0)
     coarse = full[::8, ::8]  # painted at 1/8 of the image resolution

@@ -25,6 +25,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription beside other work)")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--sample-every", type=int, default=500)
     p.set_defaults(func=run_train)
@@ -32,7 +33,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_train(args) -> int:
+    import torch
+
     from .autoencoder import split_holdout, train_autoencoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     try:
         class_map = load_class_map(args.class_map) if args.class_map else None
