@@ -1,7 +1,8 @@
 """Command line: ``diffinfinite <command>`` (also ``python -m napari_diffinfinite``).
 
-For now: ``demo`` opens napari with the demo mask and the DiffInfinite widget; ``info`` prints versions and the
-device the model would run on. Heavy imports (napari, torch) happen inside the commands.
+``demo`` opens napari with the demo mask and the DiffInfinite widget; ``info`` prints versions and the device
+the model would run on; ``train`` trains the embedded model's networks. Heavy imports (napari, torch) happen
+inside the commands.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ WIDGET = "DiffInfinite"
 
 
 def selected_device() -> str:
-    """The device the model layer would pick here; 'cpu' while that selection is not available."""
-    try:
-        from .model.device import select_device
-    except ImportError:
-        return "cpu"
+    """The device the model layer picks here (cuda, then mps, then cpu)."""
+    from .model.device import select_device
+
     return str(select_device())
 
 
@@ -64,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="print versions and the selected device")
     info.set_defaults(func=_info)
+    from .training.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

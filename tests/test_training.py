@@ -1,0 +1,111 @@
+"""Training: dataset checks with clear errors, the stratified hold-out, and a resumable tiny training run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_diffinfinite.model import CompactAutoencoder
+from napari_diffinfinite.training.autoencoder import train_autoencoder
+from napari_diffinfinite.training.dataset import DatasetError, Patch, scan_folder, stratified_holdout
+from napari_diffinfinite.training.loop import TrainConfig
+
+SAMPLE_MASKS = sorted((Path(__file__).parent / "fixtures" / "sample_masks").glob("*_mask.png"))
+
+
+def write_patch(folder: Path, stem: str, mask: np.ndarray, image_suffix=".jpg", seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (*mask.shape, 3), dtype=np.uint8)
+    Image.fromarray(image).save(folder / f"{stem}{image_suffix}", format="PNG")  # PNG named .jpg, as published
+    Image.fromarray(mask.astype(np.uint16)).save(folder / f"{stem}_mask.png")
+
+
+def sample_mask(i: int, size: int = 64) -> np.ndarray:
+    with Image.open(SAMPLE_MASKS[i]) as im:
+        return np.asarray(im)[:: 512 // size, :: 512 // size].astype(np.int64)
+
+
+def test_scan_reads_patches_by_content(tmp_path):
+    for i in range(3):
+        write_patch(tmp_path, f"p{i}", sample_mask(i), seed=i)
+    patches = scan_folder(tmp_path, num_classes=5)
+    assert [p.name for p in patches] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert patches[0].image.shape == (64, 64, 3) and patches[0].mask.dtype == np.int64
+    assert patches[1].labels == set(np.unique(sample_mask(1)).tolist())
+
+
+def test_missing_mask_is_named(tmp_path):
+    write_patch(tmp_path, "good", sample_mask(0))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "orphan.png")
+    with pytest.raises(DatasetError, match=r"1 image\(s\) have no mask <stem>_mask.png: orphan.png"):
+        scan_folder(tmp_path, 5)
+
+
+def test_out_of_range_labels_are_located(tmp_path):
+    mask = np.zeros((16, 16), np.int64)
+    mask[3:5, 7:9] = 9
+    write_patch(tmp_path, "bad", mask)
+    with pytest.raises(DatasetError, match=r"bad_mask.png: labels \[9\] are out of range 0..4 \(4 pixels, first at y=3, x=7\)"):
+        scan_folder(tmp_path, 5)
+
+
+def test_class_map_and_unreadable_files(tmp_path):
+    mask = np.zeros((16, 16), np.int64)
+    mask[:8] = 7
+    write_patch(tmp_path, "mapped", mask)
+    patches = scan_folder(tmp_path, 5, class_map={0: 0, 7: 2})
+    assert set(np.unique(patches[0].mask)) == {0, 2}
+    with pytest.raises(DatasetError, match=r"labels \[7\] are not in the class map"):
+        scan_folder(tmp_path, 5, class_map={0: 0})
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((16, 16), np.uint16)).save(tmp_path / "broken_mask.png")
+    with pytest.raises(DatasetError, match="broken.png: cannot be read as an image"):
+        scan_folder(tmp_path, 5)
+
+
+def test_mask_size_must_match_image(tmp_path):
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 16), np.uint16)).save(tmp_path / "a_mask.png")
+    with pytest.raises(DatasetError, match=r"a_mask.png: mask is \(16, 8\) px but its image is \(16, 16\) px"):
+        scan_folder(tmp_path, 5)
+
+
+def test_stratified_holdout_covers_every_label():
+    patches = [Patch(p.name, np.zeros((1, 1, 3), np.uint8), sample_mask(i, 64)) for i, p in enumerate(SAMPLE_MASKS)]
+    names = stratified_holdout(patches, 10, labels=[1, 2, 3, 4])
+    assert len(names) == 10 and names == stratified_holdout(patches, 10, labels=[1, 2, 3, 4])
+    held = [p for p in patches if p.name in names]
+    for label in (1, 2, 3, 4):
+        assert sum(label in p.labels for p in held) >= 2
+    with pytest.raises(DatasetError, match="label 9 appears in only 0"):
+        stratified_holdout(patches, 10, labels=[9])
+
+
+def test_autoencoder_training_checkpoints_and_resumes(tmp_path):
+    patches = [Patch(f"p{i}", np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                     np.zeros((32, 32), np.int64)) for i in range(4)]
+    out = tmp_path / "run"
+    kwargs = dict(batch=2, crop=16, widths=(8, 8, 8), progress=False)
+    train_autoencoder(patches, patches[:1], out, TrainConfig(steps=3, save_every=2, sample_every=3), **kwargs)
+    state = json.loads((out / "state.json").read_text())
+    assert state["step"] == 3
+    assert {"weights.safetensors", "ema.safetensors", "optimizer.safetensors", "samples-000003.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    ema = train_autoencoder(patches, patches[:1], out, TrainConfig(steps=5, save_every=2, sample_every=5), **kwargs)
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]  # resumed at 4, not from scratch
+    assert json.loads((out / "state.json").read_text())["step"] == 5
+    # the shipped artefact: EMA weights with their config, loadable without the training code
+    ema.save(tmp_path / "ae.safetensors")
+    loaded = CompactAutoencoder.load(tmp_path / "ae.safetensors")
+    assert loaded.config == ema.config
+    with pytest.raises(ValueError, match="different settings"):
+        train_autoencoder(patches, patches[:1], out, TrainConfig(steps=6), batch=2, crop=16, widths=(8, 8, 16),
+                          progress=False)
