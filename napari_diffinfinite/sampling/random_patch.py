@@ -121,7 +121,8 @@ def sample_region(
     wh, ww = _window_size(h, window, stepper.size_multiple), _window_size(w, window, stepper.size_multiple)
     pairs = time_pairs(steps, schedule.timesteps)
     st = stats if stats is not None else SamplingStats()
-    st.latent_pixels, st.steps, st.window = int((~known_mask).sum()), steps, (wh, ww)
+    st.latent_pixels += int((~known_mask).sum())
+    st.steps, st.window = steps, (wh, ww)
 
     x = torch.randn((c, h, w), generator=generator).to(device)
     if known is not None:
