@@ -89,7 +89,8 @@ def generate_block(
 ) -> None:
     """Sample one block into ``latents`` (C, H, W) in place, with the generated (``done``) halo as context.
 
-    Latents outside the block are never changed; ``done`` is set for the block.
+    Latents outside the block are never changed. ``done`` is only read: the caller marks the block done
+    (after its wave, for order independence).
     """
     y0, x0, y1, x1 = context_region(block, done, halo)
     region_done = done[y0:y1, x0:x1].clone()
@@ -105,7 +106,6 @@ def generate_block(
     )
     by, bx = slice(block.y0 - y0, block.y1 - y0), slice(block.x0 - x0, block.x1 - x0)
     latents[:, block.y0 : block.y1, block.x0 : block.x1] = out[:, by, bx].to(latents.device, latents.dtype)
-    done[block.y0 : block.y1, block.x0 : block.x1] = True
 
 
 def generate_latents(
@@ -135,7 +135,6 @@ def generate_latents(
 
     for wave in iter_waves(blocks):
         # context = blocks of earlier waves only, exactly as when a wave's blocks run in parallel
-        context = done.clone()
         for b in wave:
             size = (b.y1 - b.y0) * (b.x1 - b.x0)
 
@@ -143,11 +142,12 @@ def generate_latents(
                 if progress is not None:
                     progress(base + d * size * steps // max(t, 1), total)
 
-            generate_block(stepper, latents, context, labels, b, seed=seed, schedule=schedule, steps=steps,
+            generate_block(stepper, latents, done, labels, b, seed=seed, schedule=schedule, steps=steps,
                            halo=halo, window=window, mode=mode, progress=block_progress, cancel=cancel,
                            stats=stats, device=device)
             finished += size * steps
-        done[:] = context
+        for b in wave:
+            done[b.y0 : b.y1, b.x0 : b.x1] = True
     if stats is not None:
         stats.latent_pixels = h * w  # output pixels: cost is counted against them, halo work included
     return latents
