@@ -10,3 +10,14 @@ DISCLAIMER = (
     "Synthetic histology for research and demos only - not for diagnosis or any clinical decision. "
     "Generated images and masks do not depict real patients."
 )
+
+_API = {"load_model", "generate", "generate_mask", "DiffInfiniteModel", "GenerationResult"}
+
+
+def __getattr__(name):
+    # the generation API imports torch; napari reads the plugin manifest without paying for it
+    if name in _API:
+        from . import generation
+
+        return getattr(generation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,3 +45,32 @@ torch.set_num_threads(1)
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+def write_tiny_model(folder: Path, *, contexts=("adenocarcinoma",)) -> Path:
+    """A complete, tiny, randomly initialised model folder (model.json + safetensors), as training writes it."""
+    from napari_diffinfinite.model import CompactAutoencoder, ImageUnet, MaskUnet, save_unet
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    CompactAutoencoder(widths=(8, 8, 8)).save(folder / "autoencoder.safetensors")
+    save_unet(ImageUnet(dim=8, num_classes=5, dim_mults=(1, 2), channels=4), folder / "image.safetensors")
+    save_unet(MaskUnet(dim=8, num_classes=len(contexts), dim_mults=(1, 2), channels=4), folder / "mask.safetensors")
+    manifest = {
+        "name": "tiny-test-model",
+        "contexts": list(contexts),
+        "default_steps": 3,
+        "default_omega": 3.0,
+        "autoencoder": {"type": "compact", "file": "autoencoder.safetensors"},
+        "image": {"file": "image.safetensors", "window": 16},
+        "mask": {"file": "mask.safetensors", "codec": {"type": "simplex", "num_labels": 5, "cells_per_latent": 16},
+                 "window": 8, "mask_px": 1},
+        "pixel_size_um": 0.5,
+    }
+    (folder / "model.json").write_text(json.dumps(manifest, indent=1))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")

@@ -1,0 +1,65 @@
+"""The Python API: model folders, mask generation, tissue generation from painted or generated masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_diffinfinite.generation import generate, generate_mask, load_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(tiny_model_dir, device="cpu")
+
+
+def test_load_model_reads_the_folder(tiny):
+    assert tiny.name == "tiny-test-model" and tiny.num_classes == 5 and tiny.contexts == ["adenocarcinoma"]
+    assert tiny.mask_latent_px == 16 and tiny.downsampling == 8
+
+
+def test_missing_model_folder_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no model.json"):
+        load_model(tmp_path)
+
+
+def test_contexts_the_model_was_not_trained_on_are_refused(tiny):
+    with pytest.raises(ValueError, match="does not support the context 'squamous'.*adenocarcinoma only"):
+        generate_mask(tiny, (64, 64), context="squamous")
+    with pytest.raises(ValueError, match="unknown context 'melanoma'"):
+        generate_mask(tiny, (64, 64), context="melanoma")
+
+
+def test_generated_mask_is_clean_and_deterministic(tiny):
+    a = generate_mask(tiny, (100, 150), seed=3)
+    assert a.shape == (100, 150) and a.min() >= 0 and a.max() < 5
+    assert np.array_equal(a, generate_mask(tiny, (100, 150), seed=3))
+
+
+def test_generate_from_a_painted_coarse_mask(tiny):
+    painted = np.zeros((12, 20), np.uint8)
+    painted[:, 10:] = 3
+    painted[2:6, 2:6] = 1
+    progress = []
+    result = generate(tiny, mask=painted, mask_scale=8, seed=0, progress=lambda *a: progress.append(a))
+    assert result.image.shape == (96, 160, 3) and result.image.dtype == np.uint8
+    assert np.array_equal(result.mask, np.kron(painted, np.ones((8, 8), np.uint8)))
+    assert result.settings["mask"] == "given" and result.settings["seed"] == 0
+    assert {p[0] for p in progress} == {"tissue", "decode"}
+    again = generate(tiny, mask=painted, mask_scale=8, seed=0)
+    assert np.array_equal(result.image, again.image)
+    other = generate(tiny, mask=painted, mask_scale=8, seed=1)
+    assert not np.array_equal(result.image, other.image)
+
+
+def test_generate_without_a_mask_makes_one(tiny):
+    result = generate(tiny, size=(72, 88), seed=5)  # not multiples of the 8x downsampling
+    assert result.image.shape == (72, 88, 3) and result.mask.shape == (72, 88)
+    assert result.settings["context"] == "adenocarcinoma" and result.settings["mask"] == "generated"
+
+
+def test_bad_painted_masks_are_rejected_with_locations(tiny):
+    bad = np.zeros((16, 16), np.int32)
+    bad[4:6, 8:12] = 9
+    with pytest.raises(ValueError, match=r"labels \[9\] outside 0..4"):
+        generate(tiny, mask=bad)
