@@ -1,0 +1,218 @@
+"""Image- and mask-model trainers: resumable runs, loadable EMA weights with their metadata, the latent caches
+(8 dihedral transforms), condition dropout at the configured rate, and the CLI's errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from napari_diffinfinite.cli import main as cli_main
+from napari_diffinfinite.model import CheckpointError, CompactAutoencoder, load_diffinfinite_checkpoint
+from napari_diffinfinite.sampling.masks import SimplexMaskCodec
+from napari_diffinfinite.training.dataset import DatasetError, Patch
+from napari_diffinfinite.training.image import (
+    DIHEDRAL,
+    dihedral,
+    encode_patches,
+    image_batch,
+    latent_labels,
+    train_image_model,
+)
+from napari_diffinfinite.training.loop import TrainConfig
+from napari_diffinfinite.training.mask import encode_masks, mask_batch, patch_context, train_mask_model
+
+SAMPLE_MASKS = sorted((Path(__file__).parent / "fixtures" / "sample_masks").glob("*_mask.png"))
+IMAGE_UNET = dict(dim=8, dim_mults=(1, 2), num_classes=5, resnet_block_groups=2, block_per_layer=1)
+MASK_UNET = dict(dim=8, dim_mults=(1, 2), resnet_block_groups=2, block_per_layer=1)
+
+
+def sample_patch(i: int, size: int) -> Patch:
+    """A sample mask brought to ``size`` px (nearest), under a random image."""
+    with Image.open(SAMPLE_MASKS[i]) as im:
+        mask = np.asarray(im)[:: 512 // size, :: 512 // size].astype(np.int64)
+    image = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    return Patch(SAMPLE_MASKS[i].name.replace("_mask.png", ".jpg"), image, mask)
+
+
+@pytest.fixture(scope="module")
+def autoencoder_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
+    CompactAutoencoder(widths=(8, 8, 8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def patches() -> list[Patch]:
+    return [sample_patch(i, 64) for i in range(5)]
+
+
+def log_steps(run: Path) -> list[int]:
+    with open(run / "log.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+def metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+# ================================================================================ image model
+def test_image_training_resumes_and_ships_loadable_ema(tmp_path, patches, autoencoder_file):
+    out = tmp_path / "image"
+    kwargs = dict(autoencoder_path=autoencoder_file, unet_config=IMAGE_UNET, batch=2, crop_latents=4,
+                  sample_steps=2, sample_count=2, progress=False)
+    train_image_model(patches[:4], patches[4:], out, TrainConfig(steps=3, save_every=2, sample_every=100), **kwargs)
+    assert json.loads((out / "state.json").read_text())["step"] == 3
+    assert (out / "samples-000003.png").is_file()
+    ema = train_image_model(patches[:4], patches[4:], out, TrainConfig(steps=5, save_every=2, sample_every=100),
+                            **kwargs)
+    assert log_steps(out) == [1, 2, 3, 4, 5]  # resumed at 4
+    grid = Image.open(out / "samples-000005.png")
+    assert grid.size == (64, 3 * 64)  # one held-out patch: real | mask colours | generated
+
+    loaded = load_diffinfinite_checkpoint(out / "ema.safetensors", "image")
+    assert loaded.config == ema.config == {**IMAGE_UNET, "channels": 4}
+    for k, v in ema.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    meta = metadata(out / "ema.safetensors")
+    assert meta["diffinfinite.kind"] == "image"
+    assert json.loads(meta["diffinfinite.autoencoder"])["config"] == {"latent_channels": 4, "widths": [8, 8, 8],
+                                                                      "blocks": [1, 1, 2]}
+    with pytest.raises(CheckpointError, match="image-model UNet"):
+        load_diffinfinite_checkpoint(out / "ema.safetensors", "mask")
+
+
+def test_image_run_refuses_another_autoencoder(tmp_path, patches, autoencoder_file):
+    out = tmp_path / "image"
+    kwargs = dict(unet_config=IMAGE_UNET, batch=2, crop_latents=4, sample_steps=1, progress=False)
+    train_image_model(patches[:2], [], out, TrainConfig(steps=1, sample_every=100), autoencoder_path=autoencoder_file,
+                      **kwargs)
+    other = tmp_path / "other.safetensors"
+    CompactAutoencoder(widths=(8, 8, 8)).save(other)  # new random weights: another latent space
+    with pytest.raises(ValueError, match="trained with another autoencoder"):
+        train_image_model(patches[:2], [], out, TrainConfig(steps=2), autoencoder_path=other, **kwargs)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist.*diffinfinite train autoencoder"):
+        train_image_model(patches[:2], [], out, TrainConfig(steps=2), autoencoder_path=tmp_path / "missing.safetensors",
+                          **kwargs)
+
+
+def test_latent_cache_holds_all_eight_transforms(patches, autoencoder_file):
+    ae = CompactAutoencoder.load(autoencoder_file)
+    wide = Patch("wide", patches[0].image[:32], patches[0].mask[:32])  # 64 x 32 px: orientations swap
+    cache = encode_patches([patches[0], wide], ae, num_classes=5)
+    assert len(cache) == 2
+    image = torch.from_numpy(patches[0].image.copy()).permute(2, 0, 1).float() / 255
+    mask = torch.from_numpy(patches[0].mask.copy())
+    assert len(cache.latents[0]) == len(cache.masks[0]) == DIHEDRAL == 8
+    for k in range(DIHEDRAL):
+        torch.testing.assert_close(cache.latents[0][k], ae.encode(dihedral(image, k)[None])[0])
+        assert torch.equal(cache.masks[0][k], latent_labels(dihedral(mask, k), 8))
+    assert len({cache.latents[0][k].sum().item() for k in range(8)}) == 8  # eight different encodings
+    assert [tuple(z.shape[-2:]) for z in cache.latents[1]] == [(4, 8), (8, 4)] * 4
+    assert [tuple(m.shape) for m in cache.masks[1]] == [(4, 8), (8, 4)] * 4
+    with pytest.raises(DatasetError, match="wide: label 4 is out of range 0..2"):
+        encode_patches([wide], ae, num_classes=3)
+
+
+def test_condition_dropout_zeroes_masks_at_its_rate(patches, autoencoder_file):
+    ae = CompactAutoencoder.load(autoencoder_file)
+    labelled = [p for p in patches if p.mask.any()]
+    cache = encode_patches(labelled, ae, num_classes=5)
+    n = 4000
+    b = image_batch(cache, n, 8, 0.2, torch.Generator().manual_seed(1))
+    assert abs(b.dropped.float().mean().item() - 0.2) < 0.025  # binomial sd 0.006
+    assert not b.masks[b.dropped].any()  # the null condition: class 0 and an empty query mask
+    kept = ~b.dropped
+    assert torch.equal(
+        b.masks[kept][:, 0],
+        torch.stack([cache.masks[i][k] for i, k in zip(b.index[kept].tolist(), b.transform[kept].tolist())]),
+    )  # whole 8x8 latents: no crop offset
+    assert set(b.transform.tolist()) == set(range(8))
+    again = image_batch(cache, n, 8, 0.2, torch.Generator().manual_seed(1))
+    assert torch.equal(again.latents, b.latents) and torch.equal(again.dropped, b.dropped)
+    assert not image_batch(cache, 64, 4, 0.0, torch.Generator().manual_seed(2)).dropped.any()
+    assert image_batch(cache, 64, 4, 1.0, torch.Generator().manual_seed(2)).masks.eq(0).all()
+
+
+# ================================================================================ mask model
+@pytest.fixture(scope="module")
+def mask_patches() -> list[Patch]:
+    return [sample_patch(i, 128) for i in range(4)]  # 128 px / 16 cells per latent = 8x8 latents
+
+
+def test_mask_training_resumes_and_records_codec_and_contexts(tmp_path, mask_patches):
+    out = tmp_path / "mask"
+    kwargs = dict(unet_config=MASK_UNET, batch=2, crop_latents=8, sample_steps=2, sample_count=2, progress=False)
+    train_mask_model(mask_patches, out, TrainConfig(steps=3, save_every=2, sample_every=100), **kwargs)
+    ema = train_mask_model(mask_patches, out, TrainConfig(steps=5, save_every=2, sample_every=100), **kwargs)
+    assert log_steps(out) == [1, 2, 3, 4, 5]
+    assert Image.open(out / "samples-000005.png").size == (2 * 32, 2 * 32)  # real row, one context row
+
+    loaded = load_diffinfinite_checkpoint(out / "ema.safetensors", "mask")
+    assert loaded.config == ema.config == {**MASK_UNET, "num_classes": 1, "channels": 4}
+    meta = metadata(out / "ema.safetensors")
+    assert meta["diffinfinite.kind"] == "mask"
+    assert json.loads(meta["diffinfinite.mask_codec"]) == {"type": "simplex", "num_labels": 5, "cells_per_latent": 16}
+    assert json.loads(meta["diffinfinite.contexts"]) == ["adenocarcinoma"]
+    with pytest.raises(CheckpointError):
+        load_diffinfinite_checkpoint(out / "ema.safetensors", "image")
+
+
+def test_mask_cache_and_null_rate(mask_patches):
+    codec = SimplexMaskCodec(5, cells_per_latent=16)
+    cache = encode_masks(mask_patches, codec, [0] * len(mask_patches))
+    mask = torch.from_numpy(mask_patches[1].mask.copy())
+    assert len(cache.latents[1]) == 8
+    for k in range(8):
+        torch.testing.assert_close(cache.latents[1][k], codec.encode(dihedral(mask, k)[None])[0])
+    b = mask_batch(cache, 4000, 8, 0.3, torch.Generator().manual_seed(0))
+    assert b.latents.shape == (4000, 4, 8, 8) and b.contexts.eq(0).all()
+    assert abs(b.null.float().mean().item() - 0.3) < 0.025
+
+
+def test_contexts_from_reference_names():
+    assert patch_context("omega3.0/sample_label0_0001.jpg", 1) == 0
+    assert patch_context("mine.png", 2) == 0
+    assert patch_context("sample_label1_0004.jpg", 2) == 1
+    with pytest.raises(DatasetError, match="context 1 .*squamous.*trained for 1 context"):
+        patch_context("sample_label1_0004.jpg", 1)
+
+
+# ================================================================================ CLI
+def test_cli_image_needs_an_existing_autoencoder(tmp_path, capsys):
+    args = ["train", "image", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert cli_main(args) == 2
+    assert "needs --autoencoder PATH" in capsys.readouterr().err
+    assert cli_main([*args, "--autoencoder", str(tmp_path / "ae.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "ae.safetensors does not exist" in err and "diffinfinite train autoencoder --data DATA --out RUN" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_trains_image_and_mask_models(tmp_path, autoencoder_file):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        p = sample_patch(i, 128)
+        Image.fromarray(p.image).save(data / p.name, format="PNG")
+        Image.fromarray(p.mask.astype(np.uint16)).save(data / p.name.replace(".jpg", "_mask.png"))
+    holdout = tmp_path / "holdout.json"
+    holdout.write_text(json.dumps({"held_out": [SAMPLE_MASKS[2].name.replace("_mask.png", ".jpg")]}))
+    common = ["--data", str(data), "--holdout-file", str(holdout), "--steps", "2", "--batch", "2", "--dim", "8",
+              "--dim-mults", "1,2", "--groups", "2", "--sample-steps", "1", "--threads", "1"]
+    assert cli_main(["train", "image", "--out", str(tmp_path / "image"), "--autoencoder", str(autoencoder_file),
+                     "--crop-latents", "8", *common]) == 0
+    assert load_diffinfinite_checkpoint(tmp_path / "image" / "ema.safetensors", "image").config["dim"] == 8
+    assert cli_main(["train", "mask", "--out", str(tmp_path / "mask"), "--crop-latents", "8", *common]) == 0
+    assert json.loads(metadata(tmp_path / "mask" / "ema.safetensors")["diffinfinite.contexts"]) == ["adenocarcinoma"]
+    assert log_steps(tmp_path / "mask") == [1, 2]
+    bad = ["train", "mask", "--data", str(data), "--out", str(tmp_path / "bad"), "--dim", "8", "--groups", "3"]
+    assert cli_main(bad) == 2  # 3 groups do not divide the widths 8, 16, ...
