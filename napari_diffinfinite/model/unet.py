@@ -14,6 +14,7 @@ from torch import nn
 
 from .layers import (
     Attention,
+    PointwiseConv2d,
     LinearAttention,
     MaskCrossAttention,
     PreNorm,
@@ -85,7 +86,7 @@ class _UnetSkeleton(nn.Module):
             self.ups.append(nn.ModuleList(level))
 
         self.final_res_block = resnet(dim * 2, dim)
-        self.final_conv = nn.Conv2d(dim, channels, 1)
+        self.final_conv = PointwiseConv2d(dim, channels)
         #: Spatial size of the input must be a multiple of this (one halving per level but the last).
         self.size_multiple = 2 ** (len(dim_mults) - 1)
 
