@@ -232,7 +232,8 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     d = model.downsampling
     lh, lw = -(-h // d), -(-w // d)
     padded = np.pad(labels, ((0, lh * d - h), (0, lw * d - w)), mode="edge")
-    latent_labels = torch.from_numpy(padded[::d, ::d].copy())  # nearest, as the reference's interpolate
+    # the label at each latent cell's centre, as the trainer builds latent masks
+    latent_labels = torch.from_numpy(padded[d // 2 :: d, d // 2 :: d].copy())
     stepper = ImageStepper(model.image_unet, cosine_schedule(), omega + 1, max_batch=max_batch)
     stats = SamplingStats()
     t1 = time.perf_counter()
