@@ -374,16 +374,26 @@ def test_argument_errors_before_any_file(tmp_path, rgb):
     assert files_in(tmp_path) == []
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores folder permissions")
 def test_no_permission(tmp_path, rgb):
+    """A folder the user cannot write to: read-only by mode, or immutable for root (who ignores modes)."""
+    import subprocess
+
     folder = tmp_path / "locked"
     folder.mkdir()
-    folder.chmod(0o500)
+    as_root = os.geteuid() == 0
+    if as_root:  # root bypasses modes but not the immutable attribute (ext4 and most local filesystems)
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o500)
     try:
         with pytest.raises(PermissionError, match="no permission"):
             write_pyramidal_ome_tiff(folder / "x.ome.tif", rgb[:64, :64])
+        assert list(folder.iterdir()) == []
     finally:
-        folder.chmod(0o700)
+        if as_root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o700)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
