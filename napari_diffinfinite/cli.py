@@ -147,6 +147,18 @@ def _generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bundle(args: argparse.Namespace) -> int:
+    from .training.bundle import bundle_model
+
+    try:
+        folder = bundle_model(args.out, autoencoder=args.autoencoder, image=args.image, mask=args.mask,
+                              name=args.name, default_steps=args.default_steps)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        return _error(EXIT_USAGE, str(e))
+    print(f"wrote {folder / 'model.json'}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffinfinite",
@@ -182,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true", help="replace existing output files")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     gen.set_defaults(func=_generate)
+    bundle = sub.add_parser("bundle", help="assemble a model folder from training runs (model.json + weights)")
+    bundle.add_argument("--autoencoder", required=True, help="autoencoder run folder or its ema.safetensors")
+    bundle.add_argument("--image", help="image-model run folder or its ema.safetensors")
+    bundle.add_argument("--mask", help="mask-model run folder or its ema.safetensors")
+    bundle.add_argument("--out", required=True, help="model folder to write (e.g. resources/models/embedded)")
+    bundle.add_argument("--name", default="embedded")
+    bundle.add_argument("--default-steps", type=int, default=25)
+    bundle.set_defaults(func=_bundle)
     from .training.cli import add_train_parser
 
     add_train_parser(sub)

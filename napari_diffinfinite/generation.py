@@ -126,6 +126,8 @@ def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=N
             )
         raise FileNotFoundError(f"{folder} is not a model folder: it has no model.json")
     meta = json.loads(manifest.read_text())
+    if "image" not in meta:
+        raise FileNotFoundError(f"{folder} has no image model yet (model.json lists no 'image'); train and bundle it")
     ae_meta = meta["autoencoder"]
     if ae_meta.get("type") != "compact":
         raise ValueError(f"{manifest}: unsupported autoencoder type {ae_meta.get('type')!r}")

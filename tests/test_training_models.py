@@ -216,3 +216,36 @@ def test_cli_trains_image_and_mask_models(tmp_path, autoencoder_file):
     assert log_steps(tmp_path / "mask") == [1, 2]
     bad = ["train", "mask", "--data", str(data), "--out", str(tmp_path / "bad"), "--dim", "8", "--groups", "3"]
     assert cli_main(bad) == 2  # 3 groups do not divide the widths 8, 16, ...
+
+
+def test_bundle_assembles_a_loadable_model_folder(tmp_path, tiny_model_dir):
+    """Runs' EMA weights + model.json = a folder load_model reads; wrong kinds are refused."""
+    import shutil
+
+    from napari_diffinfinite.generation import load_model
+    from napari_diffinfinite.training.bundle import bundle_model
+
+    runs = {}
+    for part in ("autoencoder", "image", "mask"):
+        run = tmp_path / f"run-{part}"
+        run.mkdir()
+        shutil.copy(tiny_model_dir / f"{part}.safetensors", run / "ema.safetensors")
+        (run / "state.json").write_text('{"step": 7, "elapsed_s": 1.5}')
+        runs[part] = run
+    # the tiny test model's mask weights carry no codec metadata; add what the mask trainer writes
+    from safetensors.torch import load_file, save_file
+
+    mask_file = runs["mask"] / "ema.safetensors"
+    meta = {"diffinfinite.kind": "mask", "diffinfinite.config": '{"dim": 8, "num_classes": 1, "dim_mults": [1, 2], '
+            '"channels": 4, "resnet_block_groups": 2, "block_per_layer": 2}',
+            "diffinfinite.mask_codec": '{"type": "simplex", "num_labels": 5, "cells_per_latent": 16}',
+            "diffinfinite.contexts": '["adenocarcinoma"]'}
+    save_file(load_file(str(mask_file)), str(mask_file), metadata=meta)
+    out = bundle_model(tmp_path / "bundle", autoencoder=runs["autoencoder"], image=runs["image"], mask=runs["mask"],
+                       name="bundled", default_steps=4, image_window=16, mask_window=8)
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["provenance"]["image"]["steps"] == 7 and manifest["contexts"] == ["adenocarcinoma"]
+    model = load_model(out, device="cpu")
+    assert model.name == "bundled" and model.default_steps == 4 and model.mask_codec.cells_per_latent == 16
+    with pytest.raises(ValueError, match="holds a 'image' network, not the mask"):
+        bundle_model(tmp_path / "wrong", autoencoder=runs["autoencoder"], image=runs["image"], mask=runs["image"])
