@@ -1,0 +1,787 @@
+"""Quality figures for a DiffInfinite model: the measurements of issue 4 ("Quality, measured").
+
+Each metric is a small function on numpy arrays (uint8 RGB images ``(H, W, 3)``, label masks ``(H, W)``), so it
+can be tested on synthetic arrays with known answers; :func:`evaluate` runs them all on a model and a labelled
+dataset split into training and held-out patches, and returns a JSON-ready report and a sample grid.
+
+The measurements and their targets (:data:`TARGETS`):
+
+- **Reconstruction** (:func:`reconstruction_psnr`): autoencoder PSNR on the held-out patches, images rounded
+  to uint8 after decoding, as a user sees them. Target: mean >= 26 dB.
+- **Colour per class** (:func:`lab_stats`, :func:`delta_e`): mean and spread of CIELAB colour over one label's
+  pixels, generated (with the held-out masks) vs held-out. Distance: CIE76 Delta E (Euclidean in L*a*b*).
+  Target: <= 8 for every class.
+- **Texture per class** (:func:`hf_energy`): mean squared Laplacian of L* over one label's pixels, the label
+  region eroded so that class borders do not count; the generated / held-out ratio must be >= 0.7 (not blurry).
+- **Class dependence** (:func:`class_separation`): the same mask filled with one class (carcinoma, necrosis,
+  stroma), several seeds; the CIE76 distance between class mean colours must exceed the within-class spread.
+- **Anti-copying** (:func:`anti_copying`): nearest-neighbour distances of 64-px Lab thumbnails, generated ->
+  training, against training -> other training patches; the 1st percentile of the former must be >= the 5th
+  percentile of the latter.
+- **Seams** (:func:`seam_report`): :func:`~napari_diffinfinite.sampling.seams.seam_ratio` on generated large
+  images; target <= 1.10.
+
+Label 0 ("Unknown", also the classifier-free-guidance null class and the class-border band) is never
+evaluated as a class. Pure numpy / scipy / scikit-image / Pillow; torch only to run the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage.color import rgb2lab
+from skimage.transform import resize
+
+__all__ = [
+    "CLASS_LABELS",
+    "DEPENDENCE_LABELS",
+    "SYNTHETIC_NOTE",
+    "TARGETS",
+    "EvaluationResult",
+    "anti_copying",
+    "best_crop",
+    "class_dependence",
+    "class_name",
+    "class_region",
+    "class_separation",
+    "compare_classes",
+    "delta_e",
+    "evaluate",
+    "format_report",
+    "hf_energy",
+    "image_crops",
+    "lab_stats",
+    "lab_thumbnail",
+    "laplacian_energy",
+    "load_holdout",
+    "nearest_neighbour_distances",
+    "psnr",
+    "reconstruct",
+    "reconstruction_psnr",
+    "sample_grid",
+    "seam_report",
+    "split_holdout",
+    "write_report",
+]
+
+#: Classes evaluated per class (label 0 excluded): carcinoma, necrosis, tumour stroma, others.
+CLASS_LABELS: tuple[int, ...] = (1, 2, 3, 4)
+#: Classes of the class-dependence test: carcinoma, necrosis, tumour stroma.
+DEPENDENCE_LABELS: tuple[int, ...] = (1, 2, 3)
+#: The targets of issue 4.
+TARGETS = {
+    "psnr_db_min_mean": 26.0,  # mean reconstruction PSNR >= this
+    "delta_e_max": 8.0,  # per-class CIE76 Delta E between mean colours <= this
+    "hf_ratio_min": 0.7,  # per-class generated / held-out Laplacian energy >= this
+    "seam_ratio_max": 1.10,  # seam ratio of every large generated image <= this
+}
+SYNTHETIC_NOTE = "synthetic - research/demo use, not for diagnosis"
+
+
+def class_name(label: int, num_classes: int = 5) -> str:
+    """The name of a label id in the model's class set (``"Carcinoma"`` for 1 of the 5-class set)."""
+    from .classes import CLASS_SETS
+
+    classes = CLASS_SETS.get(num_classes)
+    if classes is not None and 0 <= label < len(classes):
+        return classes[label].name
+    return f"label {label}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# reconstruction
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB between two images of the same shape (``inf`` if identical).
+
+    ``10 log10(peak^2 / MSE)``, the MSE over every pixel and channel; ``peak`` is 255 for uint8 images.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr needs images of the same shape, got {a.shape} and {b.shape}")
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def reconstruct(autoencoder, image: np.ndarray) -> np.ndarray:
+    """Encode and decode one uint8 RGB image ``(H, W, 3)``; returns it as uint8, as a user would see it.
+
+    The image is padded (reflected) to a multiple of the autoencoder's downsampling and cropped back.
+    ``autoencoder`` follows :class:`~napari_diffinfinite.model.autoencoder.Autoencoder` (``encode`` takes
+    float images in [0, 1], ``decode`` returns them clipped to [0, 1]).
+    """
+    import torch
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"reconstruct needs a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    d = int(getattr(autoencoder, "downsampling", 1))
+    padded = np.pad(image, ((0, -h % d), (0, -w % d), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+    x = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        y = autoencoder.decode(autoencoder.encode(x))
+    y = y[0, :, :h, :w].float().clamp(0, 1).cpu()
+    return (y * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _named_images(patches) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for i, p in enumerate(patches):
+        if hasattr(p, "image"):
+            out.append((str(getattr(p, "name", i)), np.asarray(p.image)))
+        else:
+            out.append((str(i), np.asarray(p)))
+    return out
+
+
+def reconstruction_psnr(autoencoder, patches) -> dict:
+    """Autoencoder PSNR (dB) per patch, with the mean and minimum over the patches.
+
+    ``patches``: objects with ``.name`` and ``.image`` (e.g. :class:`~napari_diffinfinite.training.dataset.Patch`)
+    or plain uint8 images. The decoded image is rounded to uint8 before the comparison.
+    Returns ``{"mean_db", "min_db", "per_patch": {name: dB}, "target_db", "pass"}``.
+    """
+    per = {name: psnr(image, reconstruct(autoencoder, image)) for name, image in _named_images(patches)}
+    if not per:
+        raise ValueError("reconstruction_psnr needs at least one patch")
+    values = list(per.values())
+    mean = float(np.mean(values))
+    return {
+        "mean_db": mean,
+        "min_db": float(min(values)),
+        "per_patch": per,
+        "target_db": TARGETS["psnr_db_min_mean"],
+        "pass": bool(mean >= TARGETS["psnr_db_min_mean"]),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# colour and texture per class
+
+
+def class_region(mask: np.ndarray, label: int, erode: int = 0) -> np.ndarray:
+    """Boolean map of ``label``'s pixels, eroded by ``erode`` px (3x3 cross steps; the image border counts
+    as outside, so pixels near the edge are dropped too)."""
+    region = np.asarray(mask) == label
+    if erode > 0 and region.any():
+        region = ndimage.binary_erosion(region, iterations=int(erode), border_value=0)
+    return region
+
+
+def _pairs(images, masks) -> list[tuple[np.ndarray, np.ndarray]]:
+    images, masks = list(images), list(masks)
+    if len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    out = []
+    for image, mask in zip(images, masks):
+        image, mask = np.asarray(image), np.asarray(mask)
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:
+            raise ValueError(f"an (H, W, 3) image needs an (H, W) mask, got {image.shape} and {mask.shape}")
+        out.append((image, mask))
+    return out
+
+
+def lab_stats(images, masks, label: int, erode: int = 0) -> dict | None:
+    """Mean and standard deviation of CIELAB colour (skimage ``rgb2lab``, D65) over ``label``'s pixels.
+
+    The pixels of all images are pooled. Returns ``{"mean": [L, a, b], "std": [L, a, b], "pixels": n,
+    "images": k}`` (``k``: images holding the label), or ``None`` if no image holds a pixel of the label.
+    """
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    n = k = 0
+    for image, mask in _pairs(images, masks):
+        region = class_region(mask, label, erode)
+        if not region.any():
+            continue
+        lab = rgb2lab(image[region][None])[0].astype(np.float64)  # only the label's pixels: (N, 3)
+        total += lab.sum(axis=0)
+        total_sq += (lab**2).sum(axis=0)
+        n += lab.shape[0]
+        k += 1
+    if n == 0:
+        return None
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    return {"mean": mean.tolist(), "std": std.tolist(), "pixels": int(n), "images": int(k)}
+
+
+def delta_e(mean_a, mean_b) -> float:
+    """CIE76 colour difference: the Euclidean distance between two L*a*b* colours."""
+    a = np.asarray(mean_a, dtype=np.float64)
+    b = np.asarray(mean_b, dtype=np.float64)
+    return float(np.sqrt(np.sum((a - b) ** 2)))
+
+
+def laplacian_energy(image: np.ndarray) -> np.ndarray:
+    """Squared Laplacian (5-point stencil, reflected borders) of the CIELAB lightness L* (0..100), per pixel."""
+    image = np.asarray(image)
+    lightness = rgb2lab(image)[..., 0] if image.ndim == 3 else np.asarray(image, dtype=np.float64)
+    return ndimage.laplace(lightness.astype(np.float64), mode="reflect") ** 2
+
+
+def hf_energy(images, masks, label: int, erode: int = 4) -> float | None:
+    """High-frequency energy of one class: the mean squared Laplacian of L* over ``label``'s pixels.
+
+    The label region is eroded by ``erode`` px first, so the lightness steps at class borders (and the image
+    edges) do not count. Pixels of all images are pooled. ``None`` if no pixel is left.
+    """
+    total, n = 0.0, 0
+    for image, mask in _pairs(images, masks):
+        region = class_region(mask, label, erode)
+        if not region.any():
+            continue
+        total += float(laplacian_energy(image)[region].sum())
+        n += int(region.sum())
+    return None if n == 0 else total / n
+
+
+def compare_classes(real_images, real_masks, gen_images, gen_masks, labels: Iterable[int] = CLASS_LABELS, *,
+                    erode: int = 4, num_classes: int = 5) -> dict:
+    """Per class, generated vs real: Lab mean/std of each side, the CIE76 Delta E between the means, the
+    high-frequency energies and their ratio (generated / real), each checked against :data:`TARGETS`.
+
+    Colour statistics use the label's pixels as they are; the texture energy erodes them by ``erode`` px.
+    A class missing on either side gets ``None`` figures and no pass/fail (``"pass": None``).
+    """
+    real = _pairs(real_images, real_masks)
+    gen = _pairs(gen_images, gen_masks)
+    out = {}
+    for label in labels:
+        r = lab_stats([i for i, _ in real], [m for _, m in real], label)
+        g = lab_stats([i for i, _ in gen], [m for _, m in gen], label)
+        hr = hf_energy([i for i, _ in real], [m for _, m in real], label, erode)
+        hg = hf_energy([i for i, _ in gen], [m for _, m in gen], label, erode)
+        de = None if r is None or g is None else delta_e(r["mean"], g["mean"])
+        ratio = None if hr is None or hg is None or hr == 0 else hg / hr
+        out[str(label)] = {
+            "name": class_name(label, num_classes),
+            "real": r,
+            "generated": g,
+            "delta_e": de,
+            "hf_real": hr,
+            "hf_generated": hg,
+            "hf_ratio": ratio,
+            "pass_delta_e": None if de is None else bool(de <= TARGETS["delta_e_max"]),
+            "pass_hf": None if ratio is None else bool(ratio >= TARGETS["hf_ratio_min"]),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# class dependence
+
+
+def image_lab_mean(image: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+    """Mean L*a*b* colour of an image (or of the pixels in ``region``)."""
+    image = np.asarray(image)
+    pixels = image.reshape(-1, 3) if region is None else image[region]
+    return rgb2lab(pixels[None])[0].astype(np.float64).mean(axis=0)
+
+
+def class_separation(means: Mapping[int, Sequence]) -> dict:
+    """Are classes told apart? ``means``: per class, the Lab means of its images (``(n, 3)``, one per image).
+
+    The within-class spread is the standard deviation of a class's per-image means, as one distance: the root
+    mean squared CIE76 distance of the image means to their centroid (``sqrt(sum of the per-channel
+    variances)``). A pair of classes passes when the distance between their centroids exceeds the larger of
+    their two spreads; the test passes when every pair does.
+    """
+    centroids, spreads, counts = {}, {}, {}
+    for label, values in means.items():
+        arr = np.asarray(values, dtype=np.float64).reshape(-1, 3)
+        if arr.shape[0] == 0:
+            raise ValueError(f"class {label} has no image means")
+        centroids[label] = arr.mean(axis=0)
+        spreads[label] = float(np.sqrt(((arr - centroids[label]) ** 2).sum(axis=1).mean()))
+        counts[label] = int(arr.shape[0])
+    labels = list(centroids)
+    pairs = {}
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            d = delta_e(centroids[a], centroids[b])
+            s = max(spreads[a], spreads[b])
+            pairs[f"{a}-{b}"] = {"distance": d, "spread": s, "pass": bool(d > s)}
+    return {
+        "centroids": {str(k): v.tolist() for k, v in centroids.items()},
+        "spread": {str(k): v for k, v in spreads.items()},
+        "images": {str(k): v for k, v in counts.items()},
+        "pairs": pairs,
+        "min_distance": min((p["distance"] for p in pairs.values()), default=None),
+        "max_spread": max(spreads.values()) if spreads else None,
+        "pass": bool(pairs) and all(p["pass"] for p in pairs.values()),
+    }
+
+
+def class_dependence(model, labels: Iterable[int] = DEPENDENCE_LABELS, seeds: Iterable[int] = (0, 1, 2), *,
+                     size: int = 256, steps: int | None = None, **generate_kwargs) -> tuple[dict, dict]:
+    """Generate a ``size`` x ``size`` mask filled with one class, for each class and seed, and measure
+    :func:`class_separation` of the images' Lab means. Returns ``(report, {label: [images]})``."""
+    from .generation import generate
+
+    images: dict[int, list[np.ndarray]] = {}
+    means: dict[int, list[np.ndarray]] = {}
+    for label in labels:
+        mask = np.full((size, size), int(label), dtype=np.int64)
+        for seed in seeds:
+            image = generate(model, mask=mask, seed=int(seed), steps=steps, **generate_kwargs).image
+            images.setdefault(label, []).append(image)
+            means.setdefault(label, []).append(image_lab_mean(image))
+    report = class_separation(means)
+    report["names"] = {str(k): class_name(k, model.num_classes) for k in means}
+    report["size"] = size
+    return report, images
+
+
+# --------------------------------------------------------------------------------------------------------
+# anti-copying
+
+
+def lab_thumbnail(image: np.ndarray, size: int = 64) -> np.ndarray:
+    """An image shrunk to ``size`` x ``size`` (area averaging in RGB) and converted to L*a*b*: ``(size, size, 3)``."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    rgb = image.astype(np.float64) / (255.0 if image.dtype == np.uint8 else 1.0)
+    if h % size == 0 and w % size == 0:
+        small = rgb.reshape(size, h // size, size, w // size, 3).mean(axis=(1, 3))
+    else:
+        small = resize(rgb, (size, size, 3), anti_aliasing=True, preserve_range=True)
+    return rgb2lab(np.clip(small, 0, 1)).astype(np.float32)
+
+
+def image_crops(image: np.ndarray, crop: int = 512) -> list[np.ndarray]:
+    """Non-overlapping ``crop`` x ``crop`` tiles of an image (whole tiles only, from the top-left); an image
+    smaller than ``crop`` on a side is one crop of ``min(crop, H, W)`` px."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    c = min(crop, h, w)
+    return [image[y : y + c, x : x + c] for y in range(0, h - c + 1, c) for x in range(0, w - c + 1, c)]
+
+
+def _dihedral(thumbs: np.ndarray) -> np.ndarray:
+    """The 8 rotations / flips of each ``(N, s, s, 3)`` thumbnail: ``(8, N, s, s, 3)``."""
+    out = []
+    for flip in (False, True):
+        t = thumbs[:, :, ::-1] if flip else thumbs
+        out.extend(np.rot90(t, k, axes=(1, 2)) for k in range(4))
+    return np.stack(out)
+
+
+def nearest_neighbour_distances(queries: np.ndarray, references: np.ndarray, *, exclude_self: bool = False,
+                                groups: Sequence | None = None,
+                                dihedral: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """For each query thumbnail ``(N, s, s, 3)``, the distance to its nearest reference ``(M, s, s, 3)`` and
+    that reference's index.
+
+    The distance is the root mean square over the thumbnail pixels of the per-pixel CIE76 Delta E (the
+    Euclidean distance divided by ``s``), so it reads in Delta E units. With ``dihedral`` the query's 8
+    rotations / flips are all tried and the smallest distance counts (training augments with them, so a
+    rotated copy is a copy). ``exclude_self`` (queries and references the same set): a thumbnail is not its
+    own neighbour, nor any thumbnail of the same ``groups`` entry (e.g. the crops of one patch).
+    """
+    q = np.asarray(queries, dtype=np.float64)
+    r = np.asarray(references, dtype=np.float64)
+    if q.ndim != 4 or r.ndim != 4 or q.shape[1:] != r.shape[1:]:
+        raise ValueError(f"thumbnails must be (N, s, s, 3) of one size, got {q.shape} and {r.shape}")
+    if exclude_self and q.shape[0] != r.shape[0]:
+        raise ValueError("exclude_self needs the queries and references to be the same set")
+    if r.shape[0] - (1 if exclude_self else 0) < 1:
+        raise ValueError("no reference thumbnail to compare with")
+    pixels = q.shape[1] * q.shape[2]
+    centre = r.reshape(-1, r.shape[-1]).mean(axis=0)  # centred values lose less to cancellation below
+    rf = (r - centre).reshape(r.shape[0], -1)
+    r2 = (rf**2).sum(axis=1)
+    variants = _dihedral(q) if dihedral else q[None]
+    best = np.full((q.shape[0], r.shape[0]), np.inf)
+    best_variant = np.zeros((q.shape[0], r.shape[0]), dtype=np.int64)
+    for k, v in enumerate(variants):
+        vf = (np.ascontiguousarray(v) - centre).reshape(v.shape[0], -1)
+        d2 = np.maximum((vf**2).sum(axis=1)[:, None] + r2[None, :] - 2.0 * vf @ rf.T, 0.0)
+        better = d2 < best
+        best = np.where(better, d2, best)
+        best_variant = np.where(better, k, best_variant)
+    if exclude_self:
+        np.fill_diagonal(best, np.inf)
+        if groups is not None:
+            g = np.asarray(groups)
+            if g.shape != (q.shape[0],):
+                raise ValueError(f"groups needs one entry per thumbnail ({q.shape[0]}), got {g.shape}")
+            best[g[:, None] == g[None, :]] = np.inf
+        if not np.isfinite(best).any(axis=1).all():
+            raise ValueError("a thumbnail has no reference outside its own group")
+    index = best.argmin(axis=1)
+    # the nearest pair's distance again, directly (the expansion above is exact only to rounding)
+    rows = np.arange(q.shape[0])
+    nearest = variants[best_variant[rows, index], rows]
+    dist = np.sqrt(((nearest - r[index]) ** 2).reshape(q.shape[0], -1).sum(axis=1) / pixels)
+    return dist, index
+
+
+def _percentiles(values: np.ndarray) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    return {
+        "n": int(values.size),
+        "min": float(values.min()),
+        "p1": float(np.percentile(values, 1)),
+        "p5": float(np.percentile(values, 5)),
+        "p50": float(np.percentile(values, 50)),
+        "max": float(values.max()),
+    }
+
+
+def anti_copying(generated: np.ndarray, training: np.ndarray, *, training_names: Sequence[str] | None = None,
+                 dihedral: bool = True, closest: int = 5) -> dict:
+    """Nearest-neighbour distances of generated thumbnails to the training thumbnails, against those between
+    different training thumbnails (each training patch's nearest other one); both ``(N, s, s, 3)`` Lab, e.g.
+    from :func:`lab_thumbnail`. ``training_names``: the patch of each training thumbnail (the crops of one
+    patch repeat its name).
+
+    Passes when the 1st percentile of generated -> training distances is >= the 5th percentile of training ->
+    training distances: generated patches are no closer to the training set than training patches are to each
+    other. Reports both distributions (n, min, percentiles 1/5/50, max) and the ``closest`` generated patches.
+    """
+    generated = np.asarray(generated)
+    training = np.asarray(training)
+    if generated.shape[0] < 1 or training.shape[0] < 2:
+        raise ValueError("anti_copying needs >= 1 generated and >= 2 training thumbnails")
+    g_dist, g_idx = nearest_neighbour_distances(generated, training, dihedral=dihedral)
+    names = list(training_names) if training_names is not None else [str(i) for i in range(training.shape[0])]
+    if len(names) != training.shape[0]:
+        raise ValueError(f"{len(names)} training names for {training.shape[0]} training thumbnails")
+    # thumbnails of one training patch (its crops) share a name and are not each other's neighbours
+    t_dist, t_idx = nearest_neighbour_distances(training, training, exclude_self=True, groups=names,
+                                                dihedral=dihedral)
+    g, t = _percentiles(g_dist), _percentiles(t_dist)
+    order = np.argsort(g_dist)[:closest]
+    return {
+        "distance": "RMS per-pixel CIE76 Delta E of 64-px Lab thumbnails" + (", min over 8 rotations/flips"
+                                                                             if dihedral else ""),
+        "generated_to_train": g,
+        "train_to_train": t,
+        "pass": bool(g["p1"] >= t["p5"]),
+        "closest_generated": [{"generated": int(i), "train": names[int(g_idx[i])], "distance": float(g_dist[i])}
+                              for i in order],
+        "closest_train_pair": {"a": names[int(t_dist.argmin())], "b": names[int(t_idx[t_dist.argmin()])],
+                               "distance": float(t_dist.min())},
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# seams
+
+
+def seam_report(images: Sequence[np.ndarray], tile: int = 512) -> dict:
+    """:func:`~napari_diffinfinite.sampling.seams.seam_ratio` of each image; passes when every one is
+    <= 1.10."""
+    from .sampling.seams import seam_ratio
+
+    values = [float(seam_ratio(image, tile=tile)) for image in images]
+    if not values:
+        raise ValueError("seam_report needs at least one image")
+    return {
+        "per_image": values,
+        "mean": float(np.mean(values)),
+        "max": float(max(values)),
+        "tile": tile,
+        "target": TARGETS["seam_ratio_max"],
+        "pass": bool(max(values) <= TARGETS["seam_ratio_max"]),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# sample grid
+
+
+def best_crop(mask: np.ndarray, label: int, crop: int) -> tuple[int, int]:
+    """Top-left ``(y, x)`` of the ``crop`` x ``crop`` window (clipped to the mask) holding the most pixels of
+    ``label``."""
+    mask = np.asarray(mask)
+    h, w = mask.shape
+    ch, cw = min(crop, h), min(crop, w)
+    integral = np.pad((mask == label).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    counts = integral[ch:, cw:] - integral[:-ch, cw:] - integral[ch:, :-cw] + integral[:-ch, :-cw]
+    y, x = np.unravel_index(int(counts.argmax()), counts.shape)
+    return int(y), int(x)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType size support
+        return ImageFont.load_default()
+
+
+def sample_grid(rows: Sequence[tuple[str, Sequence[np.ndarray | None]]], column_titles: Sequence[str], *,
+                cell: int = 192, note: str = SYNTHETIC_NOTE, title: str | None = None):
+    """A labelled grid (a PIL image): one row per class (its name on the left), one column per title; each
+    cell an RGB image resized to ``cell`` px (``None``: left blank), and ``note`` along the bottom."""
+    from PIL import Image, ImageDraw
+
+    pad, label_w, head_h, foot_h = 6, 150, 28 + (24 if title else 0), 30
+    ncols = len(column_titles)
+    width = label_w + ncols * (cell + pad) + pad
+    height = head_h + len(rows) * (cell + pad) + pad + foot_h
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    font, small = _font(16), _font(13)
+    if title:
+        draw.text((pad, 4), title, fill="black", font=font)
+    for j, text in enumerate(column_titles):
+        draw.text((label_w + pad + j * (cell + pad), head_h - 22), text, fill="black", font=small)
+    for i, (name, cells) in enumerate(rows):
+        y = head_h + pad + i * (cell + pad)
+        draw.text((pad, y + cell // 2 - 8), name, fill="black", font=font)
+        for j, image in enumerate(list(cells)[:ncols]):
+            if image is None:
+                continue
+            tile = Image.fromarray(np.ascontiguousarray(np.asarray(image, dtype=np.uint8))).resize(
+                (cell, cell), Image.Resampling.LANCZOS)
+            grid.paste(tile, (label_w + pad + j * (cell + pad), y))
+    draw.text((pad, height - foot_h + 6), note, fill=(160, 0, 0), font=font)
+    return grid
+
+
+# --------------------------------------------------------------------------------------------------------
+# the whole evaluation
+
+
+def load_holdout(path) -> list[str]:
+    """The held-out patch names of a ``holdout.json`` (``{"held_out": [names]}``)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("held_out"), list):
+        raise ValueError(f"{path}: expected a JSON object {{\"held_out\": [patch names]}}")
+    return [str(n) for n in data["held_out"]]
+
+
+def split_holdout(patches: Sequence, held_out: Iterable[str]) -> tuple[list, list]:
+    """``(held-out patches, training patches)``; every held-out name must be among the patches."""
+    names = set(held_out)
+    missing = sorted(names - {p.name for p in patches})
+    if missing:
+        raise ValueError(f"{len(missing)} held-out patch(es) are not in the data: {', '.join(missing[:5])}")
+    return [p for p in patches if p.name in names], [p for p in patches if p.name not in names]
+
+
+@dataclass
+class EvaluationResult:
+    report: dict  # JSON-ready (see write_report)
+    grid: Any  # PIL.Image.Image
+
+
+def _log_default(message: str) -> None:
+    print(message, flush=True)
+
+
+def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequence[int] = (0, 1, 2),
+             steps: int | None = None, size: int = 2048, class_size: int = 256,
+             labels: Sequence[int] = CLASS_LABELS, dependence_labels: Sequence[int] = DEPENDENCE_LABELS,
+             crop: int | None = None, thumb: int = 64, erode: int = 4, seam_tile: int = 512,
+             log: Callable[[str], None] | None = _log_default) -> EvaluationResult:
+    """All the measurements of issue 4 on ``model`` (a :class:`~napari_diffinfinite.generation.DiffInfiniteModel`).
+
+    ``patches``: the labelled dataset (``Patch`` objects), split into held-out (names in ``held_out``) and
+    training patches. Per seed: one image per held-out mask (per-class colour / texture, anti-copying), one
+    whole-class ``class_size`` image per class of ``dependence_labels`` (class dependence), and one ``size`` x
+    ``size`` image with a generated mask (seams, and its ``crop``-px tiles for anti-copying). ``crop`` is the
+    training patch size (default: the smallest patch side, at most 512); thumbnails are ``thumb`` px.
+    """
+    from .generation import generate
+
+    log = log or (lambda message: None)
+    held, train = split_holdout(patches, held_out)
+    if not held:
+        raise ValueError("no held-out patches to evaluate on")
+    if len(train) < 2:
+        raise ValueError("anti-copying needs at least 2 training patches")
+    steps = steps or model.default_steps
+    crop = crop or min(512, min(min(p.image.shape[:2]) for p in patches))
+    seeds = [int(s) for s in seeds]
+    timings: dict[str, float] = {}
+    report: dict[str, Any] = {
+        "model": model.name,
+        "settings": {"seeds": seeds, "steps": steps, "omega": model.default_omega, "size": size,
+                     "class_size": class_size, "crop": crop, "thumbnail": thumb, "erode": erode,
+                     "held_out": [p.name for p in held], "train_patches": len(train)},
+        "targets": dict(TARGETS),
+        "note": SYNTHETIC_NOTE,
+    }
+
+    t = time.perf_counter()
+    log(f"reconstruction PSNR on {len(held)} held-out patches")
+    report["reconstruction"] = reconstruction_psnr(model.autoencoder, held)
+    timings["reconstruction_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    gen_images, gen_masks, gen_by_patch = [], [], {}
+    for i, p in enumerate(held):
+        for seed in seeds:
+            image = generate(model, mask=p.mask, seed=seed, steps=steps).image
+            gen_images.append(image)
+            gen_masks.append(p.mask)
+            gen_by_patch.setdefault(p.name, []).append(image)
+        log(f"generated {len(seeds)} image(s) for held-out mask {i + 1}/{len(held)} ({p.name})")
+    timings["held_out_masks_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report["per_class"] = compare_classes([p.image for p in held], [p.mask for p in held], gen_images, gen_masks,
+                                          labels, erode=erode, num_classes=model.num_classes)
+    timings["per_class_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log(f"class dependence: {len(dependence_labels)} classes x {len(seeds)} seeds, {class_size} px")
+    dep, dep_images = class_dependence(model, dependence_labels, seeds, size=class_size, steps=steps)
+    # the same figure on the real data, for scale: per-patch means of each class's pixels (>= 5% of a patch)
+    real_means: dict[int, list[np.ndarray]] = {}
+    for p in patches:
+        for label in dependence_labels:
+            region = class_region(p.mask, label, erode)
+            if region.sum() >= 0.05 * region.size:
+                real_means.setdefault(label, []).append(image_lab_mean(p.image, region))
+    if len(real_means) >= 2:
+        dep["real_data_reference"] = class_separation(real_means)
+    report["class_dependence"] = dep
+    timings["class_dependence_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    large = []
+    for seed in seeds:
+        large.append(generate(model, size=(size, size), seed=seed, steps=steps).image)
+        log(f"generated a {size} px image with its mask, seed {seed}")
+    timings["large_images_s"] = time.perf_counter() - t
+    report["seams"] = seam_report(large, tile=seam_tile) if size > seam_tile else None
+
+    t = time.perf_counter()
+    train_crops = [(p.name, c) for p in train for c in image_crops(p.image, crop)]
+    train_thumbs = np.stack([lab_thumbnail(c, thumb) for _, c in train_crops])
+    gen_crops = [c for image in gen_images for c in image_crops(image, crop)]
+    gen_crops += [c for image in large for c in image_crops(image, crop)]
+    gen_thumbs = np.stack([lab_thumbnail(c, thumb) for c in gen_crops])
+    n_held_crops = sum(len(image_crops(image, crop)) for image in gen_images)
+    report["anti_copying"] = anti_copying(gen_thumbs, train_thumbs, training_names=[n for n, _ in train_crops])
+    report["anti_copying"]["generated_sources"] = {"held_out_mask_crops": n_held_crops,
+                                                   "large_image_crops": len(gen_crops) - n_held_crops}
+    timings["anti_copying_s"] = time.perf_counter() - t
+
+    rows = []
+    cell_crop = min(256, crop)
+    for label in labels:
+        holders = [p for p in held if (p.mask == label).any()]
+        cells: list[np.ndarray | None] = []
+        if holders:
+            p = max(holders, key=lambda q: int((q.mask == label).sum()))
+            y, x = best_crop(p.mask, label, cell_crop)
+            window = (slice(y, y + cell_crop), slice(x, x + cell_crop))
+            cells.append(p.image[window])
+            cells.extend(image[window] for image in gen_by_patch[p.name])
+        else:
+            cells.extend([None] * (1 + len(seeds)))
+        cells.extend(dep_images.get(label, [None])[:1])
+        rows.append((f"{label} {class_name(label, model.num_classes)}", cells))
+    titles = ["held-out real"] + [f"generated, seed {s}" for s in seeds] + ["generated, whole-class mask"]
+    grid = sample_grid(rows, titles, title=f"{model.name}: held-out real patch | generated with its mask "
+                                           f"({steps} steps, omega {model.default_omega:g})")
+
+    report["summary"] = _summary(report)
+    report["seconds"] = timings
+    return EvaluationResult(report=report, grid=grid)
+
+
+def _summary(report: dict) -> dict:
+    """One line per criterion: value, target, pass (``None`` where it could not be measured)."""
+    rec = report["reconstruction"]
+    per = report["per_class"]
+    des = [v["delta_e"] for v in per.values() if v["delta_e"] is not None]
+    hfs = [v["hf_ratio"] for v in per.values() if v["hf_ratio"] is not None]
+    dep = report["class_dependence"]
+    ac = report["anti_copying"]
+    seams = report.get("seams")
+
+    def verdict(values, ok):
+        return None if not values else bool(all(ok(v) for v in values))
+
+    return {
+        "reconstruction_psnr_db": {"value": rec["mean_db"], "target": ">= 26", "pass": rec["pass"]},
+        "delta_e_max_over_classes": {"value": max(des) if des else None, "target": "<= 8",
+                                     "pass": verdict(des, lambda v: v <= TARGETS["delta_e_max"])},
+        "hf_ratio_min_over_classes": {"value": min(hfs) if hfs else None, "target": ">= 0.7",
+                                      "pass": verdict(hfs, lambda v: v >= TARGETS["hf_ratio_min"])},
+        "class_dependence": {"value": dep["min_distance"], "target": f"> max spread {dep['max_spread']:.2f}",
+                             "pass": dep["pass"]},
+        "anti_copying": {"value": ac["generated_to_train"]["p1"],
+                         "target": f">= train p5 {ac['train_to_train']['p5']:.2f}", "pass": ac["pass"]},
+        "seam_ratio_max": {"value": None if seams is None else seams["max"], "target": "<= 1.10",
+                           "pass": None if seams is None else seams["pass"]},
+    }
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, spec)
+
+
+def format_report(report: dict) -> str:
+    """The report as a plain-text table."""
+    lines = [f"model {report['model']}  (steps {report['settings']['steps']}, seeds {report['settings']['seeds']})",
+             "", f"{'criterion':<28} {'value':>9}  {'target':<24} pass"]
+    for key, row in report["summary"].items():
+        verdict = {True: "yes", False: "NO", None: "-"}[row["pass"]]
+        lines.append(f"{key:<28} {_fmt(row['value']):>9}  {row['target']:<24} {verdict}")
+    lines += ["", f"{'class':<16} {'dE76':>6} {'real L a b':>20} {'gen L a b':>20} {'hf real':>9} {'hf gen':>9} "
+                  f"{'ratio':>6}"]
+    for label, v in report["per_class"].items():
+        def lab(side):
+            return "-" if side is None else " ".join(f"{x:6.1f}" for x in side["mean"])
+
+        lines.append(f"{label + ' ' + v['name']:<16} {_fmt(v['delta_e'], '.1f'):>6} {lab(v['real']):>20} "
+                     f"{lab(v['generated']):>20} {_fmt(v['hf_real'], '.1f'):>9} {_fmt(v['hf_generated'], '.1f'):>9} "
+                     f"{_fmt(v['hf_ratio']):>6}")
+    dep = report["class_dependence"]
+    lines += ["", "class dependence (CIE76 between class centroids vs max within-class spread):"]
+    for pair, p in dep["pairs"].items():
+        lines.append(f"  {pair}: {p['distance']:.2f} vs {p['spread']:.2f} {'ok' if p['pass'] else 'NO'}")
+    ac = report["anti_copying"]
+    g, t = ac["generated_to_train"], ac["train_to_train"]
+    lines += ["", f"anti-copying ({ac['distance']}):",
+              f"  generated -> train  n={g['n']:<4} p1 {g['p1']:.2f}  p5 {g['p5']:.2f}  p50 {g['p50']:.2f}",
+              f"  train -> train      n={t['n']:<4} p1 {t['p1']:.2f}  p5 {t['p5']:.2f}  p50 {t['p50']:.2f}"]
+    rec = report["reconstruction"]
+    lines += ["", f"reconstruction PSNR: mean {_fmt(rec['mean_db'])} dB, min {_fmt(rec['min_db'])} dB"]
+    if report.get("seams"):
+        s = report["seams"]
+        lines.append(f"seam ratio ({s['tile']} px tiles): " + ", ".join(f"{v:.3f}" for v in s["per_image"]))
+    return "\n".join(lines)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None  # JSON has no inf (an exact reconstruction)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def write_report(report: dict, path) -> None:
+    """The report as JSON (non-finite numbers, e.g. the PSNR of an exact reconstruction, become ``null``)."""
+    Path(path).write_text(json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n")

@@ -1,0 +1,301 @@
+"""The quality metrics of issue 4 on synthetic arrays with known answers, and the report end to end on the
+tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+from skimage.color import rgb2lab
+
+from napari_diffinfinite import evaluation as ev
+from napari_diffinfinite.training.dataset import Patch
+
+WHITE = np.array([255, 255, 255], np.uint8)
+
+
+def flat(color, h=16, w=16) -> np.ndarray:
+    return np.broadcast_to(np.asarray(color, np.uint8), (h, w, 3)).copy()
+
+
+def checkerboard(h=16, w=16) -> np.ndarray:
+    board = ((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2).astype(np.uint8) * 255
+    return np.repeat(board[:, :, None], 3, axis=2)
+
+
+def noise(seed=0, h=32, w=32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ---- reconstruction ------------------------------------------------------------------------------------
+
+
+class ShiftAutoencoder:
+    """Identity up to a constant added on decode: a known PSNR."""
+
+    downsampling = 8
+
+    def __init__(self, shift=0.0):
+        self.shift = shift
+
+    def encode(self, x):
+        assert x.shape[-1] % 8 == 0 and x.shape[-2] % 8 == 0  # padded to the downsampling
+        return x
+
+    def decode(self, z):
+        return (z + self.shift).clamp(0, 1)
+
+
+def test_psnr_known_values():
+    a = flat((100, 100, 100))
+    assert ev.psnr(a, a) == math.inf
+    assert ev.psnr(a, a + 1) == pytest.approx(20 * math.log10(255))
+    with pytest.raises(ValueError, match="same shape"):
+        ev.psnr(a, a[:2])
+
+
+def test_reconstruction_psnr_rounds_to_uint8_and_crops_the_padding():
+    images = [Patch("a", flat((10, 20, 30), 30, 20), np.zeros((30, 20), np.int64)),
+              Patch("b", noise(1, 24, 17), np.zeros((24, 17), np.int64))]
+    exact = ev.reconstruction_psnr(ShiftAutoencoder(0.0), images)
+    assert exact["per_patch"] == {"a": math.inf, "b": math.inf} and exact["pass"]
+    # +0.4/255 rounds back to the same uint8 values; +1/255 is one grey level off everywhere
+    assert ev.reconstruction_psnr(ShiftAutoencoder(0.4 / 255), images[:1])["mean_db"] == math.inf
+    off = ev.reconstruction_psnr(ShiftAutoencoder(1 / 255), images[:1])
+    assert off["mean_db"] == pytest.approx(20 * math.log10(255), abs=1e-3) and off["min_db"] == off["mean_db"]
+
+
+# ---- colour and texture ---------------------------------------------------------------------------------
+
+
+def test_lab_stats_of_a_flat_colour_counts_only_the_label():
+    image = flat((200, 40, 60))
+    image[:, 8:] = (30, 60, 200)
+    mask = np.zeros((16, 16), np.int64)
+    mask[:, :8] = 1
+    stats = ev.lab_stats([image], [mask], 1)
+    expected = rgb2lab(np.array([[[200, 40, 60]]], np.uint8))[0, 0]
+    assert np.allclose(stats["mean"], expected, atol=1e-6) and np.allclose(stats["std"], 0, atol=1e-4)
+    assert stats["pixels"] == 128 and stats["images"] == 1
+    white = ev.lab_stats([flat(WHITE)], [np.full((16, 16), 3)], 3)
+    assert np.allclose(white["mean"], [100, 0, 0], atol=0.01)  # skimage D65 white: a*, b* ~ 0.005
+    assert ev.lab_stats([image], [mask], 2) is None
+
+
+def test_lab_stats_pools_pixels_of_all_images():
+    black, white = flat((0, 0, 0)), flat(WHITE)
+    ones = np.ones((16, 16), np.int64)
+    stats = ev.lab_stats([black, white], [ones, ones], 1)
+    assert stats["mean"][0] == pytest.approx(50, abs=1e-3) and stats["std"][0] == pytest.approx(50, abs=1e-3)
+
+
+def test_delta_e_is_cie76():
+    assert ev.delta_e([50, 10, -20], [50, 10, -20]) == 0
+    assert ev.delta_e([50, 0, 0], [53, 4, 0]) == pytest.approx(5)
+
+
+def test_laplacian_energy_flat_is_zero_checkerboard_is_known():
+    ones = np.ones((16, 16), np.int64)
+    assert ev.hf_energy([flat((120, 80, 160))], [ones], 1) == pytest.approx(0, abs=1e-12)
+    # L* alternates 0 / 100: the 5-point Laplacian is +-400 inside, squared 160000
+    assert ev.hf_energy([checkerboard()], [ones], 1, erode=2) == pytest.approx(160000, rel=1e-4)
+    assert ev.laplacian_energy(checkerboard()).shape == (16, 16)
+    assert ev.hf_energy([checkerboard()], [ones], 2) is None
+
+
+def test_hf_energy_erodes_class_borders():
+    image = flat((0, 0, 0))
+    image[:, 8:] = 255
+    mask = np.ones((16, 16), np.int64)
+    mask[:, 8:] = 2
+    assert ev.hf_energy([image], [mask], 1, erode=0) > 0  # the step at the class border counts...
+    assert ev.hf_energy([image], [mask], 1, erode=2) == 0  # ...unless the region is eroded
+
+
+def test_class_region_erodes_from_the_image_edge_too():
+    region = ev.class_region(np.ones((10, 10)), 1, erode=2)
+    assert region.sum() == 36 and region[2:8, 2:8].all()
+
+
+def test_compare_classes_blurred_generated_images_fail_the_hf_ratio():
+    real = [noise(0), noise(1)]
+    masks = [np.ones((32, 32), np.int64), np.full((32, 32), 3, np.int64)]
+    same = ev.compare_classes(real, masks, real, masks, labels=(1, 2, 3))
+    assert same["1"]["delta_e"] == pytest.approx(0, abs=1e-9) and same["1"]["hf_ratio"] == pytest.approx(1)
+    assert same["1"]["pass_delta_e"] and same["1"]["pass_hf"] and same["1"]["name"] == "Carcinoma"
+    assert same["2"]["delta_e"] is None and same["2"]["pass_hf"] is None  # necrosis is in neither
+    blurred = [ndimage.uniform_filter(im, size=(5, 5, 1)) for im in real]
+    soft = ev.compare_classes(real, masks, blurred, masks, labels=(1, 3))
+    assert soft["1"]["hf_ratio"] < 0.7 and soft["1"]["pass_hf"] is False and soft["3"]["pass_hf"] is False
+    tinted = [np.clip(im.astype(int) + (60, 0, 0), 0, 255).astype(np.uint8) for im in real]
+    assert ev.compare_classes(real, masks, tinted, masks, labels=(1,))["1"]["pass_delta_e"] is False
+
+
+# ---- class dependence ------------------------------------------------------------------------------------
+
+
+def test_class_separation_distance_vs_spread():
+    rng = np.random.default_rng(0)
+    a = np.array([50.0, 0, 0]) + rng.normal(0, 1, (4, 3))
+    b = np.array([60.0, 0, 0]) + rng.normal(0, 1, (4, 3))
+    sep = ev.class_separation({1: a, 3: b})
+    assert sep["pairs"]["1-3"]["distance"] == pytest.approx(ev.delta_e(a.mean(0), b.mean(0)))
+    assert sep["spread"]["1"] == pytest.approx(np.sqrt(((a - a.mean(0)) ** 2).sum(1).mean()))
+    assert sep["pass"] and sep["min_distance"] > sep["max_spread"]
+    exact = ev.class_separation({1: [[50, 0, 0], [50, 0, 0]], 2: [[50, 3, 4], [50, 3, 4]]})
+    assert exact["pairs"]["1-2"]["distance"] == pytest.approx(5) and exact["spread"] == {"1": 0, "2": 0}
+    overlapping = ev.class_separation({1: [[40, 0, 0], [60, 0, 0]], 2: [[45, 0, 0], [55, 0, 0]]})
+    assert not overlapping["pass"]  # centroids coincide, the images spread 10 around them
+
+
+# ---- anti-copying ----------------------------------------------------------------------------------------
+
+
+def test_lab_thumbnail_of_a_flat_colour():
+    thumb = ev.lab_thumbnail(flat((200, 40, 60), 128, 128), 64)
+    assert thumb.shape == (64, 64, 3)
+    assert np.allclose(thumb, rgb2lab(np.array([[[200, 40, 60]]], np.uint8))[0, 0], atol=1e-3)
+    assert ev.lab_thumbnail(flat((200, 40, 60), 100, 90), 64).shape == (64, 64, 3)  # not a multiple of 64
+
+
+def test_image_crops():
+    assert len(ev.image_crops(np.zeros((1024, 1536, 3)), 512)) == 6
+    assert [c.shape for c in ev.image_crops(np.zeros((64, 80, 3)), 512)] == [(64, 64, 3)]
+
+
+def lab_flat_thumbs(colors, s=8):
+    return np.stack([np.broadcast_to(np.asarray(c, float), (s, s, 3)) for c in colors])
+
+
+def test_nearest_neighbour_distances_are_delta_e_and_see_rotations():
+    refs = lab_flat_thumbs([[50, 0, 0], [70, 0, 0]])
+    dist, index = ev.nearest_neighbour_distances(lab_flat_thumbs([[53, 4, 0]]), refs)
+    assert dist[0] == pytest.approx(5) and index[0] == 0
+    rng = np.random.default_rng(0)
+    train = rng.normal(50, 10, (6, 8, 8, 3))
+    rotated = np.rot90(train[2:3], 1, axes=(1, 2))[:, :, ::-1]
+    d_rot, i_rot = ev.nearest_neighbour_distances(rotated, train)
+    assert d_rot[0] == pytest.approx(0, abs=1e-6) and i_rot[0] == 2
+    assert ev.nearest_neighbour_distances(rotated, train, dihedral=False)[0][0] > 5
+    self_d, self_i = ev.nearest_neighbour_distances(train, train, exclude_self=True)
+    assert (self_d > 5).all() and (self_i != np.arange(6)).all()
+    grouped_i = ev.nearest_neighbour_distances(train, train, exclude_self=True, groups=[0, 0, 0, 1, 1, 1])[1]
+    assert (grouped_i[:3] >= 3).all() and (grouped_i[3:] < 3).all()
+
+
+def test_anti_copying_fails_with_a_planted_duplicate():
+    rng = np.random.default_rng(1)
+    train = rng.normal(50, 10, (20, 8, 8, 3))
+    fresh = rng.normal(50, 10, (10, 8, 8, 3)) + np.array([0, 40, 0])  # far from every training patch
+    ok = ev.anti_copying(fresh, train)
+    assert ok["pass"] and ok["generated_to_train"]["p1"] >= ok["train_to_train"]["p5"]
+    assert ok["train_to_train"]["n"] == 20 and ok["generated_to_train"]["n"] == 10
+    copied = np.concatenate([fresh, train[7:8]])
+    bad = ev.anti_copying(copied, train, training_names=[f"t{i}" for i in range(20)])
+    assert not bad["pass"] and bad["generated_to_train"]["min"] == pytest.approx(0, abs=1e-6)
+    assert bad["closest_generated"][0] == {"generated": 10, "train": "t7", "distance": pytest.approx(0, abs=1e-6)}
+    dup_train = np.concatenate([train, train[:1]])  # a duplicate inside the training set: distance 0 there
+    assert ev.anti_copying(fresh, dup_train)["train_to_train"]["min"] == pytest.approx(0, abs=1e-6)
+
+
+# ---- seams and the grid ------------------------------------------------------------------------------------
+
+
+def test_seam_report():
+    assert ev.seam_report([flat((90, 90, 90), 64, 64)], tile=32)["pass"]
+    striped = noise(2, 64, 64) // 8
+    striped[:, 32:] += 100  # a step on the tile boundary
+    report = ev.seam_report([flat((90, 90, 90), 64, 64), striped], tile=32)
+    assert report["per_image"][0] == 1.0 and report["max"] > 1.1 and not report["pass"]
+
+
+def test_best_crop_finds_the_label():
+    mask = np.zeros((100, 120), np.int64)
+    mask[60:90, 70:110] = 2
+    y, x = ev.best_crop(mask, 2, 30)
+    assert (mask[y : y + 30, x : x + 30] == 2).all()
+    assert ev.best_crop(mask, 2, 500) == (0, 0)
+
+
+def test_sample_grid_has_its_cells_and_the_note():
+    grid = ev.sample_grid([("1 Carcinoma", [flat((255, 0, 0), 20, 20), None]), ("2 Necrosis", [])],
+                          ["real", "generated"], cell=40)
+    arr = np.asarray(grid)
+    assert grid.size[0] > 2 * 40 and grid.size[1] > 2 * 40
+    assert ((arr[..., 0] == 255) & (arr[..., 1] == 0)).sum() >= 40 * 40  # the red cell
+    note_band = arr[-30:]
+    assert ((note_band[..., 0] > note_band[..., 1] + 60)).any()  # the note, drawn in dark red
+
+
+def test_write_report_turns_inf_into_null(tmp_path):
+    ev.write_report({"a": math.inf, "b": np.float32(1.5), "c": [np.int64(2), np.bool_(True)]}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": None, "b": 1.5, "c": [2, True]}
+
+
+# ---- end to end on the tiny model ----------------------------------------------------------------------------
+
+
+def write_patches(folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, labels in enumerate([(1, 3), (2, 4), (1, 2), (3, 4)]):
+        image = noise(10 + i, 64, 64)
+        mask = np.zeros((64, 64), np.uint16)
+        mask[:, :30] = labels[0]
+        mask[:, 34:] = labels[1]
+        Image.fromarray(image).save(folder / f"p{i}.png")
+        Image.fromarray(mask).save(folder / f"p{i}_mask.png")
+        names.append(f"p{i}.png")
+    return names
+
+
+def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
+    from napari_diffinfinite.generation import load_model
+    from napari_diffinfinite.training.dataset import scan_folder
+
+    names = write_patches(tmp_path / "data")
+    model = load_model(tiny_model_dir, device="cpu")
+    patches = scan_folder(tmp_path / "data", 5)
+    result = ev.evaluate(model, patches, names[:2], seeds=(0, 1), steps=2, size=64, class_size=32,
+                         seam_tile=32, log=None)
+    r = result.report
+    assert set(r["summary"]) == {"reconstruction_psnr_db", "delta_e_max_over_classes", "hf_ratio_min_over_classes",
+                                 "class_dependence", "anti_copying", "seam_ratio_max"}
+    assert set(r["reconstruction"]["per_patch"]) == {"p0.png", "p1.png"}
+    assert set(r["per_class"]) == {"1", "2", "3", "4"} and all(v["delta_e"] is not None for v in r["per_class"].values())
+    assert set(r["class_dependence"]["pairs"]) == {"1-2", "1-3", "2-3"}
+    # 2 held-out masks x 2 seeds + 2 large images, one 64-px crop each; 2 training patches
+    assert r["anti_copying"]["generated_to_train"]["n"] == 6 and r["anti_copying"]["train_to_train"]["n"] == 2
+    assert len(r["seams"]["per_image"]) == 2
+    assert result.grid.size[1] > 4 * 100  # four class rows
+    text = ev.format_report(r)
+    assert "Carcinoma" in text and "anti-copying" in text
+    ev.write_report(r, tmp_path / "report.json")
+    assert json.loads((tmp_path / "report.json").read_text())["model"] == "tiny-test-model"
+
+
+def test_quality_script_writes_report_and_grid(tiny_model_dir, tmp_path, capsys):
+    names = write_patches(tmp_path / "data")
+    (tmp_path / "holdout.json").write_text(json.dumps({"held_out": names[:1]}))
+    spec = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    out, grid = tmp_path / "r.json", tmp_path / "g.png"
+    rc = quality.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "data"), "--holdout-file",
+                       str(tmp_path / "holdout.json"), "--seeds", "3", "--steps", "2", "--size", "64",
+                       "--class-size", "32", "--out", str(out), "--grid", str(grid)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["seeds"] == [3] and report["settings"]["steps"] == 2
+    assert report["seams"] is None  # 64 px fit in one 512-px tile: no boundary to measure
+    assert Image.open(grid).mode == "RGB"
+    printed = capsys.readouterr().out
+    assert "criterion" in printed and "wrote" in printed
+    assert quality.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "data"),
+                         "--holdout-file", str(tmp_path / "missing.json")]) == 2
