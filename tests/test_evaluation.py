@@ -152,6 +152,8 @@ def test_class_separation_distance_vs_spread():
     assert exact["pairs"]["1-2"]["distance"] == pytest.approx(5) and exact["spread"] == {"1": 0, "2": 0}
     overlapping = ev.class_separation({1: [[40, 0, 0], [60, 0, 0]], 2: [[45, 0, 0], [55, 0, 0]]})
     assert not overlapping["pass"]  # centroids coincide, the images spread 10 around them
+    scalar = ev.class_separation({1: [1.0, 1.2], 2: [3.0, 3.2]})  # one feature per image (e.g. log10 hf)
+    assert scalar["pairs"]["1-2"]["distance"] == pytest.approx(2) and scalar["spread"]["1"] == pytest.approx(0.1)
 
 
 # ---- anti-copying ----------------------------------------------------------------------------------------
@@ -270,6 +272,8 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert set(r["reconstruction"]["per_patch"]) == {"p0.png", "p1.png"}
     assert set(r["per_class"]) == {"1", "2", "3", "4"} and all(v["delta_e"] is not None for v in r["per_class"].values())
     assert set(r["class_dependence"]["pairs"]) == {"1-2", "1-3", "2-3"}
+    assert set(r["class_dependence"]["texture"]["pairs"]) == {"1-2", "1-3", "2-3"}  # log10 hf, for information
+    assert set(r["class_dependence"]["real_data_reference"]["centroids"]) == {"1", "2", "3"}
     # 2 held-out masks x 2 seeds + 2 large images, one 64-px crop each; 2 training patches
     assert r["anti_copying"]["generated_to_train"]["n"] == 6 and r["anti_copying"]["train_to_train"]["n"] == 2
     assert len(r["seams"]["per_image"]) == 2
