@@ -574,7 +574,8 @@ def load_holdout(path) -> list[str]:
     """The held-out patch names of a ``holdout.json`` (``{"held_out": [names]}``)."""
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or not isinstance(data.get("held_out"), list):
-        raise ValueError(f"{path}: expected a JSON object {{\"held_out\": [patch names]}}")
+        # a ValueError like the JSON decoder's: the file's content is wrong, not the caller's argument
+        raise ValueError(f"{path}: expected a JSON object {{\"held_out\": [patch names]}}")  # noqa: TRY004
     return [str(n) for n in data["held_out"]]
 
 
@@ -756,8 +757,8 @@ def format_report(report: dict) -> str:
     for key, row in report["summary"].items():
         verdict = {True: "yes", False: "NO", None: "-"}[row["pass"]]
         lines.append(f"{key:<28} {_fmt(row['value']):>9}  {row['target']:<24} {verdict}")
-    lines += ["", f"{'class':<16} {'dE76':>6} {'real L a b':>20} {'gen L a b':>20} {'hf real':>9} {'hf gen':>9} "
-                  f"{'ratio':>6}"]
+    lines += ["", (f"{'class':<16} {'dE76':>6} {'real L a b':>20} {'gen L a b':>20} {'hf real':>9} "
+                   f"{'hf gen':>9} {'ratio':>6}")]
     for label, v in report["per_class"].items():
         def lab(side):
             return "-" if side is None else " ".join(f"{x:6.1f}" for x in side["mean"])
@@ -768,8 +769,8 @@ def format_report(report: dict) -> str:
     dep = report["class_dependence"]
     real = dep.get("real_data_reference") or {}
     lines += ["", "class dependence: distance between class centroids vs the larger within-class spread",
-              f"  {'pair':<6} {'Lab (pass criterion)':>22} {'log10 hf (info)':>18} {'real data Lab':>16} "
-              f"{'real log10 hf':>16}"]
+              (f"  {'pair':<6} {'Lab (pass criterion)':>22} {'log10 hf (info)':>18} {'real data Lab':>16} "
+               f"{'real log10 hf':>16}")]
 
     def pair_text(sep, pair, spec):
         if not sep:
