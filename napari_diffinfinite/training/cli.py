@@ -45,6 +45,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="autoencoder: crop side in pixels")
+    p.add_argument("--latent-channels", type=int, default=8,
+                   help="autoencoder: latent channels at 8x downsampling (8: 24x compression; 4 blurs nuclei)")
+    p.add_argument("--fourier-weight", type=float, default=0.2,
+                   help="autoencoder: weight of the Fourier-magnitude loss beside L1 (keeps texture sharp)")
     net = p.add_argument_group(
         "image and mask models",
         "defaults (image / mask): dim 32 / 16, dim-mults 1,2,4 / 1,2,4,8, block-per-layer 1, groups 4, "
@@ -148,7 +152,8 @@ def run_train(args) -> int:
           f"{len(held_out)} held out ({holdout_file}); run folder {args.out}")
     try:
         if args.what == "autoencoder":
-            train_autoencoder(train + unlabelled, held_out, args.out, config, batch=args.batch, crop=args.crop)
+            train_autoencoder(train + unlabelled, held_out, args.out, config, batch=args.batch, crop=args.crop,
+                              latent_channels=args.latent_channels, fourier_weight=args.fourier_weight)
         elif args.what == "image":
             from .image import train_image_model
 
