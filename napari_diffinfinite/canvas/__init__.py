@@ -1,0 +1,39 @@
+"""The unbounded canvas: tile geometry, the persistent zarr store and the tile scheduler. No Qt, no napari.
+
+- :mod:`.grid`: pixels, latents, tiles and pyramid levels (pure Python).
+- :mod:`.store`: :class:`CanvasStore`, one zarr v3 folder with latents, mask, RGB pyramid (OME-Zarr 0.5
+  multiscales) and per-tile status; crash-safe writes; readers that never run a model.
+- :mod:`.scheduler`: :class:`TileScheduler`, centre-first tile requests, invalidation, re-rolls, and one
+  worker thread that generates tiles into the store.
+"""
+
+from .grid import CanvasGrid, Rect, TileKey
+from .store import (
+    STATUS_EMPTY,
+    STATUS_LATENTS,
+    STATUS_PIXELS,
+    CanvasLockedError,
+    CanvasStore,
+)
+
+__all__ = [
+    "STATUS_EMPTY",
+    "STATUS_LATENTS",
+    "STATUS_PIXELS",
+    "CanvasGrid",
+    "CanvasLockedError",
+    "CanvasStore",
+    "Rect",
+    "SchedulerStats",
+    "TileKey",
+    "TileScheduler",
+]
+
+
+def __getattr__(name):
+    # the scheduler imports torch; the store and the grid do not
+    if name in ("TileScheduler", "SchedulerStats"):
+        from . import scheduler
+
+        return getattr(scheduler, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

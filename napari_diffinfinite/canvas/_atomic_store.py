@@ -1,0 +1,190 @@
+"""A zarr v3 :class:`~zarr.storage.LocalStore` whose every write is all-or-nothing, and a per-canvas writer lock.
+
+zarr 3.1's own ``LocalStore`` already writes each key to a temporary file and renames it over the target;
+zarr 3.0 wrote some keys in place. This subclass makes the guarantee explicit and independent of the zarr
+version: a key (a chunk, or a ``zarr.json``) is written to a hidden temporary in the same folder
+(``.<name>.partial-<pid>-<random>``), optionally fsynced, and moved onto its name with ``os.replace``
+(``os.link`` when the key must not exist yet). A reader therefore sees a chunk either whole and old, or whole
+and new, never torn, and a process killed at any moment leaves at most a stray temporary behind, never a
+partial chunk. :func:`remove_stale_partials` deletes the strays of processes that are gone.
+
+Without ``fsync`` this survives the writing process being killed (the kernel still holds the data); with
+``fsync=True`` it also survives power loss, at the price of one disk flush per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from zarr.core.buffer import Buffer
+from zarr.storage import LocalStore
+
+PARTIAL_TAG = ".partial-"
+
+
+def _partial_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{PARTIAL_TAG}{os.getpid()}-{secrets.token_hex(6)}")
+
+
+def atomic_write_bytes(path: Path, data, *, exclusive: bool = False, fsync: bool = False) -> None:
+    """Write ``data`` (any buffer) to ``path`` all-or-nothing (see the module docstring)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)  # FileExistsError if the key appeared meanwhile
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+        if fsync:
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(root: Path, *, all_processes: bool = False) -> int:
+    """Delete the temporaries (``*.partial-<pid>-*``, and zarr's own ``*.partial``) under ``root`` left by
+    processes that are gone (or by every process, when the caller holds the writer lock: ``all_processes``).
+    Returns how many were removed."""
+    removed = 0
+    me = os.getpid()
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if PARTIAL_TAG in name:
+                try:
+                    pid = int(name.rsplit(PARTIAL_TAG, 1)[1].split("-", 1)[0])
+                except ValueError:
+                    pid = -1
+                if pid == me or (not all_processes and pid > 0 and _pid_alive(pid)):
+                    continue
+            elif not (all_processes and name.endswith(".partial")):
+                continue
+            try:
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+class AtomicLocalStore(LocalStore):
+    """``LocalStore`` with all-or-nothing key writes (temporary + rename), optionally fsynced."""
+
+    def __init__(self, root: Path | str, *, read_only: bool = False, fsync: bool = False) -> None:
+        super().__init__(root, read_only=read_only)
+        self.fsync = bool(fsync)
+
+    def with_read_only(self, read_only: bool = False):
+        return type(self)(root=self.root, read_only=read_only, fsync=self.fsync)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalStore) and self.root == other.root
+
+    __hash__ = None  # mutable settings; zarr never hashes stores
+
+    def _put(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+        if not isinstance(value, Buffer):
+            raise TypeError(f"AtomicLocalStore.set(): value must be a Buffer, got {type(value).__name__}")
+        atomic_write_bytes(self.root / key, value.as_buffer_like(), exclusive=exclusive, fsync=self.fsync)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        if not self._is_open:
+            await self._open()
+        self._check_writable()
+        await asyncio.to_thread(self._put, key, value)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        if not self._is_open:
+            await self._open()
+        self._check_writable()
+        try:
+            await asyncio.to_thread(self._put, key, value, True)
+        except FileExistsError:
+            pass
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        if hasattr(self, "_ensure_open_sync"):
+            self._ensure_open_sync()
+        self._check_writable()
+        self._put(key, value)
+
+
+# ---------------------------------------------------------------------------------------------- writer lock
+class CanvasLockedError(RuntimeError):
+    """Another process has this canvas open for writing."""
+
+
+_LOCKS: dict[str, list] = {}  # real path -> [RLock, fd, refcount]
+_LOCKS_GUARD = threading.Lock()
+LOCK_NAME = ".writer.lock"
+
+
+def acquire_writer(root: Path, *, exclusive: bool = True) -> tuple[str, threading.RLock]:
+    """The process-wide write lock of canvas ``root``: one ``RLock`` shared by every store object of this
+    process open on it (so their read-modify-writes of shared chunks are serialised), plus, when
+    ``exclusive``, an ``flock`` on ``root/.writer.lock`` that keeps other processes from writing too. The
+    ``flock`` dies with the process, so a killed writer never leaves the canvas locked."""
+    key = os.path.realpath(root)
+    with _LOCKS_GUARD:
+        entry = _LOCKS.get(key)
+        if entry is None:
+            fd = None
+            if exclusive:
+                fd = os.open(os.path.join(key, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    os.close(fd)
+                    if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise CanvasLockedError(
+                            f"the canvas {root} is open for writing in another process; close it there, or "
+                            "open it read-only (mode='r')"
+                        ) from None
+                    raise
+            entry = _LOCKS[key] = [threading.RLock(), fd, 0]
+        entry[2] += 1
+        return key, entry[0]
+
+
+def release_writer(key: str) -> None:
+    with _LOCKS_GUARD:
+        entry = _LOCKS.get(key)
+        if entry is None:
+            return
+        entry[2] -= 1
+        if entry[2] <= 0:
+            if entry[1] is not None:
+                try:
+                    fcntl.flock(entry[1], fcntl.LOCK_UN)
+                finally:
+                    os.close(entry[1])
+            del _LOCKS[key]
