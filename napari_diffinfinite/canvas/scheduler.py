@@ -1,0 +1,565 @@
+"""Tile requests and the worker that turns them into latents and pixels in a :class:`CanvasStore`. No Qt.
+
+:class:`TileScheduler` keeps a request set and generates one tile at a time, highest priority first:
+
+1. explicit requests (:meth:`~TileScheduler.request_tiles`, re-rolls), in the order they came;
+2. the tiles of the current view (:meth:`~TileScheduler.request_view`), nearest the view's centre first.
+   A new view replaces the old one: tiles that left the view before they started are dropped.
+
+**Coarse zoom.** A view is requested only at pyramid levels ``<= max_request_level`` (default 1: up to a 2x
+zoom-out), and at most ``max_view_tiles`` tiles (default 64, nearest the centre). At coarser zoom nothing is
+requested: the layer shows what exists plus the mask placeholder; zooming in requests tiles again. So a
+whole-canvas overview never queues millions of full-resolution tiles.
+
+**Generating tile (i, j)** (:meth:`~TileScheduler.run_next`):
+
+1. *Latents* (skipped if the tile already has status 1): read the tile's latents plus a ``halo`` (16
+   latents) on every side, the labels there, and which neighbours have latents (status >= 1); sample the
+   tile with :func:`~napari_diffinfinite.sampling.blocks.generate_block`, the generated neighbours being fixed
+   context; the seed is ``block_seed(tile seed, i, j)`` with tile seed = the canvas seed or its re-roll seed.
+   Write the latents chunk, bump the tile's version, status 1.
+2. *Pixels*: decode the tile with :func:`~napari_diffinfinite.sampling.decode.decode_region` from latents read
+   from the store around it (``decoder_margin`` latents for a local decoder, half a tile for the Hann decode).
+   A neighbour without latents contributes nothing: its area is filled by replicating the tile's own edge.
+   Then the strips of already-finished neighbours (status 2) within that reach of the new tile are decoded
+   again, now with the new latents, so a border decoded before its neighbour existed is made whole. Write
+   level 0, update the pyramid parents (2 x 2 means) over everything that changed, status 2.
+
+A tile invalidated meanwhile (the mask under it was repainted) is abandoned at the next sampling step and its
+status stays 0, so a stale tile is never marked done. Everything is deterministic given the order: the same
+canvas generated in the same order is bit-identical, and a killed run resumes to the same canvas.
+
+Threading: :meth:`~TileScheduler.start` runs a single worker thread; the request methods may be called from
+any thread (the GUI thread) and return at once; ``on_tile_done(key)`` callbacks run on the worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model import cosine_schedule
+from ..sampling.blocks import Block, generate_block
+from ..sampling.decode import decode_region, decode_strategy
+from ..sampling.random_patch import Cancelled
+from ..sampling.steppers import ImageStepper
+from .grid import Rect, TileKey
+from .store import STATUS_EMPTY, STATUS_LATENTS, STATUS_PIXELS, CanvasStore
+
+__all__ = ["SchedulerStats", "TileScheduler"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """A snapshot of the scheduler for a progress display."""
+
+    state: str = "idle"  # "idle", "running", "paused", "stopped"
+    tiles_done: int = 0  # tiles finished by this scheduler
+    tiles_queued: int = 0  # requests waiting (the running tile not included)
+    current: TileKey | None = None
+    current_fraction: float = 0.0  # sampling progress of the running tile, 0..1
+    tiles_per_second: float = 0.0  # finished tiles / seconds spent generating
+    last_tile_seconds: float = 0.0
+    borders_redecoded: int = 0  # neighbour strips decoded again after a neighbour landed
+    errors: int = 0
+
+
+class TileScheduler:
+    """Requests, priorities and one worker for a canvas store and a loaded model.
+
+    Args:
+        store: a writable :class:`CanvasStore`.
+        model: a :class:`~napari_diffinfinite.generation.DiffInfiniteModel` matching the store (latent channels,
+            downsampling; the model name is checked unless ``allow_other_model``).
+        device: where to sample; must be the model's device (default).
+        progress: ``progress(stats)`` with a :class:`SchedulerStats`, on the worker thread, at tile starts and
+            ends and at most every 0.2 s while sampling.
+        on_tile_done: ``on_tile_done(key)`` after a tile reached status 2 (its neighbours' borders within the
+            decoder's reach may have changed too: see :meth:`changed_rect`).
+        max_request_level, max_view_tiles: the coarse-zoom rule (module docstring).
+        max_batch: UNet rows per forward pass.
+    """
+
+    def __init__(self, store: CanvasStore, model, *, device=None, progress: Callable | None = None,
+                 on_tile_done: Callable[[TileKey], None] | None = None, max_request_level: int = 1,
+                 max_view_tiles: int = 64, max_batch: int = 64, allow_other_model: bool = False):
+        if store.read_only:
+            raise PermissionError(f"the canvas {store.root} is open read-only; open it with mode='r+' to generate")
+        channels = int(model.image_unet.channels)
+        if channels != store.latent_channels or model.downsampling != store.grid.downsampling:
+            raise ValueError(
+                f"model {model.name!r} makes {channels}-channel latents at 1/{model.downsampling}, but the canvas holds "
+                f"{store.latent_channels}-channel latents at 1/{store.grid.downsampling}: use the canvas's model "
+                f"({store.model_name!r}) or a new canvas"
+            )
+        if store.model_name is not None and model.name != store.model_name and not allow_other_model:
+            raise ValueError(
+                f"the canvas was generated with model {store.model_name!r}, not {model.name!r}; load that model, or "
+                "pass allow_other_model=True to continue it with this one"
+            )
+        if int(model.num_classes) < store.num_classes:
+            raise ValueError(
+                f"the canvas has {store.num_classes} classes but model {model.name!r} knows {model.num_classes}"
+            )
+        model_device = torch.device(model.device)
+        if device is not None and torch.device(device) != model_device:
+            raise ValueError(f"the model is on {model_device}, not {device}; load it on the device to use")
+        self.store = store
+        self.model = model
+        self.device = model_device
+        self.grid = store.grid
+        settings = store.settings
+        self.steps = int(settings.get("steps") or model.default_steps)
+        self.omega = float(settings.get("omega", model.default_omega))
+        self.halo = int(settings.get("halo", 16))
+        self.mode = str(settings.get("mode", "batched"))
+        self.window = int(model.window)
+        self.stepper = ImageStepper(model.image_unet, cosine_schedule(), self.omega + 1, max_batch=max_batch)
+        self.strategy = decode_strategy(model.autoencoder)
+        lt = self.grid.latent_tile
+        #: latents around a tile that its decode reads
+        self.decode_reach = int(model.autoencoder.decoder_margin) if self.strategy == "margin" else lt // 2
+        self.max_request_level = int(max_request_level)
+        self.max_view_tiles = int(max_view_tiles)
+        self.progress = progress
+        self._tile_done_callbacks: list[Callable[[TileKey], None]] = [] if on_tile_done is None else [on_tile_done]
+        self._error_callbacks: list[Callable[[TileKey, BaseException], None]] = []
+
+        self._cv = threading.Condition(threading.RLock())
+        self._gen_lock = threading.Lock()  # one tile at a time, whoever calls run_next
+        self._view: Rect | None = None
+        self._view_level = 0
+        self._view_queue: list[TileKey] = []
+        self._explicit: dict[TileKey, None] = {}
+        self._running: TileKey | None = None
+        self._epoch: dict[TileKey, int] = {}
+        self._cancel_gen = 0
+        self._paused = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._stats = SchedulerStats()
+        self._busy_seconds = 0.0
+        self._last_progress = 0.0
+
+    # ------------------------------------------------------------------ callbacks
+    def add_tile_done_callback(self, fn: Callable[[TileKey], None]) -> None:
+        self._tile_done_callbacks.append(fn)
+
+    def add_error_callback(self, fn: Callable[[TileKey, BaseException], None]) -> None:
+        """``fn(key, exc)`` when generating a tile failed (the tile is dropped from the requests)."""
+        self._error_callbacks.append(fn)
+
+    def changed_rect(self, key: TileKey) -> Rect:
+        """Level-0 pixels that finishing tile ``key`` may have changed: the tile and its neighbours' borders."""
+        return self.grid.tile_rect(key).grow(self.decode_reach * self.grid.downsampling).intersect(self.grid.bounds())
+
+    # ------------------------------------------------------------------ requests
+    def request_view(self, level: int, rect_px) -> list[TileKey]:
+        """Make the tiles of a view the view requests: ``rect_px`` is the visible rectangle in level-0 px
+        ``(y0, y1, x0, x1)``, ``level`` the pyramid level shown. Replaces the previous view's requests (those
+        not started are dropped). Returns the tiles now requested for the view, in order."""
+        rect = self.grid.clip(rect_px)
+        with self._cv:
+            self._view, self._view_level = rect, int(level)
+            self._refresh_view()
+            self._cv.notify_all()
+            return list(self._view_queue)
+
+    def clear_view(self) -> None:
+        with self._cv:
+            self._view = None
+            self._view_queue = []
+
+    def _refresh_view(self) -> None:
+        rect = self._view
+        if rect is None or rect.empty or self._view_level > self.max_request_level:
+            self._view_queue = []
+            return
+        tiles = self.grid.view_tiles(rect, max_tiles=self.max_view_tiles)
+        tr = self.grid.tile_range(rect)
+        status = self.store.read_status(tr)
+        self._view_queue = [
+            t for t in tiles
+            if status[t[0] - tr.y0, t[1] - tr.x0] < STATUS_PIXELS and t != self._running and t not in self._explicit
+        ]
+        self._update_stats()
+
+    def request_tiles(self, keys: Iterable[TileKey]) -> None:
+        """Request tiles explicitly (before the view's), in this order; finished tiles are skipped."""
+        keys = [self.grid.check_tile(k) for k in keys]
+        with self._cv:
+            for k in keys:
+                if k != self._running and self.store.tile_status(k) < STATUS_PIXELS:
+                    self._explicit[k] = None
+            self._view_queue = [t for t in self._view_queue if t not in self._explicit]
+            self._update_stats()
+            self._cv.notify_all()
+
+    def write_labels(self, y0: int, x0: int, labels, *, where=None) -> list[TileKey]:
+        """Paint class ids into the canvas mask (latent pixels, see :meth:`CanvasStore.write_labels`) and
+        invalidate the tiles whose labels changed. Returns those tiles."""
+        changed = self.store.write_labels(y0, x0, labels, where=where)
+        return [] if changed.empty else self.invalidate(changed)
+
+    def pending(self) -> list[TileKey]:
+        """The waiting requests in the order they will run."""
+        with self._cv:
+            return list(self._explicit) + [t for t in self._view_queue if t not in self._explicit]
+
+    def invalidate(self, rect_px) -> list[TileKey]:
+        """The mask changed over ``rect_px`` (level-0 px): the tiles under it lose their latents and pixels
+        (status 0; placeholders show there), a running one of them is abandoned, and those in the current
+        view are requested again. Their neighbours keep their latents; their borders are decoded again when
+        the regenerated tiles land. Returns the invalidated tiles."""
+        tiles = self.grid.tiles_in_rect(rect_px)
+        if not tiles:
+            return []
+        with self._cv:
+            for t in tiles:
+                self._epoch[t] = self._epoch.get(t, 0) + 1
+            tr = self.grid.tile_range(rect_px)
+            status = self.store.read_status(tr)
+            touched = [t for t in tiles if status[t[0] - tr.y0, t[1] - tr.x0] != STATUS_EMPTY]
+            self.store.set_status(touched, STATUS_EMPTY)
+            if self._view is None:  # nothing on screen: request them (a bounded number, centre first)
+                for t in self.grid.view_tiles(rect_px, max_tiles=self.max_view_tiles):
+                    self._explicit[t] = None
+            self._refresh_view()
+            self._cv.notify_all()
+        return tiles
+
+    def reroll(self, tiles, new_seed: int | None = None) -> list[TileKey]:
+        """Generate tile(s) again with a new seed (``None``: the tile's current seed + 1), keeping the mask
+        and the neighbours as context. ``tiles``: a key or an iterable of keys. They are requested first."""
+        keys = [tiles] if (isinstance(tiles, tuple) and len(tiles) == 2 and not isinstance(tiles[0], tuple)) \
+            else list(tiles)
+        keys = [self.grid.check_tile(k) for k in keys]
+        with self._cv:
+            for k in keys:
+                seed = self.store.tile_seed(k) + 1 if new_seed is None else int(new_seed)
+                self.store.set_tile_seed(k, seed)
+                self._epoch[k] = self._epoch.get(k, 0) + 1
+            self.store.set_status(keys, STATUS_EMPTY)
+            for k in keys:
+                self._explicit.pop(k, None)
+                self._explicit[k] = None
+            self._view_queue = [t for t in self._view_queue if t not in self._explicit]
+            self._update_stats()
+            self._cv.notify_all()
+        return keys
+
+    def _pop(self) -> TileKey | None:
+        with self._cv:
+            while self._explicit:
+                k = next(iter(self._explicit))
+                del self._explicit[k]
+                return k
+            if self._view_queue:
+                return self._view_queue.pop(0)
+            return None
+
+    # ------------------------------------------------------------------ running
+    def run_next(self) -> TileKey | None:
+        """Generate the top-priority requested tile now, on this thread. Returns its key, or ``None`` when
+        nothing is requested or the tile was abandoned (invalidated, cancelled)."""
+        with self._gen_lock:
+            with self._cv:
+                key = self._pop()
+                if key is None:
+                    return None
+                self._running = key
+                epoch = self._epoch.get(key, 0)
+                cancel_gen = self._cancel_gen
+                self._update_stats(current=key, current_fraction=0.0)
+            self._emit_progress(force=True)
+            t0 = time.perf_counter()
+            finished = False
+            try:
+                self._generate(key, epoch, cancel_gen)
+                finished = True
+            except Cancelled:
+                log.debug("tile %s abandoned", key)
+                with self._cv:
+                    if self._epoch.get(key, 0) != epoch and self._cancel_gen == cancel_gen and not self._stop:
+                        # invalidated while running: it is wanted again, with the new mask
+                        self._running = None
+                        if self._view is None or key not in self.grid.tiles_in_rect(self._view):
+                            self._explicit.setdefault(key, None)
+                        self._refresh_view()
+            except Exception as exc:  # a failing tile must not kill the worker
+                log.exception("generating tile %s failed", key)
+                with self._cv:
+                    self._stats = replace(self._stats, errors=self._stats.errors + 1)
+                for fn in list(self._error_callbacks):
+                    try:
+                        fn(key, exc)
+                    except Exception:
+                        log.exception("error callback failed")
+            finally:
+                seconds = time.perf_counter() - t0
+                with self._cv:
+                    self._running = None
+                    self._busy_seconds += seconds
+                    if finished:
+                        done = self._stats.tiles_done + 1
+                        self._stats = replace(self._stats, tiles_done=done, last_tile_seconds=seconds,
+                                              tiles_per_second=done / max(self._busy_seconds, 1e-9))
+                    self._update_stats(current=None, current_fraction=0.0)
+                    self._cv.notify_all()
+            if finished:
+                for fn in list(self._tile_done_callbacks):
+                    try:
+                        fn(key)
+                    except Exception:
+                        log.exception("on_tile_done callback failed")
+            self._emit_progress(force=True)
+            return key if finished else None
+
+    def run_until_idle(self, max_tiles: int | None = None) -> list[TileKey]:
+        """Run requests on this thread until none is left (or ``max_tiles`` ran); returns the finished tiles."""
+        done: list[TileKey] = []
+        while max_tiles is None or len(done) < max_tiles:
+            with self._cv:
+                if not self._explicit and not self._view_queue:
+                    break
+            key = self.run_next()
+            if key is not None:
+                done.append(key)
+        return done
+
+    def _should_abort(self, key: TileKey, epoch: int, cancel_gen: int) -> bool:
+        with self._cv:
+            while self._paused and not self._stop and self._cancel_gen == cancel_gen:
+                self._update_stats()
+                self._cv.wait(0.5)
+            return self._stop or self._cancel_gen != cancel_gen or self._epoch.get(key, 0) != epoch
+
+    def _commit_status(self, key: TileKey, epoch: int, cancel_gen: int, status: int, write=None) -> None:
+        """Run ``write()`` then set the status, unless the tile was invalidated or cancelled meanwhile."""
+        with self._cv:
+            if self._epoch.get(key, 0) != epoch or self._cancel_gen != cancel_gen:
+                raise Cancelled()
+            if write is not None:
+                write()
+            self.store.set_status(key, status)
+
+    # ------------------------------------------------------------------ one tile
+    def _neighbour_status(self, key: TileKey) -> tuple[Rect, np.ndarray]:
+        i, j = key
+        rows, cols = self.grid.tiles_shape
+        tr = Rect(max(0, i - 1), min(rows, i + 2), max(0, j - 1), min(cols, j + 2))
+        return tr, self.store.read_status(tr)
+
+    def _present_mask(self, window: Rect, tr: Rect, status: np.ndarray, centre: TileKey | None,
+                      minimum: int = STATUS_LATENTS) -> torch.Tensor:
+        """bool (h, w) over latent ``window``: latents of tiles with status >= ``minimum`` (and ``centre``)."""
+        mask = torch.zeros(window.height, window.width, dtype=torch.bool)
+        for a in range(tr.y0, tr.y1):
+            for b in range(tr.x0, tr.x1):
+                if (a, b) == centre or status[a - tr.y0, b - tr.x0] >= minimum:
+                    r = self.grid.tile_latent_rect((a, b)).intersect(window)
+                    if not r.empty:
+                        mask[r.y0 - window.y0 : r.y1 - window.y0, r.x0 - window.x0 : r.x1 - window.x0] = True
+        return mask
+
+    def _latent_bounds(self) -> Rect:
+        lh, lw = self.grid.latent_shape
+        return Rect(0, lh, 0, lw)
+
+    def _sample(self, key: TileKey, epoch: int, cancel_gen: int) -> None:
+        tile = self.grid.tile_latent_rect(key)
+        window = tile.grow(self.halo).intersect(self._latent_bounds())
+        tr, status = self._neighbour_status(key)
+        latents = torch.from_numpy(self.store.read_latents(window))
+        done = self._present_mask(window, tr, status, centre=None)
+        done[tile.y0 - window.y0 : tile.y1 - window.y0, tile.x0 - window.x0 : tile.x1 - window.x0] = False
+        labels = torch.from_numpy(self.store.read_labels(window).astype(np.int64))
+        block = Block(key[0], key[1], tile.y0 - window.y0, tile.x0 - window.x0, tile.y1 - window.y0, tile.x1 - window.x0)
+
+        def progress(d, t):
+            with self._cv:
+                self._update_stats(current_fraction=d / max(t, 1))
+            self._emit_progress()
+
+        generate_block(
+            self.stepper, latents, done, labels if labels.any() else None, block, seed=self.store.tile_seed(key),
+            schedule=self.stepper.schedule, steps=self.steps, halo=self.halo, window=self.window, mode=self.mode,
+            progress=progress, cancel=lambda: self._should_abort(key, epoch, cancel_gen), device=self.device,
+        )
+        out = latents[:, block.y0 : block.y1, block.x0 : block.x1].numpy()
+
+        def write():
+            self.store.write_latents(key, out)
+            self.store.bump_version(key)
+
+        self._commit_status(key, epoch, cancel_gen, STATUS_LATENTS, write)
+
+    def _decode_window(self, key: TileKey) -> tuple[Rect, torch.Tensor]:
+        """Latents around tile ``key`` (its decode reach), with the area of neighbours that have no latents
+        filled by replicating the tile's own edge."""
+        tile = self.grid.tile_latent_rect(key)
+        window = tile.grow(self.decode_reach).intersect(self._latent_bounds())
+        raw = torch.from_numpy(self.store.read_latents(window))
+        tr, status = self._neighbour_status(key)
+        present = self._present_mask(window, tr, status, centre=key)
+        if not bool(present.all()):
+            centre = raw[:, tile.y0 - window.y0 : tile.y1 - window.y0, tile.x0 - window.x0 : tile.x1 - window.x0]
+            pad = (tile.x0 - window.x0, window.x1 - tile.x1, tile.y0 - window.y0, window.y1 - tile.y1)
+            filled = F.pad(centre[None], pad, mode="replicate")[0]
+            raw = torch.where(present[None], raw, filled)
+        return window, raw
+
+    def _decode(self, key: TileKey, region: Rect) -> np.ndarray:
+        """Pixels (h, w, 3) uint8 of latent ``region`` (inside tile ``key``), decoded around ``key``."""
+        window, latents = self._decode_window(key)
+        lat = latents[None].to(self.device)
+
+        def read(ys: slice, xs: slice) -> torch.Tensor:
+            if ys.start < window.y0 or ys.stop > window.y1 or xs.start < window.x0 or xs.stop > window.x1:
+                raise AssertionError(f"decode read {ys}, {xs} outside the window {tuple(window)}")
+            return lat[..., ys.start - window.y0 : ys.stop - window.y0, xs.start - window.x0 : xs.stop - window.x0]
+
+        px = decode_region(self.model.autoencoder, read, region.y0, region.x0, region.y1, region.x1,
+                           self.store.latent_shape, tile=self.grid.latent_tile, out_device="cpu")[0]
+        return (px.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+    def _generate(self, key: TileKey, epoch: int, cancel_gen: int) -> None:
+        with torch.no_grad():
+            if self.store.tile_status(key) < STATUS_LATENTS:
+                self._sample(key, epoch, cancel_gen)
+            if self._should_abort(key, epoch, cancel_gen):
+                raise Cancelled()
+            tile = self.grid.tile_latent_rect(key)
+            self.store.write_tissue(self.grid.latent_to_px(tile), self._decode(key, tile))
+            # borders of finished neighbours that were decoded without this tile's (current) latents
+            reach = tile.grow(self.decode_reach)
+            tr, status = self._neighbour_status(key)
+            strips = 0
+            for a in range(tr.y0, tr.y1):
+                for b in range(tr.x0, tr.x1):
+                    if (a, b) == key or status[a - tr.y0, b - tr.x0] != STATUS_PIXELS:
+                        continue
+                    strip = self.grid.tile_latent_rect((a, b)).intersect(reach)
+                    if not strip.empty:
+                        self.store.write_tissue(self.grid.latent_to_px(strip), self._decode((a, b), strip))
+                        strips += 1
+            changed = self.grid.latent_to_px(reach).intersect(self.grid.bounds())
+            self.store.update_pyramid(changed)
+            with self._cv:
+                self._stats = replace(self._stats, borders_redecoded=self._stats.borders_redecoded + strips)
+            self._commit_status(key, epoch, cancel_gen, STATUS_PIXELS)
+
+    # ------------------------------------------------------------------ worker thread
+    def start(self) -> None:
+        """Start the worker thread (idempotent). It runs requests as they come until :meth:`stop`."""
+        with self._cv:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="diffinfinite-canvas-tiles", daemon=True)
+            self._thread.start()
+            self._update_stats()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and (self._paused or (not self._explicit and not self._view_queue)):
+                    self._update_stats()
+                    self._cv.wait()
+                if self._stop:
+                    self._update_stats()
+                    return
+            self.run_next()
+
+    def pause(self) -> None:
+        """Hold generation (within one sampling step of the running tile) until :meth:`resume`."""
+        with self._cv:
+            self._paused = True
+            self._update_stats()
+            self._cv.notify_all()
+        self._emit_progress(force=True)
+
+    def resume(self) -> None:
+        with self._cv:
+            self._paused = False
+            self._update_stats()
+            self._cv.notify_all()
+        self._emit_progress(force=True)
+
+    def cancel(self) -> None:
+        """Drop every request and abandon the running tile (it stays not generated). The worker keeps running
+        and takes new requests."""
+        with self._cv:
+            self._cancel_gen += 1
+            self._explicit.clear()
+            self._view_queue = []
+            self._update_stats()
+            self._cv.notify_all()
+        self._emit_progress(force=True)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Abandon the running tile and end the worker thread (waits up to ``timeout`` s for it)."""
+        with self._cv:
+            self._stop = True
+            self._cancel_gen += 1
+            self._cv.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cv:
+            self._update_stats()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is requested or running (or ``timeout`` s passed); True if idle."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._explicit or self._view_queue or self._running is not None:
+                no_worker = self._paused or self._stop or self._thread is None or not self._thread.is_alive()
+                if no_worker and self._running is None:
+                    return False  # nobody will run the requests
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cv.wait(remaining if remaining is not None else 0.5)
+            return True
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------------ stats
+    @property
+    def stats(self) -> SchedulerStats:
+        with self._cv:
+            self._update_stats()
+            return self._stats
+
+    def _update_stats(self, **changes) -> None:
+        # caller holds self._cv
+        alive = self._thread is not None and self._thread.is_alive() and not self._stop
+        state = "stopped" if self._stop else "paused" if self._paused else (
+            "running" if (alive and (self._running is not None or self._explicit or self._view_queue)) or
+            self._running is not None else "idle")
+        queued = len(self._explicit) + sum(1 for t in self._view_queue if t not in self._explicit)
+        self._stats = replace(self._stats, state=state, tiles_queued=queued, **changes)
+
+    def _emit_progress(self, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < 0.2:
+            return
+        self._last_progress = now
+        try:
+            self.progress(self.stats)
+        except Exception:
+            log.exception("progress callback failed")
