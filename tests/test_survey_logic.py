@@ -376,3 +376,11 @@ def test_survey_csv_is_readable_by_the_csv_module(tmp_path):
     with open(path, newline="") as fh:
         records = list(csv.DictReader(fh))
     assert [r["truth"] for r in records] == ["synthetic", "synthetic"]
+
+
+def test_survey_refuses_sizes_that_give_the_answer_away(tmp_path, folders):
+    _, synthetic = folders
+    write_patch(synthetic / "synthetic_big.png", 7, size=(96, 96))
+    with pytest.raises(ValueError, match="give the answer away"):
+        Session.open(config(tmp_path, folders))
+    assert Session.open(config(tmp_path, folders, allow_size_mismatch=True)).total == 11

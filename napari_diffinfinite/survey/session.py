@@ -43,6 +43,8 @@ class SurveyConfig:
     - ``results_csv``: one row per answer, appended as it is given.
     - ``class_names``: names of the mask labels (the 5-class set by default).
     - ``pixel_size_um``: the real patches' magnification, when known: generation refuses a model of another one.
+    - ``allow_size_mismatch``: by default real and synthetic patches must come in the same sizes (a size seen in
+      one group only would tell raters the answer).
     """
 
     real_folder: Path
@@ -54,6 +56,7 @@ class SurveyConfig:
     n_trials: int | None = None
     class_names: Sequence[str] = field(default_factory=lambda: list(FIVE_CLASSES.names))
     pixel_size_um: float | None = None
+    allow_size_mismatch: bool = False
 
     def __post_init__(self) -> None:
         self.real_folder = Path(self.real_folder).expanduser()
@@ -71,6 +74,10 @@ class SurveyConfig:
     @property
     def order_seed(self) -> int:
         return int(self.seed) if self.seed is not None else rater_seed(self.rater_id)
+
+
+def _sizes(sizes) -> str:
+    return ", ".join(f"{w}x{h}" for h, w in sorted(sizes))
 
 
 def prepare_trials(
@@ -97,6 +104,12 @@ def prepare_trials(
         real, synthetic = make_patches(real_paths, paths, config.class_names)
     if not synthetic:
         raise ValueError("no synthetic patches: the folder holds no images, or the count is 0")
+    real_sizes, synthetic_sizes = {p.size for p in real}, {p.size for p in synthetic}
+    if real_sizes != synthetic_sizes and not config.allow_size_mismatch:
+        raise ValueError(
+            f"real patches are {_sizes(real_sizes)} px but synthetic ones {_sizes(synthetic_sizes)} px: the size "
+            "would give the answer away; crop the patches to one size (or allow the mismatch on purpose)"
+        )
     return build_trials(real, synthetic, seed=config.order_seed, n_trials=config.n_trials)
 
 
