@@ -20,6 +20,7 @@ import fcntl
 import os
 import secrets
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zarr.core.buffer import Buffer
@@ -143,20 +144,32 @@ class CanvasLockedError(RuntimeError):
     """Another process has this canvas open for writing."""
 
 
-_LOCKS: dict[str, list] = {}  # real path -> [RLock, fd, refcount]
+@dataclass
+class WriterHandle:
+    """This process's hold on a canvas for writing, shared by every store object of the process open on it."""
+
+    key: str  # real path of the canvas folder
+    lock: threading.RLock  # serialises read-modify-writes of shared chunks within the process
+    exclusive: bool  # holds the flock: no other process writes
+    fd: int | None = None
+    refcount: int = 0
+    shared: dict = field(default_factory=dict)  # per-canvas state shared by the process's store objects
+
+
+_LOCKS: dict[str, WriterHandle] = {}
 _LOCKS_GUARD = threading.Lock()
 LOCK_NAME = ".writer.lock"
 
 
-def acquire_writer(root: Path, *, exclusive: bool = True) -> tuple[str, threading.RLock]:
-    """The process-wide write lock of canvas ``root``: one ``RLock`` shared by every store object of this
+def acquire_writer(root: Path, *, exclusive: bool = True) -> WriterHandle:
+    """The process-wide write handle of canvas ``root``: one ``RLock`` shared by every store object of this
     process open on it (so their read-modify-writes of shared chunks are serialised), plus, when
     ``exclusive``, an ``flock`` on ``root/.writer.lock`` that keeps other processes from writing too. The
     ``flock`` dies with the process, so a killed writer never leaves the canvas locked."""
     key = os.path.realpath(root)
     with _LOCKS_GUARD:
-        entry = _LOCKS.get(key)
-        if entry is None:
+        handle = _LOCKS.get(key)
+        if handle is None:
             fd = None
             if exclusive:
                 fd = os.open(os.path.join(key, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
@@ -170,21 +183,22 @@ def acquire_writer(root: Path, *, exclusive: bool = True) -> tuple[str, threadin
                             "open it read-only (mode='r')"
                         ) from None
                     raise
-            entry = _LOCKS[key] = [threading.RLock(), fd, 0]
-        entry[2] += 1
-        return key, entry[0]
+            handle = _LOCKS[key] = WriterHandle(key, threading.RLock(), exclusive, fd)
+        elif exclusive and not handle.exclusive:
+            raise CanvasLockedError(
+                f"the canvas {root} is already open in this process without the writer lock (lock=False)"
+            )
+        handle.refcount += 1
+        return handle
 
 
-def release_writer(key: str) -> None:
+def release_writer(handle: WriterHandle) -> None:
     with _LOCKS_GUARD:
-        entry = _LOCKS.get(key)
-        if entry is None:
-            return
-        entry[2] -= 1
-        if entry[2] <= 0:
-            if entry[1] is not None:
+        handle.refcount -= 1
+        if handle.refcount <= 0 and _LOCKS.get(handle.key) is handle:
+            del _LOCKS[handle.key]
+            if handle.fd is not None:
                 try:
-                    fcntl.flock(entry[1], fcntl.LOCK_UN)
+                    fcntl.flock(handle.fd, fcntl.LOCK_UN)
                 finally:
-                    os.close(entry[1])
-            del _LOCKS[key]
+                    os.close(handle.fd)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -52,6 +53,7 @@ from .. import __version__
 from ._atomic_store import (
     AtomicLocalStore,
     CanvasLockedError,
+    WriterHandle,
     acquire_writer,
     release_writer,
     remove_stale_partials,
@@ -84,6 +86,8 @@ STATUS_CODES = {STATUS_EMPTY: "empty", STATUS_LATENTS: "latents written", STATUS
 TILE_ARRAY_CHUNK = 256
 #: Chunk side of the label arrays (latent pixels): 8 x 8 tiles.
 LABEL_CHUNK = 512
+#: How long a read-only store trusts its in-memory copy of the status array (s).
+STATUS_TTL = 1.0
 #: Tissue fill value: white, like an empty slide, in viewers that do not know the status array.
 TISSUE_FILL = 255
 
@@ -197,6 +201,22 @@ def _chunks_1d(size: int, chunk: int) -> tuple[int, ...]:
     return (chunk,) * n + ((rest,) if rest else ())
 
 
+class _StatusMirror:
+    """The whole status array in memory (rows x cols bytes: 4 MiB for a 2**20 px canvas)."""
+
+    def __init__(self, ttl: float | None):
+        self.ttl = ttl
+        self.array: np.ndarray | None = None
+        self.loaded = 0.0
+
+    def get(self, status: zarr.Array) -> np.ndarray:
+        now = time.monotonic()
+        if self.array is None or (self.ttl is not None and now - self.loaded > self.ttl):
+            self.array = np.asarray(status[:])
+            self.loaded = now
+        return self.array
+
+
 def _pool2(block: np.ndarray) -> np.ndarray:
     """2 x 2 mean (rounded) over the last two axes of a uint8 array; an odd last row / column is averaged
     with itself."""
@@ -215,13 +235,20 @@ class CanvasStore:
     Reads never run a model. Writes are serialised within the process and kept to one process by a lock.
     """
 
-    def __init__(self, root: Path, group: zarr.Group, *, read_only: bool, lock_key: str | None,
-                 lock: threading.RLock):
+    def __init__(self, root: Path, group: zarr.Group, *, read_only: bool, handle: WriterHandle | None):
         self.root = root
         self._group = group
         self.read_only = read_only
-        self._lock_key = lock_key
-        self._lock = lock
+        self._handle = handle
+        self._lock = handle.lock if handle is not None else threading.RLock()
+        # the status array mirrored in memory: shared by this process's writers (kept current by set_status),
+        # refreshed every STATUS_TTL s for a read-only store; none for a writer without the lock (lock=False)
+        if handle is None:
+            self._mirror: _StatusMirror | None = _StatusMirror(ttl=STATUS_TTL)
+        elif handle.exclusive:
+            self._mirror = handle.shared.setdefault("status", _StatusMirror(ttl=None))
+        else:
+            self._mirror = None
         meta = group.attrs[ATTRS_KEY]
         if meta.get("format") != FORMAT:
             raise ValueError(f"{root} is not a DiffInfinite canvas (format {meta.get('format')!r})")
@@ -269,7 +296,7 @@ class CanvasStore:
             raise ValueError(f"the canvas seed must be >= 0, got {merged['seed']}")
         pixel_size = float(merged["pixel_size_um"])
         root.mkdir(parents=True, exist_ok=True)
-        lock_key, rlock = acquire_writer(root, exclusive=lock)
+        handle = acquire_writer(root, exclusive=lock)
         try:
             store = AtomicLocalStore(root, fsync=fsync)
             attrs = {
@@ -305,9 +332,10 @@ class CanvasStore:
                 labels.create_array(str(level), shape=(lh_k, lw_k),
                                     chunks=(min(LABEL_CHUNK, lh_k), min(LABEL_CHUNK, lw_k)), dtype="uint8",
                                     fill_value=0, dimension_names=("y", "x"), config=cfg)
-            return cls(root, zarr.open_group(store=store, mode="r+"), read_only=False, lock_key=lock_key, lock=rlock)
+            handle.shared.pop("status", None)  # a new canvas where an old one was (overwrite)
+            return cls(root, zarr.open_group(store=store, mode="r+"), read_only=False, handle=handle)
         except BaseException:
-            release_writer(lock_key)
+            release_writer(handle)
             raise
 
     @classmethod
@@ -337,24 +365,24 @@ class CanvasStore:
         if not (root / "zarr.json").is_file():
             raise FileNotFoundError(f"{root} is not a canvas folder: it has no zarr.json")
         read_only = mode == "r"
-        lock_key, rlock = (None, threading.RLock()) if read_only else acquire_writer(root, exclusive=lock)
+        handle = None if read_only else acquire_writer(root, exclusive=lock)
         try:
-            if not read_only and lock:
+            if handle is not None and lock and handle.refcount == 1:
                 remove_stale_partials(root, all_processes=True)  # we hold the lock: no writer is alive
             group = zarr.open_group(store=AtomicLocalStore(root, read_only=read_only, fsync=fsync), mode=mode)
             if ATTRS_KEY not in group.attrs:
                 raise ValueError(f"{root} is a zarr group but not a DiffInfinite canvas (no {ATTRS_KEY!r} attributes)")
-            return cls(root, group, read_only=read_only, lock_key=lock_key, lock=rlock)
+            return cls(root, group, read_only=read_only, handle=handle)
         except BaseException:
-            if lock_key is not None:
-                release_writer(lock_key)
+            if handle is not None:
+                release_writer(handle)
             raise
 
     def close(self) -> None:
         """Release the writer lock (readers need not close). The object must not write afterwards."""
-        if self._lock_key is not None:
-            release_writer(self._lock_key)
-            self._lock_key = None
+        if self._handle is not None:
+            release_writer(self._handle)
+            self._handle = None
             self.read_only = True
 
     def __enter__(self):
@@ -426,15 +454,22 @@ class CanvasStore:
 
     def tile_status(self, key) -> int:
         i, j = self._tile_index(key)
-        return int(self.status[i, j])
+        return int(self._status_view(Rect(i, i + 1, j, j + 1))[0, 0])
 
     def read_status(self, tiles: Rect | None = None) -> np.ndarray:
         """Status of the tiles in ``tiles`` (a rectangle of tile indices; default: all) as uint8 (rows, cols)."""
+        return self._status_view(tiles).copy()
+
+    def _status_view(self, tiles: Rect | None = None) -> np.ndarray:
+        # from the in-memory mirror (a view: do not modify) or straight from zarr
         rows, cols = self.grid.tiles_shape
         r = Rect(0, rows, 0, cols) if tiles is None else as_rect(tiles).intersect(Rect(0, rows, 0, cols))
         if r.empty:
             return np.zeros((max(r.height, 0), max(r.width, 0)), np.uint8)
-        return np.asarray(self.status[r.slices])
+        if self._mirror is None:
+            return np.asarray(self.status[r.slices])
+        with self._lock:
+            return self._mirror.get(self.status)[r.slices]
 
     def set_status(self, keys: Iterable[TileKey] | TileKey, value: int) -> None:
         """Set the status of one tile or of several (written in as few chunk writes as their bounding box)."""
@@ -449,13 +484,16 @@ class CanvasStore:
         with self._lock:
             if len(keys) == 1:
                 self.status[keys[0]] = value
-                return
-            ys, xs = zip(*keys)
-            r = Rect(min(ys), max(ys) + 1, min(xs), max(xs) + 1)
-            block = np.asarray(self.status[r.slices])
-            for i, j in keys:
-                block[i - r.y0, j - r.x0] = value
-            self.status[r.slices] = block
+            else:
+                ys, xs = zip(*keys)
+                r = Rect(min(ys), max(ys) + 1, min(xs), max(xs) + 1)
+                block = np.asarray(self.status[r.slices])
+                for i, j in keys:
+                    block[i - r.y0, j - r.x0] = value
+                self.status[r.slices] = block
+            if self._mirror is not None and self._mirror.array is not None and self._mirror.ttl is None:
+                for k in keys:
+                    self._mirror.array[k] = value
 
     def status_counts(self) -> dict[int, int]:
         """How many tiles have each status (reads the whole status array: rows x cols bytes)."""
@@ -616,7 +654,8 @@ class CanvasStore:
         """Stored pixels (h, w, 3) uint8 of a level, whatever the tiles' status (fill: white)."""
         self.grid.check_level(level)
         r = Rect(y0, y1, x0, x1).intersect(self.grid.bounds(level))
-        return np.ascontiguousarray(np.moveaxis(np.asarray(self.tissue[level][:, r.y0:r.y1, r.x0:r.x1]), 0, -1))
+        # a (y, x, c) view of the (c, y, x) chunk: whoever assembles the chunks (dask, napari) copies anyway
+        return np.moveaxis(np.asarray(self.tissue[level][:, r.y0:r.y1, r.x0:r.x1]), 0, -1)
 
     def coverage(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """bool (h, w): True where every level-0 tile under a level-``level`` pixel has status 2."""
@@ -626,16 +665,26 @@ class CanvasStore:
             return np.zeros((max(r.height, 0), max(r.width, 0)), bool)
         f, t = 1 << level, self.grid.tile
         tiles = self.grid.tile_range(r.scaled_in(f))
-        done = self.read_status(tiles) == STATUS_PIXELS
+        done = self._status_view(tiles) == STATUS_PIXELS
+        if not done.any():  # the common cases first: nothing (or everything) generated underneath
+            return np.zeros((r.height, r.width), bool)
+        if done.all() and f <= t:
+            return np.ones((r.height, r.width), bool)
         if f <= t:
             rep = t // f
             cov = done.repeat(rep, axis=0).repeat(rep, axis=1)
             oy, ox = r.y0 - tiles.y0 * rep, r.x0 - tiles.x0 * rep
             return cov[oy : oy + r.height, ox : ox + r.width]
         g = f // t  # tiles per pixel side; tiles past the canvas edge count as done
-        full = np.ones((r.height * g, r.width * g), bool)
-        full[: done.shape[0], : done.shape[1]] = done
-        return full.reshape(r.height, g, r.width, g).all(axis=(1, 3))
+        cov = np.zeros((r.height, r.width), bool)
+        ys, xs = np.nonzero(done.any(axis=1))[0], np.nonzero(done.any(axis=0))[0]
+        py0, px0 = ys[0] // g, xs[0] // g  # only pixels over the done tiles' bounding box can be covered
+        py1, px1 = min(r.height, ys[-1] // g + 1), min(r.width, xs[-1] // g + 1)
+        full = np.ones(((py1 - py0) * g, (px1 - px0) * g), bool)
+        sub = done[py0 * g : py1 * g, px0 * g : px1 * g]
+        full[: sub.shape[0], : sub.shape[1]] = sub
+        cov[py0:py1, px0:px1] = full.reshape(py1 - py0, g, px1 - px0, g).all(axis=(1, 3))
+        return cov
 
     def placeholder(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """(h, w, 3) uint8: the faint mask rendering shown where tissue is not generated yet (one label per
@@ -695,7 +744,88 @@ class CanvasStore:
             meta=np.empty((0, 0, 0), np.uint8), name=name or f"diffinfinite-tissue-{level}-{uuid.uuid4().hex}",
         )
 
+    def tissue_level(self, level: int) -> TissueLevel:
+        """Level ``level`` as a lazy array-like (h, w, 3) uint8 whose every slicing is one :meth:`read_tissue`
+        call: no per-chunk overhead and no dask cache, so it always shows the store as it is now."""
+        return TissueLevel(self, self.grid.check_level(level))
+
+    def tissue_levels(self) -> list[TissueLevel]:
+        """Every level as :meth:`tissue_level`, finest first (napari multiscale data, like :meth:`tissue_pyramid`)."""
+        return [self.tissue_level(level) for level in range(self.grid.levels)]
+
     def tissue_pyramid(self) -> list:
         """Every level as :meth:`tissue_dask`, finest first: napari's ``add_image(..., multiscale=True, rgb=True)``
         data; ``scale`` is ``(pixel_size_um, pixel_size_um)``."""
         return [self.tissue_dask(level) for level in range(self.grid.levels)]
+
+
+class TissueLevel:
+    """One pyramid level of a :class:`CanvasStore` as a read-only array-like ``(h, w, 3)`` uint8.
+
+    Indexing with ints and slices (any step) reads the bounding rectangle once with
+    :meth:`CanvasStore.read_tissue` (placeholders where tiles are missing; never a model). napari takes a
+    list of these as multiscale data; ``np.asarray(level)`` reads it whole (only sensible for coarse levels).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, store: CanvasStore, level: int):
+        self.store = store
+        self.level = level
+        self.shape = (*store.grid.level_shape(level), 3)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"TissueLevel(level={self.level}, shape={self.shape})"
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (3 - len(key))
+        if len(key) != 3:
+            raise IndexError(f"too many indices for a {self.ndim}-d array: {len(key)}")
+        spans, picks = [], []
+        for k, n in zip(key[:2], self.shape[:2]):
+            if isinstance(k, (int, np.integer)):
+                i = int(k) + n if k < 0 else int(k)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {k} is out of bounds for size {n}")
+                spans.append((i, i + 1))
+                picks.append(0)
+            elif isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                idx = range(start, stop, step)
+                if len(idx) == 0:
+                    spans.append((0, 0))
+                    picks.append(slice(0, 0))
+                    continue
+                lo, hi = min(idx[0], idx[-1]), max(idx[0], idx[-1]) + 1
+                spans.append((lo, hi))
+                end = idx[-1] - lo + (1 if step > 0 else -1)
+                picks.append(slice(idx[0] - lo, end if end >= 0 else None, step))
+            else:
+                raise TypeError(f"TissueLevel takes ints and slices, not {type(k).__name__}")
+        (y0, y1), (x0, x1) = spans
+        if y1 <= y0 or x1 <= x0:
+            region = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)
+        else:
+            region = self.store.read_tissue(self.level, y0, y1, x0, x1)
+        return region[picks[0], picks[1], key[2]]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.ascontiguousarray(self[:, :, :])
+        return out if dtype is None else out.astype(dtype)
