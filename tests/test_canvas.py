@@ -326,7 +326,31 @@ def test_dask_levels_read_placeholders_without_running_the_model(reference, tiny
     lv = ref.tissue_pyramid()
     assert np.array_equal(np.asarray(lv[0][100:900, 300:1400]), ref.read_tissue(0, 100, 900, 300, 1400))
     assert np.array_equal(np.asarray(lv[2]), ref.read_tissue_raw(2, 0, 256, 0, 384))
+    # the array-like levels: one read_tissue per slicing, numpy indexing semantics
+    level0 = ref.tissue_level(0)
+    full = ref.read_tissue(0, 0, 1024, 0, 1536)
+    assert level0.shape == (1024, 1536, 3) and level0.dtype == np.uint8 and len(ref.tissue_levels()) == 3
+    for key in [(slice(10, 700, 3), slice(None, None, -5)), (5,), (slice(-100, None), 7, 1), (Ellipsis, 0),
+                (slice(700, 10, -3), slice(3, 1000, 7)), (slice(5, 5),), (-1, -1)]:
+        assert np.array_equal(level0[key], full[key]), key
+    assert np.array_equal(np.asarray(big.tissue_level(11)), overview)
     assert calls == {"unet": 0, "decode": 0}
+
+
+def test_coarse_levels_show_tissue_only_where_every_tile_underneath_is_done(tmp_path):
+    store = CanvasStore.create(tmp_path / "big", model_name="m")  # 2**20 px: a level-11 pixel is 4 x 4 tiles
+    rgb = np.full((512, 512, 3), (200, 120, 170), np.uint8)
+    keys = [(i, j) for i in range(8, 12) for j in range(4, 12)]  # level-11 pixels (2, 1) and (2, 2)
+    for key in keys:
+        store.write_tissue(store.grid.tile_rect(key), rgb)
+    store.update_pyramid((8 * 512, 12 * 512, 4 * 512, 12 * 512))
+    store.set_status([k for k in keys if k != (11, 11)], 2)  # pixel (2, 2) misses one tile
+    top = store.read_tissue(11, 0, 512, 0, 512)
+    placeholder = store.placeholder(11, 0, 512, 0, 512)
+    assert tuple(top[2, 1]) == (200, 120, 170)
+    assert np.array_equal(top[2, 2], placeholder[2, 2]) and np.array_equal(top[3, 1], placeholder[3, 1])
+    level9 = store.read_tissue(9, 6, 14, 2, 14)  # one pixel per tile
+    assert (level9 == (200, 120, 170)).all(-1).sum() == len(keys) - 1
 
 
 def test_worker_thread_pause_resume_cancel(tmp_path, tiny):
