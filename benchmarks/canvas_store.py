@@ -3,7 +3,7 @@
 1. An empty 2**20 x 2**20 px canvas: creation time and bytes on disk.
 2. Reads of never-generated areas (what napari does at startup and when panning to new places): one tile at
    level 0 (plain and painted placeholder), the whole-canvas level, and a 1920 x 1080 view through the level-0
-   dask array. These are the chunk reads napari runs on the GUI thread.
+   dask array and through the array-like level (one read per view). napari runs these on the GUI thread.
 3. Writes per tile with synthetic pixels (no model): latents chunk, level-0 tile, pyramid update through all
    12 levels, status; then the same reads over generated tiles, and reopening the canvas.
 4. Generation with a model on the worker thread (``--model``: "tiny" = a random tiny network, the default;
@@ -79,6 +79,8 @@ def store_io(root: Path, repeat: int, side: int) -> dict:
             lambda: store.read_tissue(g.levels - 1, 0, 512, 0, 512), repeat),
         "dask_view_1920x1080_level0": median_ms(
             lambda: np.asarray(store.tissue_dask(0)[c - 540 : c + 540, c - 960 : c + 960]), repeat),
+        "array_like_view_1920x1080_level0": median_ms(
+            lambda: np.asarray(store.tissue_level(0)[c - 540 : c + 540, c - 960 : c + 960]), repeat),
         "dask_view_1920x1080_level4": median_ms(
             lambda: np.asarray(store.tissue_dask(4)[(c >> 4) - 540 : (c >> 4) + 540,
                                                     (c >> 4) - 960 : (c >> 4) + 960]), repeat),
@@ -94,10 +96,10 @@ def store_io(root: Path, repeat: int, side: int) -> dict:
     for key in keys:
         tile = synthetic_tile(*key)
         for name, fn in (
-            ("latents", lambda: store.write_latents(key, lat)),
-            ("level0", lambda: store.write_tissue(g.tile_rect(key), tile)),
-            ("pyramid", lambda: store.update_pyramid(g.tile_rect(key))),
-            ("status", lambda: store.set_status(key, 2)),
+            ("latents", lambda key=key: store.write_latents(key, lat)),
+            ("level0", lambda key=key, tile=tile: store.write_tissue(g.tile_rect(key), tile)),
+            ("pyramid", lambda key=key: store.update_pyramid(g.tile_rect(key))),
+            ("status", lambda key=key: store.set_status(key, 2)),
         ):
             t = time.perf_counter()
             fn()
@@ -110,6 +112,8 @@ def store_io(root: Path, repeat: int, side: int) -> dict:
         "level0_tile": median_ms(lambda: store.read_tissue(0, y0, y0 + 512, x0, x0 + 512), repeat),
         "dask_view_1920x1080_level0": median_ms(
             lambda: np.asarray(store.tissue_dask(0)[y0 + 200 : y0 + 1280, x0 + 100 : x0 + 2020]), repeat),
+        "array_like_view_1920x1080_level0": median_ms(
+            lambda: np.asarray(store.tissue_level(0)[y0 + 200 : y0 + 1280, x0 + 100 : x0 + 2020]), repeat),
         "dask_view_1920x1080_level1": median_ms(
             lambda: np.asarray(store.tissue_dask(1)[y0 // 2 : y0 // 2 + 1080, x0 // 2 : x0 // 2 + 1920]), repeat),
     }
