@@ -193,3 +193,14 @@ def test_survey_widget_resumes_where_the_rater_stopped(make_napari_viewer, qtbot
     assert [t.patch.patch_id for t in widget2.session.trials] == first_ids
     assert widget2.session.current.number == 2
     assert "Patch 2 of 4" in widget2.trial_label.text()
+
+
+def test_survey_widget_reports_a_bad_folder_and_stays_with_the_organiser(make_napari_viewer, qtbot, tmp_path):
+    widget = _dock(make_napari_viewer())
+    widget.real_folder.setText(str(tmp_path / "missing"))
+    widget.synthetic_folder.setText(str(tmp_path))
+    widget.rater_id.setText("x")
+    qtbot.mouseClick(widget.start_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "Cannot start" in widget.organiser_status.text(), timeout=20000)
+    assert "missing is not a folder" in widget.organiser_status.text()
+    assert widget.pages.currentWidget() is widget.organiser_page and widget.session is None

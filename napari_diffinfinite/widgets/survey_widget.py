@@ -312,20 +312,17 @@ class SurveyWidget(QWidget):
         except ValueError as exc:
             self.organiser_status.setText(f"Cannot start: {exc}")
             return
-        from napari.qt.threading import create_worker
+        # superqt's worker (napari's is the same plus an error pop-up): errors are shown on the organiser page
+        from superqt.utils import create_worker
 
         self._cancel_requested = False
         self.progress_bar.setRange(0, 0)
         self.preparing_label.setText("Preparing the patches...")
         self.pages.setCurrentWidget(self.preparing_page)
-        worker = create_worker(
+        self._worker = create_worker(
             Session.open, config, progress=self._progress.emit, cancel=lambda: self._cancel_requested,
-            _start_thread=False,
+            _connect={"returned": self._on_ready, "errored": self._on_error},
         )
-        worker.returned.connect(self._on_ready)
-        worker.errored.connect(self._on_error)
-        self._worker = worker
-        worker.start()
 
     def _on_progress(self, done: int, total: int) -> None:
         self.progress_bar.setRange(0, max(1, total))
