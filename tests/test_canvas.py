@@ -472,3 +472,28 @@ def test_sigkill_mid_generation_leaves_a_store_that_resumes(reference, tmp_path,
     assert (got["status"] == 2).all()
     assert np.array_equal(got["latents"], ref["latents"])
     assert all(np.array_equal(x, y) for x, y in zip(got["levels"], ref["levels"]))
+
+
+def test_hann_decoders_tile_seamlessly_too(tmp_path, tiny_model_dir):
+    """Decoders without a declared margin (the SD2 VAE) use the four-grid Hann decode, which reads half a tile
+    around each tile: a finished canvas still equals decoding all its latents at once."""
+    model = load_model(tiny_model_dir, device="cpu")
+
+    class NoMargin(torch.nn.Module):  # the tiny decoder, without its decoder_margin
+        def __init__(self, ae):
+            super().__init__()
+            self.ae, self.downsampling = ae, ae.downsampling
+
+        def decode(self, z):
+            return self.ae.decode(z)
+
+    model.autoencoder = NoMargin(model.autoencoder)
+    store = CanvasStore.create_for_model(tmp_path / "c", model, shape_px=(512, 1024), seed=2)
+    sched = TileScheduler(store, model)
+    assert sched.strategy == "hann" and sched.decode_reach == 32
+    sched.request_view(0, (0, 512, 0, 1024))
+    assert len(sched.run_until_idle()) == 2 and sched.stats.borders_redecoded == 1
+    lat = torch.from_numpy(np.asarray(store.latents[:]))[None]
+    full = (decode_full(model.autoencoder, lat)[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+    got = store.read_tissue(0, 0, 512, 0, 1024)
+    assert np.abs(full.numpy().astype(int) - got.astype(int)).max() <= 1
