@@ -454,9 +454,12 @@ def test_sigkill_mid_generation_leaves_a_store_that_resumes(reference, tmp_path,
     reader = CanvasStore.open(folder, mode="r")
     status = reader.read_status()
     done = [tuple(map(int, x[1:])) for x in lines if x[0] == "done"]
-    assert [tuple(k) for k in np.argwhere(status == 2).tolist()] == sorted(done) and 2 <= len(done) < 6
+    finished = [tuple(k) for k in np.argwhere(status == 2).tolist()]
+    # every reported tile is done; at most one more (killed between its status and its report)
+    assert set(done) <= set(finished) and len(finished) - len(done) <= (1 if when == "timer" else 0)
+    assert 2 <= len(finished) < 6
     ref = snapshot(reference[0])
-    for i, j in done:
+    for i, j in finished:
         lat = np.asarray(reader.latents[:, i * 64 : (i + 1) * 64, j * 64 : (j + 1) * 64])
         assert np.array_equal(lat, ref["latents"][:, i * 64 : (i + 1) * 64, j * 64 : (j + 1) * 64])
         px = reader.read_tissue_raw(0, i * 512, (i + 1) * 512, j * 512, (j + 1) * 512)
