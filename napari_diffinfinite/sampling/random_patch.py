@@ -139,6 +139,7 @@ def sample_region(
 
 
 def _noised_context(schedule, x_in, known, known_mask_win, t, generator, device):
+    """The window input with the known latents re-noised to time ``t`` (fresh noise each call)."""
     if known is None or not known_mask_win.any():
         return x_in
     noise = torch.randn(x_in.shape, generator=generator).to(device)
@@ -163,10 +164,7 @@ def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mas
         ]
         if not boxes:
             continue
-        state = x
-        if known is not None:
-            noise = torch.randn(x.shape, generator=generator).to(device)
-            state = torch.where(known_mask.to(device), q_sample(schedule, known, t, noise), x)
+        state = _noised_context(schedule, x, known, known_mask, t, generator, device)
         batch = torch.stack([state[:, y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
         labels = None if cond is None else torch.stack([cond[y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
         noise = torch.randn(batch.shape, generator=generator).to(device)
