@@ -13,7 +13,7 @@ import sys
 from . import DISCLAIMER, __version__
 
 PLUGIN = "napari-diffinfinite"
-DEMO_SAMPLE = "demo_mask"
+DEMO_SAMPLE = "demo_canvas"
 WIDGET = "DiffInfinite"
 
 
@@ -25,9 +25,11 @@ def selected_device() -> str:
 
 
 def setup_demo(viewer) -> None:
-    """Open the demo mask and the DiffInfinite dock widget in ``viewer``."""
-    viewer.open_sample(PLUGIN, DEMO_SAMPLE)
+    """Open the DiffInfinite dock widget and the demo canvas in ``viewer``: a new canvas with the demo mask
+    painted in its middle, at 1:1 zoom, generating the view as soon as napari's event loop runs (the model:
+    ``$DIFFINFINITE_MODEL`` or the embedded one; without one, a notification says how to choose it)."""
     viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    viewer.open_sample(PLUGIN, DEMO_SAMPLE)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -84,6 +86,13 @@ def _generate(args: argparse.Namespace) -> int:
         return _error(EXIT_USAGE, str(e))
     if (args.size is None) == (args.mask is None):
         return _error(EXIT_USAGE, "give either --size H W or --mask MASK.png")
+    if args.scheduler or args.workers is not None or args.count != 1 or args.canvas:
+        try:  # on a dask.distributed cluster: napari_diffinfinite.distributed
+            from .distributed import run_cli
+        except ImportError as e:
+            return _error(EXIT_USAGE, f"{e}; --scheduler, --workers, --count and --canvas need dask.distributed: "
+                                      "pip install 'napari-diffinfinite[distributed]'")
+        return run_cli(args, stem, fmt)
     from .io import export_paths
 
     existing = [p for p in export_paths(stem, fmt).values() if p is not None and p.exists()]
@@ -147,6 +156,43 @@ def _generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .canvas.export import MissingTilesError, export_canvas
+    from .canvas.store import CanvasStore
+
+    try:
+        stem, fmt = _stem(args.out)
+    except ValueError as e:
+        return _error(EXIT_USAGE, str(e))
+    y0, x0, y1, x1 = args.region
+    try:
+        store = CanvasStore.open(args.canvas, mode="r+" if args.generate_missing else "r")
+    except (FileNotFoundError, ValueError, OSError) as e:
+        return _error(EXIT_USAGE, f"cannot open canvas {args.canvas}: {e}")
+    scheduler = None
+    if args.generate_missing:
+        from .canvas.scheduler import TileScheduler
+        from .generation import load_model
+
+        try:
+            scheduler = TileScheduler(store, load_model(args.model, device=args.device))
+        except (FileNotFoundError, ValueError) as e:
+            return _error(EXIT_MODEL, str(e))
+    try:
+        written = export_canvas(store, (y0, y1, x0, x1), stem, fmt=fmt, compression=args.compression,
+                                overwrite=args.overwrite, scheduler=scheduler)
+    except (MissingTilesError, FileExistsError, OSError, ValueError) as e:
+        return _error(EXIT_OUTPUT, str(e))
+    finally:
+        store.close()
+    if not args.quiet:
+        for path in written.values():
+            if path is not None:
+                print(f"wrote {path}")
+        print(DISCLAIMER)
+    return EXIT_OK
+
+
 def _bundle(args: argparse.Namespace) -> int:
     from .training.bundle import bundle_model
 
@@ -193,7 +239,32 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--block", type=int, default=512, help="canvas block size in latent pixels")
     gen.add_argument("--overwrite", action="store_true", help="replace existing output files")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    dist = gen.add_argument_group(
+        "scale out (dask.distributed)",
+        "blocks of one image as a wavefront on a cluster (use the same --block as a single run for the same image), "
+        "or --count images at once",
+    )
+    dist.add_argument("--scheduler", metavar="ADDRESS", help="an existing dask scheduler, e.g. tcp://host:8786")
+    dist.add_argument("--workers", type=int, metavar="N", help="start a local cluster of N worker processes")
+    dist.add_argument("--count", type=int, default=1, metavar="N",
+                      help="N independent images, seeds SEED..SEED+N-1, written as OUT_0001... (default 1)")
+    dist.add_argument("--canvas", metavar="FOLDER",
+                      help="the shared canvas store (a folder all workers reach; kept, and resumed by a re-run). "
+                           "Default: OUT.canvas next to --out, removed after the export")
     gen.set_defaults(func=_generate)
+    export = sub.add_parser("export", help="export a canvas region as pyramidal OME-TIFF (or PNG) with its mask",
+                            epilog=EXIT_CODES_HELP)
+    export.add_argument("canvas", help="canvas folder (as the napari plugin saves it)")
+    export.add_argument("--region", type=int, nargs=4, required=True, metavar=("Y0", "X0", "Y1", "X1"),
+                        help="region in canvas pixels")
+    export.add_argument("--out", required=True, help="OUT.ome.tif or OUT.png")
+    export.add_argument("--compression", choices=["jpeg", "zlib", "none"], default=None)
+    export.add_argument("--generate-missing", action="store_true", help="generate tiles not generated yet")
+    export.add_argument("--model", default="embedded", help="model for --generate-missing")
+    export.add_argument("--device")
+    export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--quiet", action="store_true")
+    export.set_defaults(func=_export)
     bundle = sub.add_parser("bundle", help="assemble a model folder from training runs (model.json + weights)")
     bundle.add_argument("--autoencoder", required=True, help="autoencoder run folder or its ema.safetensors")
     bundle.add_argument("--image", help="image-model run folder or its ema.safetensors")

@@ -1,0 +1,65 @@
+"""Export a region of a canvas as a pyramidal OME-TIFF (or PNG) with its mask and settings, streamed tile by tile.
+
+One function for the CLI (``diffinfinite export``) and the viewer: it reads level-0 pixels and latent-scale labels
+from the store as the writer asks for them, so memory stays bounded by a few tiles whatever the region's size.
+Tiles not generated yet are either refused (the default, with a message saying how many and how to proceed) or
+generated first by a :class:`~napari_diffinfinite.canvas.scheduler.TileScheduler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..io import export_region
+from .grid import Rect
+from .store import CanvasStore
+
+
+class MissingTilesError(ValueError):
+    """The region holds tiles that are not generated yet and the export was asked not to generate them."""
+
+
+def missing_tiles(store: CanvasStore, rect: Rect) -> list:
+    """Level-0 tiles under ``rect`` (image px) that are not fully generated (status < 2)."""
+    return [k for k in store.grid.tiles_in_rect(rect, 0) if store.tile_status(k) < 2]
+
+
+def export_canvas(store: CanvasStore, rect, stem, *, fmt: str = "ome.tif", compression: str | None = None,
+                  overwrite: bool = False, scheduler=None, progress: Callable[[int, int], None] | None = None,
+                  cancel: Callable[[], bool] | None = None) -> dict:
+    """Write ``<stem>.ome.tif`` + ``<stem>_mask.ome.tif`` + ``<stem>.json`` (or PNGs) for ``rect`` = (y0, y1, x0, x1)
+    in canvas pixels. With a ``scheduler``, missing tiles are generated first; otherwise they are refused."""
+    r = Rect(*(int(v) for v in rect)).intersect(store.grid.bounds(0))
+    if r.empty:
+        raise ValueError(f"region {tuple(rect)} is empty or outside the canvas {store.grid.bounds(0)}")
+    missing = missing_tiles(store, r)
+    if missing:
+        if scheduler is None:
+            raise MissingTilesError(
+                f"{len(missing)} of {len(store.grid.tiles_in_rect(r, 0))} tiles in the region are not generated yet; "
+                "generate them first (in the viewer, or with --generate-missing), or export a generated region"
+            )
+        scheduler.request_tiles(missing)
+        scheduler.run_until_idle()
+        still = missing_tiles(store, r)
+        if still:
+            raise MissingTilesError(f"{len(still)} tiles could not be generated; nothing was written")
+    d = store.grid.downsampling
+
+    def read_image(y0, y1, x0, x1):
+        return store.read_tissue(0, r.y0 + y0, r.y0 + y1, r.x0 + x0, r.x0 + x1, placeholder=False)
+
+    def read_mask(y0, y1, x0, x1):
+        ay, ax = r.y0 + y0, r.x0 + x0
+        lab = store.read_labels(Rect(ay // d, -(-(r.y0 + y1) // d), ax // d, -(-(r.x0 + x1) // d)))
+        full = np.repeat(np.repeat(lab, d, axis=0), d, axis=1)
+        oy, ox = ay - (ay // d) * d, ax - (ax // d) * d
+        return full[oy : oy + (y1 - y0), ox : ox + (x1 - x0)]
+
+    settings = {**store.settings, "canvas": str(store.root), "region_px": [r.y0, r.y1, r.x0, r.x1]}
+    return export_region(Path(stem), read_image, read_mask, (r.height, r.width), settings, fmt=fmt,
+                         compression=compression, overwrite=overwrite, pixel_size_um=store.pixel_size_um,
+                         max_label=store.num_classes - 1, progress=progress, cancel=cancel)
