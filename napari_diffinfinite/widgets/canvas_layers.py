@@ -1,0 +1,108 @@
+"""napari LayerData for a canvas store: the multiscale tissue layer and the bounded Labels window. No Qt:
+the reader and the demo sample return these; :class:`~.canvas_controller.CanvasController` adds and drives
+them.
+
+- Tissue: ``store.tissue_levels()`` (array-likes that read the store, placeholders where tiles are missing;
+  never a model), ``rgb``, ``multiscale``, ``scale`` = um per px.
+- Mask: a ``(window, window)`` uint8 numpy window of the canvas mask at latent scale (one label per 8 image
+  px), ``scale`` = 8 x um per px and ``translate`` so that it overlays the tissue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import DISCLAIMER
+from ..canvas.grid import Rect
+from ..canvas.store import CanvasStore
+from ..classes import ClassSet, class_set
+from .canvas_view import DEFAULT_WINDOW, labels_translate, window_anchor, window_rect
+
+__all__ = [
+    "LABELS_NAME",
+    "META_KEY",
+    "TISSUE_NAME",
+    "canvas_class_set",
+    "canvas_layer_data",
+    "canvas_meta",
+    "labels_layer_kwargs",
+    "read_window",
+    "tissue_layer_kwargs",
+]
+
+META_KEY = "diffinfinite_canvas"
+TISSUE_NAME = "DiffInfinite tissue"
+LABELS_NAME = "DiffInfinite mask"
+
+
+def canvas_class_set(store: CanvasStore) -> ClassSet:
+    try:
+        return class_set(store.num_classes)
+    except ValueError:
+        return class_set(5)
+
+
+def canvas_meta(layer) -> dict | None:
+    """The canvas metadata of a napari layer (``{"canvas": folder, "role": "tissue" | "labels", ...}``), or
+    None for a layer that is not part of a canvas."""
+    meta = getattr(layer, "metadata", None) or {}
+    value = meta.get(META_KEY)
+    return value if isinstance(value, dict) and "canvas" in value else None
+
+
+def tissue_layer_kwargs(store: CanvasStore, name: str = TISSUE_NAME) -> dict:
+    ps = store.pixel_size_um
+    return {
+        "name": name,
+        "rgb": True,
+        "multiscale": True,
+        "scale": (ps, ps),
+        "units": ("um", "um"),
+        "contrast_limits": (0, 255),
+        "metadata": {
+            META_KEY: {"canvas": str(Path(store.root).resolve()), "role": "tissue", "model": store.model_name},
+            "disclaimer": DISCLAIMER,
+        },
+    }
+
+
+def read_window(store: CanvasStore, anchor: tuple[int, int], window: int = DEFAULT_WINDOW) -> np.ndarray:
+    """The canvas mask (level 0, latent scale) in the window at ``anchor``, as a writable uint8 array."""
+    r = window_rect(anchor, store.grid, window)
+    return np.array(store.read_labels(r), dtype=np.uint8, copy=True)
+
+
+def labels_layer_kwargs(store: CanvasStore, anchor: tuple[int, int], window: int = DEFAULT_WINDOW,
+                        name: str = LABELS_NAME) -> dict:
+    ps, d = store.pixel_size_um, store.grid.downsampling
+    classes = canvas_class_set(store)
+    return {
+        "name": name,
+        "scale": (d * ps, d * ps),
+        "translate": labels_translate(anchor, d, ps),
+        "units": ("um", "um"),
+        "colormap": classes.color_dict(),
+        "features": classes.features(),
+        "opacity": 0.45,
+        "metadata": {
+            META_KEY: {"canvas": str(Path(store.root).resolve()), "role": "labels", "anchor": [int(a) for a in anchor],
+                       "window": int(window), "class_set": classes.key},
+            "disclaimer": DISCLAIMER,
+        },
+    }
+
+
+def canvas_layer_data(store: CanvasStore, *, centre_px: tuple[float, float] | None = None,
+                      window: int = DEFAULT_WINDOW) -> list[tuple]:
+    """LayerData ``[(tissue levels, kwargs, "image"), (mask window, kwargs, "labels")]`` for ``store``, the
+    Labels window centred on ``centre_px`` (level-0 px; default: the canvas centre)."""
+    if centre_px is None:
+        centre_px = store.grid.centre()
+    cy, cx = centre_px
+    anchor = window_anchor(Rect(int(cy), int(cy) + 1, int(cx), int(cx) + 1), store.grid, window)
+    return [
+        (store.tissue_levels(), tissue_layer_kwargs(store), "image"),
+        (read_window(store, anchor, window), labels_layer_kwargs(store, anchor, window), "labels"),
+    ]
