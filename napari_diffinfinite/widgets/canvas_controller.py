@@ -1,0 +1,881 @@
+"""The napari face of a canvas: layers over a :class:`~napari_diffinfinite.canvas.CanvasStore`, camera and
+paint events turned into scheduler requests, tiles landing turned into layer refreshes.
+
+:class:`CanvasController` owns, for one viewer:
+
+- the **tissue layer**: a multiscale RGB Image over ``store.tissue_levels()``, ``scale`` = um per px. It only
+  reads the store (placeholders where tiles are missing); it is refreshed on the GUI thread when tiles that
+  are in view land, at most every ``refresh_ms``.
+- the **mask layer**: a bounded Labels window (``window`` latents a side, one label per 8 image px) backed by
+  the store's mask and re-anchored as the user pans (the window is written back first). Any change of the
+  window - paint, fill, erase, undo, redo, a script - is found by comparing it with a shadow copy of what the
+  store holds; the changed labels are written to the store and exactly the tiles whose labels changed are
+  invalidated (they regenerate with their neighbours as context).
+- the **scheduler** (:class:`~napari_diffinfinite.canvas.TileScheduler`, one worker thread): camera changes are
+  debounced (``debounce_ms``) and become ``request_view(level, rect)``; ``on_tile_done`` runs on the worker
+  thread and is marshalled to the GUI thread with a queued Qt signal.
+
+Nothing here runs a model on the GUI thread: sampling runs on the scheduler's thread, mask generation, model
+loading and exports in superqt workers. Qt is reached through qtpy and superqt only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ..canvas.grid import Rect, TileKey, as_rect
+from ..canvas.store import STATUS_EMPTY, CanvasLockedError, CanvasStore
+from .canvas_layers import (
+    META_KEY,
+    canvas_meta,
+    labels_layer_kwargs,
+    read_window,
+    tissue_layer_kwargs,
+)
+from .canvas_models import ModelSpec, get_model, model_error_message
+from .canvas_view import (
+    DEFAULT_WINDOW,
+    CanvasView,
+    align_rect,
+    camera_for_rect,
+    changed_bbox,
+    labels_translate,
+    latent_labels,
+    needs_reanchor,
+    rect_from_vertices,
+    view_from_camera,
+    window_anchor,
+    window_rect,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = [
+    "MAX_MASK_SIDE",
+    "MAX_REROLL_TILES",
+    "SELECTION_NAME",
+    "CanvasController",
+    "close_all_controllers",
+    "controller_for",
+    "load_model_in_thread",
+    "notify",
+    "open_canvas",
+    "schedule_attach",
+]
+
+log = logging.getLogger(__name__)
+
+SELECTION_NAME = "DiffInfinite selection"
+#: Largest side (px) of a region whose mask is generated in one go.
+MAX_MASK_SIDE = 8192
+#: Most tiles one re-roll may regenerate.
+MAX_REROLL_TILES = 256
+
+_controllers: dict[int, CanvasController] = {}
+
+
+def notify(message: str, severity: str = "error") -> None:
+    """A napari notification (``error``, ``warning`` or ``info``): what the user sees instead of a traceback."""
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"error": show_error, "warning": show_warning, "info": show_info}.get(severity, show_error)(message)
+
+
+def _unwrap(viewer):
+    # napari hands plugin widgets a PublicOnlyProxy of the viewer; the registry keys on the viewer itself
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def controller_for(viewer) -> CanvasController | None:
+    """The canvas controller of ``viewer`` (the canvas open in it), or None."""
+    viewer = _unwrap(viewer)
+    ctrl = _controllers.get(id(viewer))
+    return ctrl if ctrl is not None and not ctrl.closed and ctrl.viewer is viewer else None
+
+
+def close_all_controllers() -> None:
+    """Close every controller (write labels back, stop workers, release the stores' writer locks)."""
+    for ctrl in list(_controllers.values()):
+        ctrl.close()
+
+
+def _camera(viewer):
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def load_model_in_thread(spec: ModelSpec | str | None, on_done: Callable, on_error: Callable):
+    """Load (or take from the cache) a model in a superqt worker; ``on_done(model)`` / ``on_error(exc)`` run on
+    the GUI thread. Returns the worker (already started)."""
+    from superqt.utils import create_worker
+
+    worker = create_worker(get_model, spec, _start_thread=False, _ignore_errors=True)
+    worker.returned.connect(on_done)
+    worker.errored.connect(on_error)
+    worker.start()
+    return worker
+
+
+class CanvasController(QObject):
+    """Layers, events and the scheduler of one canvas in one viewer (see the module docstring).
+
+    Args:
+        viewer: the napari viewer.
+        store: the canvas (open ``"r+"`` to paint and generate; a read-only store shows it and refuses edits).
+        model: a loaded model, or None (paint only; :meth:`set_model` later).
+        tissue_layer, labels_layer: existing layers to drive (from the reader or the demo sample); added if None.
+        window: Labels window side in latent pixels (default 2048 = 16,384 image px).
+        debounce_ms: camera debounce. refresh_ms: at most one tissue refresh per this. sync_ms: label edits are
+            written to the store this long after the last edit event.
+        scheduler_options: extra :class:`TileScheduler` arguments (``max_view_tiles``, ``max_request_level``...).
+    """
+
+    #: a tile reached status 2 (emitted on the worker thread, delivered on the GUI thread)
+    tile_landed = Signal(object)
+    _tile_failed = Signal(object, str)
+    #: the model, the scheduler or the generating state changed
+    state_changed = Signal()
+
+    def __init__(self, viewer: napari.Viewer, store: CanvasStore, *, model=None, tissue_layer=None,
+                 labels_layer=None, window: int = DEFAULT_WINDOW, debounce_ms: int = 100, refresh_ms: int = 250,
+                 sync_ms: int = 60, scheduler_options: dict | None = None):
+        super().__init__()
+        viewer = _unwrap(viewer)
+        self.viewer = viewer
+        self.store = store
+        self.grid = store.grid
+        self.pixel_size = store.pixel_size_um
+        self.window = int(window)
+        self.scheduler = None
+        self.model = None
+        self.model_spec: ModelSpec | None = None
+        self.scheduler_options = dict(scheduler_options or {})
+        self.closed = False
+        self.generating = False
+        #: level-0 tiles invalidated by the last label write; all tiles landed so far (GUI thread)
+        self.last_invalidated: list[TileKey] = []
+        self.landed: list[TileKey] = []
+        self.refreshes = 0
+        self.last_view: CanvasView | None = None
+        self.last_requested: list[TileKey] = []
+        self._ignore_labels = 0
+        self._workers: list = []
+        self.mask_state = "idle"  # "running", "done", "error"
+        self.export_state = "idle"
+        self.export_progress = (0, 0)
+        self.export_result: dict | None = None
+        self._export_cancel = False
+
+        # layers -------------------------------------------------------------------------------------------
+        if tissue_layer is None:
+            tissue_layer = viewer.add_image(store.tissue_levels(), **tissue_layer_kwargs(store))
+        elif not all(getattr(level, "store", None) is store for level in tissue_layer.data_raw):
+            tissue_layer.data = store.tissue_levels()  # read through this (writable) store: no status TTL
+        self.tissue_layer = tissue_layer
+        if labels_layer is None:
+            anchor = window_anchor(self.current_view().rect, self.grid, self.window)
+            labels_layer = viewer.add_labels(read_window(store, anchor, self.window),
+                                             **labels_layer_kwargs(store, anchor, self.window))
+            labels_layer.selected_label = 1
+        else:
+            meta = canvas_meta(labels_layer) or {}
+            anchor = tuple(meta.get("anchor", window_anchor(self.current_view().rect, self.grid, self.window)))
+            win = window_rect(anchor, self.grid, self.window)
+            if tuple(labels_layer.data.shape) != (win.height, win.width):
+                raise ValueError("the mask layer does not match its canvas window; reopen the canvas")
+        self.labels_layer = labels_layer
+        self.anchor: tuple[int, int] = (int(anchor[0]), int(anchor[1]))
+        self._shadow = np.array(labels_layer.data, dtype=np.uint8, copy=True)
+        if store.read_only:
+            labels_layer.editable = False
+
+        # timers (GUI thread) -----------------------------------------------------------------------------------
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(int(debounce_ms))
+        self._debounce.timeout.connect(self._guarded(self.update_view))
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(int(refresh_ms))
+        self._refresh_timer.timeout.connect(self._guarded(self._refresh_tissue))
+        self._sync_timer = QTimer(self)
+        self._sync_timer.setSingleShot(True)
+        self._sync_timer.setInterval(int(sync_ms))
+        self._sync_timer.timeout.connect(self._guarded(self.sync_labels))
+        self.tile_landed.connect(self._on_tile_landed)
+        self._tile_failed.connect(self._on_tile_failed)
+
+        # napari events -------------------------------------------------------------------------------------
+        cam = _camera(viewer)
+        self._connections = [
+            (cam.events.center, self._on_camera),
+            (cam.events.zoom, self._on_camera),
+            (viewer.canvas.events.size, self._on_camera),
+            (labels_layer.events.paint, self._on_labels_event),
+            (labels_layer.events.labels_update, self._on_labels_event),
+            (labels_layer.events.set_data, self._on_labels_event),
+            (viewer.layers.events.removed, self._on_layer_removed),
+        ]
+        for emitter, fn in self._connections:
+            emitter.connect(fn)
+
+        previous = controller_for(viewer)
+        if previous is not None and previous is not self:
+            previous.close()
+        _controllers[id(viewer)] = self
+        if model is not None:
+            self.set_model(model)
+
+    # ------------------------------------------------------------------ helpers
+    def _guarded(self, fn):
+        """``fn`` for a Qt slot or napari callback: an exception becomes a notification, not a traceback."""
+
+        def call(*args, **kwargs):
+            if self.closed:
+                return None
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                log.exception("%s failed", getattr(fn, "__name__", fn))
+                notify(f"DiffInfinite: {exc}")
+                return None
+
+        return call
+
+    @contextlib.contextmanager
+    def _labels_quiet(self):
+        """Edits of the Labels window made here are not edits of the user."""
+        self._ignore_labels += 1
+        try:
+            yield
+        finally:
+            self._ignore_labels -= 1
+
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.store.root)
+
+    # ------------------------------------------------------------------ model / scheduler
+    def set_model(self, model, spec: ModelSpec | None = None) -> None:
+        """Generate with ``model`` from now on (a new scheduler; the running tile of the old one is abandoned).
+        Raises ``ValueError`` when the model cannot continue this canvas (other latent channels, fewer classes,
+        another model while tiles exist) and ``PermissionError`` for a read-only canvas."""
+        from ..canvas.scheduler import TileScheduler
+
+        if self.read_only:
+            raise PermissionError(f"the canvas {self.folder} is open read-only (another program is writing it)")
+        counts = self.store.status_counts()
+        untouched = counts[STATUS_EMPTY] == sum(counts.values())
+        sched = TileScheduler(self.store, model, on_tile_done=self.tile_landed.emit,
+                              allow_other_model=untouched, **self.scheduler_options)
+        sched.add_error_callback(lambda key, exc: self._tile_failed.emit(key, str(exc)))
+        old, self.scheduler = self.scheduler, sched
+        self.model, self.model_spec = model, spec
+        if old is not None:
+            old.stop(timeout=10)
+        if spec is not None and "model_source" not in self.store.settings:
+            self.store.update_settings(model_source=spec.source)
+        if self.generating:
+            self.start()
+        self.state_changed.emit()
+
+    def apply_settings(self, *, omega: float | None = None, steps: int | None = None) -> bool:
+        """Record new guidance / steps for the tiles generated from now on (tiles already made keep theirs);
+        the scheduler is rebuilt if they changed. Returns whether they changed."""
+        changes = {}
+        s = self.store.settings
+        if omega is not None and float(omega) != float(s.get("omega", 3.0)):
+            changes["omega"] = float(omega)
+        if steps is not None and int(steps) != int(s.get("steps") or 0):
+            changes["steps"] = int(steps)
+        if not changes or self.read_only:
+            return False
+        self.store.update_settings(**changes)
+        if self.model is not None:
+            self.set_model(self.model, self.model_spec)
+        return True
+
+    def start(self) -> None:
+        """Generate the view (and any re-rolled or repainted tiles) in the worker thread."""
+        if self.scheduler is None:
+            raise RuntimeError("no model is loaded for this canvas; choose one in the DiffInfinite widget")
+        self.generating = True
+        self.scheduler.resume()
+        self.scheduler.start()
+        self.update_view()
+        self.state_changed.emit()
+
+    def pause(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.pause()
+        self.state_changed.emit()
+
+    def resume(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.resume()
+        self.state_changed.emit()
+
+    def cancel(self) -> None:
+        """Drop every request and abandon the running tile; panning no longer requests tiles until
+        :meth:`start` again."""
+        self.generating = False
+        if self.scheduler is not None:
+            self.scheduler.cancel()
+            self.scheduler.clear_view()
+        self.state_changed.emit()
+
+    @property
+    def paused(self) -> bool:
+        return self.scheduler is not None and self.scheduler.stats.state == "paused"
+
+    # ------------------------------------------------------------------ view
+    def current_view(self) -> CanvasView:
+        cam = _camera(self.viewer)
+        return view_from_camera(cam.center, cam.zoom, self.viewer.canvas.size, self.pixel_size, self.grid)
+
+    def set_camera(self, centre_px: tuple[float, float], zoom: float | None = None) -> None:
+        """Centre the camera on level-0 pixel ``centre_px``; ``zoom`` in screen px per image px (1 = 1:1)."""
+        cam = _camera(self.viewer)
+        cy, cx = centre_px
+        wy, wx = camera_for_rect((cy, cy + 1, cx, cx + 1), self.pixel_size)
+        cam.center = (wy, wx)
+        if zoom is not None:
+            cam.zoom = float(zoom) / self.pixel_size
+        self.update_view()
+
+    def _on_camera(self, event=None) -> None:
+        if not self.closed:
+            self._debounce.start()
+
+    def update_view(self) -> CanvasView:
+        """Re-anchor the Labels window if the view left it, and request the view's tiles (when generating)."""
+        view = self.current_view()
+        self.last_view = view
+        self._maybe_reanchor(view.rect)
+        if self.scheduler is not None and self.generating:
+            self.last_requested = self.scheduler.request_view(view.level, view.rect)
+        return view
+
+    def _maybe_reanchor(self, rect_px) -> bool:
+        if not needs_reanchor(rect_px, self.anchor, self.grid, self.window):
+            return False
+        self.reanchor(window_anchor(rect_px, self.grid, self.window))
+        return True
+
+    def reanchor(self, anchor: tuple[int, int]) -> None:
+        """Move the Labels window to latent pixel ``anchor`` (edits are written back first; the layer's undo
+        history is reset, since it refers to the old window)."""
+        self.sync_labels()
+        anchor = (int(anchor[0]), int(anchor[1]))
+        data = read_window(self.store, anchor, self.window)
+        layer = self.labels_layer
+        mode = layer.mode
+        with self._labels_quiet():
+            layer.translate = labels_translate(anchor, self.grid.downsampling, self.pixel_size)
+            layer.data = data
+            if not self.read_only:
+                layer.editable = False  # resets the undo history (public API for it)
+                layer.editable = True
+                with contextlib.suppress(ValueError):
+                    layer.mode = mode
+            layer.metadata = {**layer.metadata, META_KEY: {**(canvas_meta(layer) or {}), "anchor": list(anchor)}}
+        self._shadow = data.copy()
+        self.anchor = anchor
+
+    # ------------------------------------------------------------------ tiles landing
+    def _on_tile_landed(self, key) -> None:
+        if self.closed:
+            return
+        key = tuple(key)
+        self.landed.append(key)
+        view = self.last_view or self.current_view()
+        sched = self.scheduler
+        reach = sched.changed_rect(key) if sched is not None else self.grid.tile_rect(key)
+        if not reach.intersect(view.rect).empty:
+            self._schedule_refresh()
+
+    def _on_tile_failed(self, key, message: str) -> None:
+        notify(f"DiffInfinite: generating tile {tuple(key)} failed: {message}", "warning")
+
+    def _schedule_refresh(self) -> None:
+        if not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def _refresh_tissue(self) -> None:
+        """Re-slice the tissue layer (reads the visible part of the store, never a model)."""
+        self.refreshes += 1
+        self.tissue_layer.refresh(thumbnail=self.refreshes % 8 == 1, extent=False, highlight=False)
+
+    # ------------------------------------------------------------------ labels
+    def _on_labels_event(self, event=None) -> None:
+        if not self._ignore_labels and not self.closed:
+            self._sync_timer.start()
+
+    def sync_labels(self) -> list[TileKey]:
+        """Write the Labels window's edits (whatever made them) to the store and invalidate the tiles whose
+        labels changed. Returns those tiles."""
+        if self.closed:
+            return []
+        data = self.labels_layer.data
+        if not isinstance(data, np.ndarray) or data.shape != self._shadow.shape:
+            notify("DiffInfinite: the mask layer's data was replaced; it is reloaded from the canvas", "warning")
+            self.reanchor(self.anchor)
+            return []
+        found = changed_bbox(self._shadow, data)
+        if found is None:
+            return []
+        r, where = found
+        block = np.array(data[r.slices], copy=True)
+        shadow = self._shadow[r.slices]
+        if self.read_only:
+            with self._labels_quiet():
+                data[r.slices] = shadow
+                self.labels_layer.refresh()
+            notify("DiffInfinite: this canvas is open read-only; the edit was undone")
+            return []
+        bad = where & (block >= self.store.num_classes)
+        if bad.any():
+            values = sorted(set(block[bad].tolist()))
+            block[bad] = shadow[bad]
+            where = where & ~bad
+            with self._labels_quiet():
+                data[r.slices] = np.where(bad, shadow, data[r.slices])
+                self.labels_layer.refresh()
+            notify(f"DiffInfinite: label(s) {values} are not classes of this canvas (0..{self.store.num_classes - 1}); "
+                   "those pixels were left as they were", "warning")
+        tiles = self.write_labels(self.anchor[0] + r.y0, self.anchor[1] + r.x0, block, where)
+        shadow[where] = block[where]
+        return tiles
+
+    def write_labels(self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None) -> list[TileKey]:
+        """Write class ids at latent pixel ``(y0, x0)`` of the canvas (only where ``where``) and invalidate
+        exactly the tiles whose labels changed (their latents and pixels; they regenerate with their
+        neighbours as context). Returns those tiles. The Labels window is not touched (see :meth:`sync_labels`
+        and :meth:`reload_window`)."""
+        labels = np.asarray(labels)
+        if where is None:
+            where = np.ones(labels.shape, bool)
+        lr = Rect(y0, y0 + labels.shape[0], x0, x0 + labels.shape[1])
+        old = self.store.read_labels(lr)
+        if old.shape != labels.shape:
+            raise ValueError(f"labels at {tuple(lr)} reach outside the canvas")
+        changed = where & (old != labels)
+        if not changed.any():
+            self.last_invalidated = []
+            return []
+        self.store.write_labels(y0, x0, labels, where=changed)
+        tiles = self._changed_tiles(lr, changed)
+        self._invalidate(tiles)
+        self.last_invalidated = tiles
+        self._schedule_refresh()
+        return tiles
+
+    def _changed_tiles(self, lr: Rect, changed: np.ndarray) -> list[TileKey]:
+        lt = self.grid.latent_tile
+        out = []
+        for i in range(lr.y0 // lt, -(-lr.y1 // lt)):
+            ys = slice(max(i * lt, lr.y0) - lr.y0, min((i + 1) * lt, lr.y1) - lr.y0)
+            row = changed[ys]
+            for j in range(lr.x0 // lt, -(-lr.x1 // lt)):
+                xs = slice(max(j * lt, lr.x0) - lr.x0, min((j + 1) * lt, lr.x1) - lr.x0)
+                if row[:, xs].any():
+                    out.append((i, j))
+        return out
+
+    def _invalidate(self, tiles: list[TileKey]) -> None:
+        if not tiles:
+            return
+        t = self.grid.tile
+        if self.scheduler is None:
+            status = {k: self.store.tile_status(k) for k in tiles}
+            self.store.set_status([k for k, s in status.items() if s != STATUS_EMPTY], STATUS_EMPTY)
+            return
+        # one invalidate per run of touched tiles in a row (the scheduler invalidates rectangles)
+        rows: dict[int, list[int]] = {}
+        for i, j in tiles:
+            rows.setdefault(i, []).append(j)
+        for i, cols in rows.items():
+            cols.sort()
+            start = prev = cols[0]
+            for j in [*cols[1:], None]:
+                if j is not None and j == prev + 1:
+                    prev = j
+                    continue
+                self.scheduler.invalidate(Rect(i * t, (i + 1) * t, start * t, (prev + 1) * t))
+                if j is not None:
+                    start = prev = j
+
+    def reload_window(self, rect_latent=None) -> None:
+        """Read the Labels window (or its part over ``rect_latent``) again from the store."""
+        win = window_rect(self.anchor, self.grid, self.window)
+        r = win if rect_latent is None else as_rect(rect_latent).intersect(win)
+        if r.empty:
+            return
+        values = self.store.read_labels(r)
+        local = r.offset(-self.anchor[0], -self.anchor[1])
+        with self._labels_quiet():
+            self.labels_layer.data[local.slices] = values
+            self._shadow[local.slices] = values
+            self.labels_layer.refresh()
+
+    # ------------------------------------------------------------------ selections, re-roll, masks
+    def selection_layer(self, create: bool = False):
+        """The Shapes layer whose last rectangle is the selection (created, in rectangle mode, if asked)."""
+        for layer in self.viewer.layers:
+            if layer.name == SELECTION_NAME and layer.__class__.__name__ == "Shapes":
+                return layer
+        if not create:
+            return None
+        layer = self.viewer.add_shapes(name=SELECTION_NAME, scale=(self.pixel_size, self.pixel_size),
+                                       edge_color="yellow", face_color="transparent", edge_width=4, opacity=0.9)
+        layer.mode = "add_rectangle"
+        return layer
+
+    def selection_rect(self) -> Rect | None:
+        """The level-0 px rectangle of the selection layer's last shape (None without one)."""
+        layer = self.selection_layer()
+        if layer is None or not len(layer.data):
+            return None
+        verts = np.asarray(layer.data[-1], dtype=np.float64)
+        world = np.array([layer.data_to_world(v) for v in verts])
+        r = rect_from_vertices(world, self.pixel_size, self.grid)
+        return None if r.empty else r
+
+    def target_rect(self, rect_px=None) -> Rect:
+        """``rect_px``, else the selection, else the current view (level-0 px, clipped)."""
+        if rect_px is not None:
+            return self.grid.clip(rect_px)
+        sel = self.selection_rect()
+        return sel if sel is not None else self.current_view().rect
+
+    def reroll(self, rect_px=None, seed: int | None = None) -> list[TileKey]:
+        """Generate the tiles under ``rect_px`` (default: the selection, else the view) again with a new seed,
+        the mask and the neighbours kept as context."""
+        if self.scheduler is None:
+            raise RuntimeError("load a model first: re-rolling regenerates tissue")
+        rect = self.target_rect(rect_px)
+        tiles = self.grid.tiles_in_rect(rect)
+        if not tiles:
+            raise ValueError("nothing to re-roll: the region lies outside the canvas")
+        if len(tiles) > MAX_REROLL_TILES:
+            raise ValueError(f"the region covers {len(tiles)} tiles; re-roll at most {MAX_REROLL_TILES} at once "
+                             "(zoom in or draw a smaller rectangle)")
+        seed = random.randrange(2**31) if seed is None else int(seed)
+        keys = self.scheduler.reroll(tiles, new_seed=seed)
+        self.scheduler.start()
+        self._schedule_refresh()
+        return keys
+
+    def generate_masks(self, rect_px=None, *, context=0, seed: int = 0, overwrite: bool = False,
+                       on_done: Callable | None = None):
+        """Generate a class mask for ``rect_px`` (default: the selection, else the view) with the model's mask
+        network and the ``context`` prompt, in a worker thread; painted labels are kept unless ``overwrite``.
+        Tissue generation pauses meanwhile. Returns the worker."""
+        from superqt.utils import create_worker
+
+        from ..generation import generate_mask
+        from ..sampling.blocks import block_seed
+
+        if self.model is None:
+            raise RuntimeError("load a model first: masks are generated by its mask network")
+        if self.model.mask_unet is None:
+            raise ValueError(f"the model {self.model.name!r} has no mask network; paint the mask instead")
+        if self.read_only:
+            raise PermissionError(f"the canvas {self.folder} is open read-only")
+        ctx = self.model.context_id(context)
+        d = self.grid.downsampling
+        rect = align_rect(self.target_rect(rect_px), d, self.grid)
+        if rect.empty:
+            raise ValueError("the region lies outside the canvas")
+        if max(rect.height, rect.width) > MAX_MASK_SIDE:
+            raise ValueError(f"the region is {rect.height} x {rect.width} px; generate masks for at most "
+                             f"{MAX_MASK_SIDE} px a side at once (zoom in or draw a smaller rectangle)")
+        region_seed = block_seed(int(seed), rect.y0 // self.grid.tile, rect.x0 // self.grid.tile)
+        was_paused = self.paused
+        if self.scheduler is not None:
+            self.scheduler.pause()
+        self.mask_state = "running"
+        self.state_changed.emit()
+        worker = create_worker(generate_mask, self.model, (rect.height, rect.width), context=ctx, seed=region_seed,
+                               _start_thread=False, _ignore_errors=True)
+
+        def finish():
+            if self.scheduler is not None and not was_paused:
+                self.scheduler.resume()
+
+        def done(mask):
+            finish()
+            if self.closed:
+                return
+            lab = latent_labels(mask, d).astype(np.uint8)
+            ly, lx = rect.y0 // d, rect.x0 // d
+            where = None if overwrite else self.store.read_labels(Rect(ly, ly + lab.shape[0], lx, lx + lab.shape[1])) == 0
+            tiles = self.write_labels(ly, lx, lab, where)
+            self.reload_window(Rect(ly, ly + lab.shape[0], lx, lx + lab.shape[1]))
+            self.mask_state = "done"
+            self.state_changed.emit()
+            if on_done is not None:
+                on_done(tiles)
+
+        def failed(exc):
+            finish()
+            self.mask_state = "error"
+            self.state_changed.emit()
+            notify(f"DiffInfinite: mask generation failed: {exc}")
+
+        worker.returned.connect(self._guarded(done))
+        worker.errored.connect(failed)
+        self._keep(worker)
+        worker.start()
+        return worker
+
+    # ------------------------------------------------------------------ export
+    def export(self, path: str | os.PathLike, rect_px=None, *, fmt: str = "ome.tif", overwrite: bool = False,
+               generate_missing: bool = False, on_done: Callable | None = None):
+        """Export the tissue and mask of ``rect_px`` (default: the selection, else the view) in a worker thread
+        (:func:`~.canvas_export.export_canvas_region`). Tiles that are not generated make it refuse with a
+        notification, or, with ``generate_missing``, are requested first and the export starts when they have
+        landed. Progress: :attr:`export_progress`; state: :attr:`export_state`. Returns the worker (or None
+        while waiting for tiles)."""
+        from .canvas_export import MissingTilesError, export_canvas_region, missing_tiles
+
+        rect = self.target_rect(rect_px)
+        missing = missing_tiles(self.store, rect)
+        if missing and generate_missing:
+            if self.scheduler is None:
+                raise RuntimeError("load a model first: the region has tiles that are not generated")
+            if len(missing) > MAX_REROLL_TILES * 4:
+                raise MissingTilesError(f"{len(missing)} tiles of the region are not generated; that is too many "
+                                        "to generate before an export (zoom in or select less)", missing)
+            self.scheduler.request_tiles(missing)
+            self.scheduler.resume()
+            self.scheduler.start()
+            self.export_state = "waiting"
+            self.export_progress = (0, len(missing))
+            notify(f"DiffInfinite: generating the {len(missing)} missing tiles first; the export starts when "
+                   "they have landed", "info")
+            self._wait_then_export(path, rect, fmt, overwrite, on_done, len(missing))
+            return None
+        from superqt.utils import create_worker
+
+        self._export_cancel = False
+        self.export_state = "running"
+        self.export_progress = (0, 0)
+
+        def progress(done, total):
+            self.export_progress = (done, total)
+
+        def run():
+            return export_canvas_region(self.store, path, rect, fmt=fmt, overwrite=overwrite, progress=progress,
+                                        cancel=lambda: self._export_cancel)
+
+        if missing:  # refuse at once, on the GUI thread, with the reason
+            self.export_state = "error"
+            raise MissingTilesError(
+                f"{len(missing)} of the {len(self.grid.tiles_in_rect(rect))} tiles in the region are not generated "
+                "yet; generate them first (or tick 'generate missing tiles'): an export never contains placeholders",
+                missing)
+        worker = create_worker(run, _start_thread=False, _ignore_errors=True)
+
+        def done(paths):
+            self.export_state = "done"
+            self.export_result = paths
+            self.state_changed.emit()
+            notify(f"DiffInfinite: exported {paths['image']}", "info")
+            if on_done is not None:
+                on_done(paths)
+
+        def failed(exc):
+            self.export_state = "error"
+            self.state_changed.emit()
+            notify(f"DiffInfinite: export failed: {exc}")
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        self._keep(worker)
+        worker.start()
+        return worker
+
+    def _wait_then_export(self, path, rect, fmt, overwrite, on_done, total):
+        from .canvas_export import missing_tiles
+
+        timer = QTimer(self)
+        timer.setInterval(250)
+
+        def check():
+            if self.closed or self.export_state != "waiting":
+                timer.stop()
+                return
+            left = missing_tiles(self.store, rect)
+            self.export_progress = (total - len(left), total)
+            if not left:
+                timer.stop()
+                try:
+                    self.export(path, rect, fmt=fmt, overwrite=overwrite, on_done=on_done)
+                except Exception as exc:  # noqa: BLE001
+                    self.export_state = "error"
+                    notify(f"DiffInfinite: export failed: {exc}")
+            elif self.scheduler is not None and not self.scheduler.pending() and self.scheduler.stats.current is None:
+                self.scheduler.request_tiles(left)  # e.g. cancelled meanwhile: ask again
+
+        timer.timeout.connect(check)
+        timer.start()
+
+    def cancel_export(self) -> None:
+        self._export_cancel = True
+        if self.export_state == "waiting":
+            self.export_state = "cancelled"
+
+    def _keep(self, worker) -> None:
+        self._workers.append(worker)
+        worker.finished.connect(lambda: self._workers.remove(worker) if worker in self._workers else None)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _on_layer_removed(self, event=None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is self.tissue_layer or layer is self.labels_layer:
+            self.close()
+
+    def save_view(self) -> None:
+        """Record the camera (centre px, zoom) in the canvas settings, so a reopened canvas starts there."""
+        if self.read_only or self.closed:
+            return
+        cam = _camera(self.viewer)
+        cy, cx = (float(v) / self.pixel_size for v in tuple(cam.center)[-2:])
+        self.store.update_settings(view={"centre_px": [round(cy, 2), round(cx, 2)],
+                                         "zoom": float(cam.zoom) * self.pixel_size})
+
+    def close(self) -> None:
+        """Write the mask window back, stop generating, release the store's writer lock. The layers stay (they
+        keep showing the store as it is)."""
+        if self.closed:
+            return
+        for emitter, fn in self._connections:
+            with contextlib.suppress(Exception):
+                emitter.disconnect(fn)
+        try:
+            self.sync_labels()
+        except Exception:
+            log.exception("writing the mask window back failed")
+        with contextlib.suppress(Exception):
+            self.save_view()
+        self.closed = True
+        for timer in (self._debounce, self._refresh_timer, self._sync_timer):
+            timer.stop()
+        self._export_cancel = True
+        if self.scheduler is not None:
+            self.scheduler.stop(timeout=10)
+        self.store.close()
+        if _controllers.get(id(self.viewer)) is self:
+            del _controllers[id(self.viewer)]
+        self.state_changed.emit()
+
+
+# ---------------------------------------------------------------------------------------------- opening
+def _find_canvas_layers(viewer, folder: Path):
+    folder = str(Path(folder).resolve())
+    tissue = labels = None
+    for layer in viewer.layers:
+        meta = canvas_meta(layer)
+        if meta is None or meta.get("canvas") != folder:
+            continue
+        if meta.get("role") == "tissue":
+            tissue = layer
+        elif meta.get("role") == "labels":
+            labels = layer
+    return tissue, labels
+
+
+def open_canvas(viewer, folder=None, *, store: CanvasStore | None = None, model=None, model_spec=None,
+                camera: tuple[tuple[float, float], float] | None = None, start: bool = False,
+                load_model: bool = True, **options) -> CanvasController:
+    """Show a canvas folder in ``viewer`` and drive it (layers found by their metadata are reused, else added).
+
+    The store is opened for writing; if another program holds it, read-only (a notification says so). The
+    camera goes to ``camera`` (``(centre_px, zoom)``, zoom in screen px per image px), else to the saved view,
+    else to the centre at 1:1. The model is ``model``, else ``model_spec`` (or the canvas's recorded source,
+    or the default) loaded in a worker thread; with ``start`` generation starts as soon as it is loaded.
+    """
+    viewer = _unwrap(viewer)
+    if store is None:
+        try:
+            store = CanvasStore.open(folder, mode="r+")
+        except CanvasLockedError as exc:
+            store = CanvasStore.open(folder, mode="r")
+            notify(f"DiffInfinite: {exc}; the canvas is shown read-only", "warning")
+    folder = Path(store.root)
+    tissue, labels = _find_canvas_layers(viewer, folder)
+    ctrl = CanvasController(viewer, store, tissue_layer=tissue, labels_layer=labels, **options)
+    if camera is None:
+        view = store.settings.get("view") or {}
+        centre = view.get("centre_px") or store.grid.centre()
+        camera = (tuple(centre), float(view.get("zoom", 1.0)))
+    ctrl.set_camera(camera[0], camera[1])
+    if store.read_only:
+        return ctrl
+    if model is not None:
+        ctrl.set_model(model, model_spec)
+        if start:
+            ctrl.start()
+    elif load_model:
+        spec = model_spec or ModelSpec(store.settings.get("model_source") or os.environ.get("DIFFINFINITE_MODEL")
+                                       or "embedded")
+
+        def loaded(m):
+            if ctrl.closed:
+                return
+            try:
+                ctrl.set_model(m, spec)
+                if start:
+                    ctrl.start()
+            except (ValueError, PermissionError) as exc:
+                notify(f"DiffInfinite: the model cannot continue this canvas: {exc}")
+
+        def failed(exc):
+            notify(f"DiffInfinite: {model_error_message(exc, spec)}", "warning")
+
+        ctrl._keep(load_model_in_thread(spec, loaded, failed))
+    return ctrl
+
+
+def schedule_attach(folder, **kwargs) -> None:
+    """After napari has added a canvas's layers (from the reader or a sample), drive them: a zero-delay Qt timer
+    finds them in the current viewer and calls :func:`open_canvas`. Does nothing without a Qt application."""
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return
+
+    def attach():
+        try:
+            import napari
+
+            viewer = napari.current_viewer()
+            if viewer is None:
+                return
+            tissue, labels = _find_canvas_layers(viewer, Path(folder))
+            if tissue is None or labels is None:
+                return
+            current = controller_for(viewer)
+            if current is not None and current.tissue_layer is tissue:
+                return
+            open_canvas(viewer, folder, **kwargs)
+        except Exception as exc:
+            log.exception("attaching the canvas %s failed", folder)
+            notify(f"DiffInfinite: the canvas {folder} is shown but cannot be edited: {exc}", "warning")
+
+    QTimer.singleShot(0, attach)
