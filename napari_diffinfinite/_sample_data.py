@@ -1,4 +1,9 @@
-"""napari sample data: a painted 5-class tissue mask to start from (``File > Open Sample > napari-diffinfinite``)."""
+"""napari sample data (``File > Open Sample > napari-diffinfinite``).
+
+- "DiffInfinite demo canvas" (:func:`demo_canvas`): a new canvas in a temporary folder with the shipped demo
+  mask painted in its middle, opened at 1:1 zoom centred on the mask; tissue starts generating at once.
+- "DiffInfinite demo mask" (:func:`demo_mask`): the painted 5-class mask alone, as a Labels layer.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from ._resources import resource_path
 from .classes import FIVE_CLASSES
 
 DEMO_MASK_FILE = ("masks", "squamous_mask_example_5classes.png")
+DEMO_CANVAS_NAME = "demo-canvas"
+#: The demo mask's context prompt: squamous cell carcinoma, as the file name says.
+DEMO_CONTEXT = 1
 #: Physical pixel size of the demo mask (it is at image resolution; the paper's data is 20x, ~0.5 um/px).
 DEMO_MASK_UM_PER_PX = 0.5
 
@@ -48,3 +56,59 @@ def demo_mask() -> list[tuple]:
         },
     }
     return [(labels, kwargs, "labels")]
+
+
+def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | None = None):
+    """A new canvas in ``folder`` with the demo mask painted in its middle (at latent scale: the label at the
+    centre of every 8 x 8 px cell). With ``model`` the canvas is made for it (latent channels, steps, guidance,
+    classes); without, with the default geometry (4 latent channels, 5 classes) and no model name, so that any
+    model with that geometry can generate it later. Returns ``(store, mask rectangle in level-0 px)``."""
+    from .canvas.grid import DEFAULT_SIDE, Rect
+    from .canvas.store import CanvasStore
+    from .widgets.canvas_view import latent_labels
+
+    shape_px = shape_px or (DEFAULT_SIDE, DEFAULT_SIDE)
+    extra = {"context": DEMO_CONTEXT, **(settings or {})}
+    if model is not None:
+        store = CanvasStore.create_for_model(folder, model, shape_px=shape_px, **extra)
+    else:
+        store = CanvasStore.create(folder, shape_px=shape_px, model_name=None,
+                                   settings={"num_classes": len(FIVE_CLASSES), **extra}, latent_channels=4)
+    d = store.grid.downsampling
+    labels = latent_labels(load_demo_mask(), d)
+    if store.num_classes < len(FIVE_CLASSES):
+        labels = np.where(labels < store.num_classes, labels, 0).astype(np.uint8)
+    cy, cx = store.grid.centre()
+    lh, lw = labels.shape
+    ly, lx = cy // d - lh // 2, cx // d - lw // 2
+    store.write_labels(ly, lx, labels)
+    return store, Rect(ly * d, (ly + lh) * d, lx * d, (lx + lw) * d)
+
+
+def demo_canvas() -> list[tuple]:
+    """LayerData of a new demo canvas (tissue pyramid + mask window). In napari the canvas is then opened at 1:1
+    zoom centred on the mask and generation starts (the model: ``$DIFFINFINITE_MODEL`` or the embedded one).
+    Without a model the mask is shown and a notification says how to pick one."""
+    import tempfile
+    from pathlib import Path
+
+    from .widgets.canvas_controller import notify, schedule_attach
+    from .widgets.canvas_layers import canvas_layer_data
+    from .widgets.canvas_models import ModelSpec, default_model_source, get_model, model_error_message
+
+    spec = ModelSpec(default_model_source())
+    model, error = None, None
+    try:
+        model = get_model(spec)
+    except Exception as exc:  # noqa: BLE001 - a missing or broken model must not stop the demo from opening
+        error = model_error_message(exc, spec)
+    folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
+    store, rect = create_demo_canvas(folder, model, settings={"model_source": spec.source} if model else None)
+    centre = rect.centre
+    layers = canvas_layer_data(store, centre_px=centre)
+    schedule_attach(folder, store=store, model=model, model_spec=spec, camera=(centre, 1.0), start=model is not None,
+                    load_model=False)
+    if error is not None:
+        notify(f"DiffInfinite: {error} The demo canvas shows its mask; choose a model in the DiffInfinite widget "
+               "and press Generate.", "warning")
+    return layers
