@@ -1,20 +1,30 @@
-"""The first DiffInfinite dock widget: generation settings and a class palette for painting masks.
+"""The DiffInfinite dock widget: model and generation settings, the class palette, and the controls of the
+canvas open in the viewer (generate / pause / cancel, progress, masks, re-roll, export).
 
-Thin on purpose: it holds settings and sets the brush label of a Labels layer. Generation itself is not
-wired yet (the Generate button is disabled and says so). Qt is reached only through magicgui.
+Thin on purpose: the canvas itself is driven by
+:class:`~napari_diffinfinite.widgets.canvas_controller.CanvasController` (layers, camera, paint events,
+scheduler); this widget only turns buttons into its calls and shows its state. Every failure a user can cause
+(a missing embedded model, a checkpoint of the wrong kind, a layer that is not a Labels layer, an export with
+tissue missing) becomes a napari notification, never a traceback. Qt is reached only through magicgui/qtpy.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
     FloatSpinBox,
     Label,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
@@ -26,15 +36,19 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Labels
 
-#: (label shown, key, number of classes or None when the user chooses it)
+log = logging.getLogger(__name__)
+
+#: (label shown, key, number of classes or None when the model tells)
 MODEL_CHOICES: list[tuple[str, str, int | None]] = [
-    ("Embedded default (not available yet)", "embedded", 5),
-    ("DiffInfinite 5-class", "diffinfinite-5", 5),
-    ("DiffInfinite 10-class", "diffinfinite-10", 10),
-    ("User checkpoint...", "user", None),
+    ("Embedded default", "embedded", 5),
+    ("DiffInfinite 5-class checkpoints", "diffinfinite-5", 5),
+    ("DiffInfinite 10-class checkpoints", "diffinfinite-10", 10),
+    ("Model folder...", "user", None),
 ]
-GENERATE_TOOLTIP = "The generation engine is coming: this button is disabled until sampling is wired to the canvas."
+GENERATE_TOOLTIP = ("Generate the tissue in view on the open canvas (more is generated as you pan); without a canvas, "
+                    "a new one is made from the chosen mask layer")
 MAX_SEED = 2**31 - 1
+PROGRESS_MS = 250
 
 
 def available_devices() -> list[str]:
@@ -55,21 +69,74 @@ def _text_color(rgba) -> str:
     return "#000000" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "#ffffff"
 
 
+def _path_of(edit: FileEdit) -> Path | None:
+    text = str(edit.line_edit.value).strip()
+    return Path(text).expanduser() if text else None
+
+
+def _notify(message: str, severity: str = "error") -> None:
+    from .widgets.canvas_controller import notify
+
+    notify(message, severity)
+
+
+def _guarded(fn):
+    """A button callback whose failures become notifications."""
+
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as exc:
+            log.debug("%s failed", fn.__name__, exc_info=True)
+            _notify(f"DiffInfinite: {exc}")
+            return None
+
+    return call
+
+
+def labels_to_latent(layer, pixel_size: float, downsampling: int) -> np.ndarray:
+    """A plain 2-D Labels layer's labels at canvas latent scale (one label per ``downsampling`` image px), by
+    nearest sampling at each latent cell's centre, from the layer's own ``scale`` (um per layer pixel)."""
+    data = np.asarray(layer.data if not getattr(layer, "multiscale", False) else layer.data[0])
+    if data.ndim != 2:
+        raise ValueError(f"the mask layer {layer.name!r} is {data.ndim}-D; a canvas mask is 2-D")
+    f = float(layer.scale[-1]) / pixel_size  # image px per layer pixel
+    h, w = data.shape
+    lh, lw = max(1, round(h * f / downsampling)), max(1, round(w * f / downsampling))
+    ys = np.minimum(((np.arange(lh) * downsampling + downsampling / 2) / f).astype(int), h - 1)
+    xs = np.minimum(((np.arange(lw) * downsampling + downsampling / 2) / f).astype(int), w - 1)
+    return np.ascontiguousarray(data[np.ix_(ys, xs)])
+
+
 class DiffInfiniteWidget(Container):
-    """Dock widget: model, device, guidance, steps, seed, context prompt, class palette."""
+    """Dock widget: model, device, guidance, steps, seed, context, palette; canvas, generation and export."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._model_classes = {key: n for _, key, n in MODEL_CHOICES}
+        #: the loaded model (shared with the canvas) and how it was specified
+        self.loaded_model = None
+        self.loaded_spec = None
+        self.model_state = "none"  # "loading", "loaded", "error"
+        self._workers: list = []
+        self._controller = None
 
         note = Label(value=DISCLAIMER, label="Note")
         note.native.setWordWrap(True)
-        self.model = ComboBox(
-            label="Model", choices=[(title, key) for title, key, _ in MODEL_CHOICES], value="embedded"
-        )
-        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth *.safetensors", visible=False)
-        self.checkpoint.tooltip = "A released DiffInfinite model-*.pt, a bare UNet state dict, or a safetensors file"
+        self.disclaimer = note
+        # -- model ---------------------------------------------------------------------------------------------
+        self.model = ComboBox(label="Model", choices=[(title, key) for title, key, _ in MODEL_CHOICES], value="embedded")
+        self.checkpoint = FileEdit(label="Image checkpoint", mode="r", filter="*.pt *.pth *.safetensors", visible=False)
+        self.checkpoint.tooltip = "The released DiffInfinite image model (image_gen*/model-*.pt)"
+        self.mask_checkpoint = FileEdit(label="Mask checkpoint", mode="r", filter="*.pt *.pth *.safetensors",
+                                        visible=False)
+        self.mask_checkpoint.tooltip = "Optional: the released mask model (mask_gen*/model-*.pt), for Generate masks"
+        self.vae = FileEdit(label="SD2 VAE folder", mode="d", visible=False)
+        self.vae.tooltip = "Optional: a local Stable Diffusion 2 VAE folder (else the Hugging Face cache)"
+        self.model_folder = FileEdit(label="Model folder", mode="d", visible=False)
+        self.model_folder.tooltip = "A model folder with model.json (as `diffinfinite bundle` writes it)"
         self.num_classes = ComboBox(label="Classes", choices=[(s.title, n) for n, s in CLASS_SETS.items()], value=5)
         self.num_classes.enabled = False
 
@@ -79,15 +146,24 @@ class DiffInfiniteWidget(Container):
             label="Device", choices=[(f"auto ({selected_device()})", "auto")] + [(d, d) for d in available_devices()],
             value="auto",
         )
+        self.load_model_button = PushButton(text="Load model")
+        self.model_status = Label(value="no model loaded")
         self.omega = FloatSpinBox(label="Guidance ω", value=3.0, min=0.0, max=20.0, step=0.5)
-        self.omega.tooltip = "Classifier-free guidance weight omega (the network's scale is omega + 1); 0 = unguided"
+        self.omega.tooltip = ("Classifier-free guidance weight omega (the network's scale is omega + 1); 0 = unguided. "
+                              "Applies to tiles generated from now on.")
         self.steps = SpinBox(label="Steps", value=50, min=1, max=1000)
-        self.steps.tooltip = "DDIM steps"
+        self.steps.tooltip = "DDIM steps; applies to tiles generated from now on"
         self.seed = SpinBox(label="Seed", value=0, min=0, max=MAX_SEED)
+        self.seed.tooltip = "Seed of a new canvas and of generated masks"
         self.reroll = PushButton(text="Re-roll seed")
         self.context = ComboBox(label="Context", choices=[(name, i) for i, name in CONTEXT_PROMPTS.items()], value=0)
         self.context.tooltip = "Context prompt of the mask model"
-
+        # -- canvas --------------------------------------------------------------------------------------------
+        self.new_canvas_button = PushButton(text="New canvas...")
+        self.new_canvas_button.tooltip = "A new canvas in a folder you choose (the chosen mask layer is painted in)"
+        self.open_canvas_button = PushButton(text="Open canvas...")
+        self.canvas_status = Label(value="no canvas open")
+        # -- mask ----------------------------------------------------------------------------------------------
         self.labels_layer = ComboBox(label="Mask layer", choices=self._labels_layers)
         self.labels_layer.tooltip = "The Labels layer the palette paints on"
         active = napari_viewer.layers.selection.active
@@ -96,39 +172,80 @@ class DiffInfiniteWidget(Container):
         self.palette = Container(label="Paint class", labels=False)
         self.palette_buttons: list[PushButton] = []
         self.apply_colors = PushButton(text="Use class colours on this layer")
-        self.generate = PushButton(text="Generate", enabled=False)
+        self.generate_masks_button = PushButton(text="Generate masks")
+        self.generate_masks_button.tooltip = ("Fill the selection (or the view) with a mask from the mask model for the "
+                                              "context; painted labels are kept unless 'overwrite' is ticked")
+        self.overwrite_masks = CheckBox(text="overwrite painted labels", value=False)
+        # -- tissue --------------------------------------------------------------------------------------------
+        self.generate = PushButton(text="Generate")
         self.generate.tooltip = GENERATE_TOOLTIP
+        self.pause = PushButton(text="Pause")
+        self.cancel = PushButton(text="Cancel")
+        self.select_region = PushButton(text="Draw selection")
+        self.select_region.tooltip = "Add a rectangle layer: its last rectangle is the region to re-roll, mask or export"
+        self.reroll_region = PushButton(text="Re-roll tissue")
+        self.reroll_region.tooltip = "Generate the tissue under the selection (or the view) again with a new seed"
+        self.progress = Label(value="")
+        self.tile_progress = ProgressBar(label="Tile", min=0, max=100, value=0)
+        # -- export --------------------------------------------------------------------------------------------
+        self.export_path = FileEdit(label="Export to", mode="w", filter="*.ome.tif *.png")
+        self.export_format = ComboBox(label="Format", choices=[("pyramidal OME-TIFF", "ome.tif"), ("PNG", "png")],
+                                      value="ome.tif")
+        self.generate_missing = CheckBox(text="generate missing tiles first", value=False)
+        self.overwrite_export = CheckBox(text="overwrite existing files", value=False)
+        self.export_button = PushButton(text="Export selection / view")
+        self.export_cancel = PushButton(text="Cancel export")
+        self.export_progress = ProgressBar(label="Export", min=0, max=100, value=0)
 
-        self.extend(
-            [
-                note,
-                self.model,
-                self.checkpoint,
-                self.num_classes,
-                self.device,
-                self.omega,
-                self.steps,
-                self.seed,
-                self.reroll,
-                self.context,
-                self.labels_layer,
-                self.palette,
-                self.apply_colors,
-                self.generate,
-            ]
-        )
+        self.extend([
+            note, self.model, self.checkpoint, self.mask_checkpoint, self.vae, self.model_folder, self.num_classes,
+            self.device, self.load_model_button, self.model_status, self.omega, self.steps, self.seed, self.reroll,
+            self.context,
+            self.new_canvas_button, self.open_canvas_button, self.canvas_status,
+            self.labels_layer, self.palette, self.apply_colors, self.generate_masks_button, self.overwrite_masks,
+            self.generate, self.pause, self.cancel, self.select_region, self.reroll_region, self.progress,
+            self.tile_progress,
+            self.export_path, self.export_format, self.generate_missing, self.overwrite_export, self.export_button,
+            self.export_cancel, self.export_progress,
+        ])
 
         self.model.changed.connect(self._on_model_changed)
         self.num_classes.changed.connect(self._rebuild_palette)
         self.reroll.changed.connect(self.reroll_seed)
         self.labels_layer.changed.connect(self._update_enabled)
         self.apply_colors.changed.connect(self.apply_class_colors)
+        self.load_model_button.changed.connect(lambda *_: self.load_selected_model())
+        self.new_canvas_button.changed.connect(lambda *_: self.new_canvas())
+        self.open_canvas_button.changed.connect(lambda *_: self.open_canvas())
+        self.generate_masks_button.changed.connect(lambda *_: self.generate_masks())
+        self.generate.changed.connect(lambda *_: self.generate_tissue())
+        self.pause.changed.connect(lambda *_: self.toggle_pause())
+        self.cancel.changed.connect(lambda *_: self.cancel_generation())
+        self.select_region.changed.connect(lambda *_: self.draw_selection())
+        self.reroll_region.changed.connect(lambda *_: self.reroll_tissue())
+        self.export_button.changed.connect(lambda *_: self.export())
+        self.export_cancel.changed.connect(lambda *_: self.cancel_export())
         self._rebuild_palette()
+
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer(self.native)
+        self._timer.setInterval(PROGRESS_MS)
+        self._timer.timeout.connect(self._poll)
+        self._timer.start()
+        self._poll()
 
     # -- state -----------------------------------------------------------------------------------------------
     @property
     def class_set(self) -> ClassSet:
         return class_set(self.num_classes.value)
+
+    @property
+    def controller(self):
+        """The canvas open in this viewer (None if none)."""
+        from .widgets.canvas_controller import controller_for
+
+        return controller_for(self._viewer)
 
     def _labels_layers(self, _widget=None) -> list[tuple[str, Labels]]:
         from napari.layers import Labels
@@ -137,7 +254,10 @@ class DiffInfiniteWidget(Container):
 
     def _on_model_changed(self, key: str) -> None:
         n = self._model_classes[key]
-        self.checkpoint.visible = key == "user"
+        released = key.startswith("diffinfinite")
+        for edit in (self.checkpoint, self.mask_checkpoint, self.vae):
+            edit.visible = released
+        self.model_folder.visible = key == "user"
         self.num_classes.enabled = n is None
         if n is not None:
             self.num_classes.value = n
@@ -164,7 +284,11 @@ class DiffInfiniteWidget(Container):
             button.enabled = has_layer
         self.apply_colors.enabled = has_layer
 
-    # -- actions ---------------------------------------------------------------------------------------------
+    def _keep(self, worker) -> None:
+        self._workers.append(worker)
+        worker.finished.connect(lambda: self._workers.remove(worker) if worker in self._workers else None)
+
+    # -- palette ---------------------------------------------------------------------------------------------
     def select_class(self, label: int) -> None:
         """Make ``label`` the brush label of the chosen mask layer."""
         layer = self.labels_layer.value
@@ -183,3 +307,293 @@ class DiffInfiniteWidget(Container):
     def reroll_seed(self, *_args) -> int:
         self.seed.value = random.randrange(MAX_SEED + 1)
         return self.seed.value
+
+    # -- model -----------------------------------------------------------------------------------------------
+    def model_spec(self):
+        """The :class:`~napari_diffinfinite.widgets.canvas_models.ModelSpec` of the current choices."""
+        from .widgets.canvas_models import ModelSpec, default_model_source
+
+        key = self.model.value
+        device = self.device.value
+        if key == "embedded":
+            return ModelSpec(default_model_source(), device=device)
+        if key == "user":
+            folder = _path_of(self.model_folder)
+            if folder is None:
+                raise ValueError("choose a model folder (with model.json) first")
+            return ModelSpec(folder, device=device)
+        ckpt = _path_of(self.checkpoint)
+        if ckpt is None:
+            raise ValueError("choose the DiffInfinite image checkpoint (image_gen*/model-*.pt) first")
+        return ModelSpec("diffinfinite", device=device, image_checkpoint=ckpt,
+                         mask_checkpoint=_path_of(self.mask_checkpoint), num_classes=self._model_classes[key],
+                         vae=_path_of(self.vae))
+
+    @_guarded
+    def load_selected_model(self, then=None):
+        """Load the chosen model in a worker thread (cached per process); ``then(model)`` afterwards. The open
+        canvas generates with it. Returns the worker."""
+        from .widgets.canvas_controller import load_model_in_thread
+        from .widgets.canvas_models import cached_model, model_error_message
+
+        spec = self.model_spec()
+        model = cached_model(spec)
+        if model is not None:
+            self._model_loaded(spec, model, then)
+            return None
+        self.model_state = "loading"
+        self.model_status.value = f"loading {spec.describe()}..."
+
+        def failed(exc):
+            self.model_state = "error"
+            self.model_status.value = "no model loaded"
+            _notify(f"DiffInfinite: {model_error_message(exc, spec)}")
+
+        worker = load_model_in_thread(spec, lambda m: self._model_loaded(spec, m, then), failed)
+        self._keep(worker)
+        return worker
+
+    def _model_loaded(self, spec, model, then=None) -> None:
+        try:
+            self.loaded_model, self.loaded_spec = model, spec
+            self.model_state = "loaded"
+            self.model_status.value = f"{model.name}: {model.num_classes} classes on {model.device}"
+            if model.num_classes in CLASS_SETS and self.num_classes.value != model.num_classes:
+                self.num_classes.value = model.num_classes
+            ctrl = self.controller
+            if ctrl is not None and ctrl.model is not model and not ctrl.read_only:
+                ctrl.set_model(model, spec)
+            if then is not None:
+                then(model)
+        except Exception as exc:  # noqa: BLE001
+            _notify(f"DiffInfinite: {exc}")
+
+    def _with_model(self, then) -> None:
+        """Run ``then(model)`` with the loaded model, loading the chosen one first if needed."""
+        ctrl = self.controller
+        if ctrl is not None and ctrl.model is not None:
+            then(ctrl.model)
+        elif self.loaded_model is not None:
+            then(self.loaded_model)
+        else:
+            self.load_selected_model(then=then)
+
+    # -- canvas ----------------------------------------------------------------------------------------------
+    def _attach(self, ctrl) -> None:
+        if ctrl is self._controller:
+            return
+        self._controller = ctrl
+        if ctrl is None:
+            self.canvas_status.value = "no canvas open"
+            return
+        self.labels_layer.reset_choices()
+        self.labels_layer.value = ctrl.labels_layer
+        n = ctrl.store.num_classes
+        if n in CLASS_SETS and self.num_classes.value != n:
+            self.num_classes.value = n
+        s = ctrl.store.settings
+        self.omega.value = float(s.get("omega", self.omega.value))
+        if s.get("steps"):
+            self.steps.value = int(s["steps"])
+        h, w = ctrl.grid.shape
+        self.canvas_status.value = f"{ctrl.folder.name}: {h} x {w} px" + ("  (read-only)" if ctrl.read_only else "")
+        self.canvas_status.tooltip = str(ctrl.folder)
+
+    @_guarded
+    def new_canvas(self, folder=None, *, from_layer=None, start: bool = False):
+        """A new canvas in ``folder`` (asked for if None) for the loaded (or chosen) model, opened in the viewer at
+        its centre, 1:1. ``from_layer`` (default: the chosen mask layer, if it is not a canvas's) is painted in;
+        with ``start`` generation starts."""
+        from napari.layers import Labels
+
+        from .widgets.canvas_layers import canvas_meta
+
+        if from_layer is None:
+            chosen = self.labels_layer.value
+            from_layer = chosen if chosen is not None and canvas_meta(chosen) is None else None
+        elif not isinstance(from_layer, Labels):
+            raise TypeError(f"{getattr(from_layer, 'name', from_layer)!r} is not a Labels layer; a canvas is painted "
+                            "from a Labels layer (class ids)")
+        if folder is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            folder = QFileDialog.getExistingDirectory(self.native, "Folder for the new canvas (empty or new)")
+            if not folder:
+                return None
+        folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()):
+            folder = folder / "canvas"
+            if folder.exists():
+                raise FileExistsError(f"{folder} already exists; choose an empty folder")
+        self._with_model(lambda model: self._create_canvas(folder, model, from_layer, start))
+        return folder
+
+    def _create_canvas(self, folder: Path, model, from_layer, start: bool = False) -> None:
+        from .canvas.store import CanvasStore
+        from .widgets.canvas_controller import open_canvas
+
+        spec = self.loaded_spec
+        settings = {"seed": int(self.seed.value), "omega": float(self.omega.value), "steps": int(self.steps.value),
+                    "context": int(self.context.value)}
+        if spec is not None:
+            settings["model_source"] = spec.source
+        try:
+            store = CanvasStore.create_for_model(folder, model, **settings)
+        except (OSError, ValueError) as exc:
+            _notify(f"DiffInfinite: cannot create a canvas in {folder}: {exc}")
+            return
+        centre = store.grid.centre()
+        if from_layer is not None:
+            lab = labels_to_latent(from_layer, store.pixel_size_um, store.grid.downsampling)
+            if lab.max(initial=0) >= store.num_classes:
+                lab = np.where(lab < store.num_classes, lab, 0)
+            lh, lw = lab.shape
+            d = store.grid.downsampling
+            ly, lx = centre[0] // d - lh // 2, centre[1] // d - lw // 2
+            store.write_labels(ly, lx, lab.astype(np.uint8))
+            centre = ((ly + lh / 2) * d, (lx + lw / 2) * d)
+        ctrl = open_canvas(self._viewer, store=store, model=model, model_spec=spec, camera=(centre, 1.0))
+        self._attach(ctrl)
+        if start:
+            self._start(ctrl)
+
+    @_guarded
+    def open_canvas(self, folder=None):
+        """Open a canvas folder (asked for if None) in the viewer; it generates with the loaded model, else with
+        the model it was made with."""
+        from ._reader import is_canvas_folder
+        from .widgets.canvas_controller import open_canvas
+
+        if folder is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            folder = QFileDialog.getExistingDirectory(self.native, "Open a DiffInfinite canvas folder")
+            if not folder:
+                return None
+        if not is_canvas_folder(folder):
+            raise ValueError(f"{folder} is not a DiffInfinite canvas folder (no canvas zarr.json there)")
+        ctrl = open_canvas(self._viewer, folder, load_model=self.loaded_model is None)
+        if self.loaded_model is not None and not ctrl.read_only:
+            try:
+                ctrl.set_model(self.loaded_model, self.loaded_spec)
+            except ValueError as exc:
+                _notify(f"DiffInfinite: the loaded model cannot continue this canvas: {exc}", "warning")
+        self._attach(ctrl)
+        return ctrl
+
+    # -- generation ------------------------------------------------------------------------------------------
+    @_guarded
+    def generate_tissue(self):
+        """Generate the view on the open canvas (a new canvas from the chosen mask layer if none is open)."""
+        ctrl = self.controller
+        if ctrl is None:
+            import tempfile
+
+            self.new_canvas(Path(tempfile.mkdtemp(prefix="diffinfinite-canvas-")) / "canvas", start=True)
+            return
+        if ctrl.read_only:
+            raise PermissionError("this canvas is open read-only (another program is generating it)")
+        if ctrl.scheduler is None:
+            def go(model):
+                if ctrl.model is not model:
+                    ctrl.set_model(model, self.loaded_spec)
+                self._start(ctrl)
+
+            self._with_model(go)
+            return
+        self._start(ctrl)
+
+    def _start(self, ctrl) -> None:
+        if ctrl is None or ctrl.closed:
+            return
+        try:
+            ctrl.apply_settings(omega=self.omega.value, steps=self.steps.value)
+            ctrl.start()
+            self.pause.text = "Pause"
+        except Exception as exc:  # noqa: BLE001
+            _notify(f"DiffInfinite: {exc}")
+
+    @_guarded
+    def toggle_pause(self):
+        ctrl = self.controller
+        if ctrl is None or ctrl.scheduler is None:
+            return
+        if ctrl.paused:
+            ctrl.resume()
+            self.pause.text = "Pause"
+        else:
+            ctrl.pause()
+            self.pause.text = "Resume"
+
+    @_guarded
+    def cancel_generation(self):
+        ctrl = self.controller
+        if ctrl is not None:
+            ctrl.cancel()
+            self.pause.text = "Pause"
+
+    @_guarded
+    def draw_selection(self):
+        ctrl = self._require_canvas()
+        layer = ctrl.selection_layer(create=True)
+        self._viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+
+    @_guarded
+    def reroll_tissue(self, rect_px=None):
+        """Re-roll the tissue of the selection (or view) with a new seed."""
+        return self._require_canvas(model=True).reroll(rect_px, seed=random.randrange(MAX_SEED + 1))
+
+    @_guarded
+    def generate_masks(self, rect_px=None):
+        """Generate masks for the selection (or view) with the chosen context (worker thread)."""
+        ctrl = self._require_canvas(model=True)
+        return ctrl.generate_masks(rect_px, context=int(self.context.value), seed=int(self.seed.value),
+                                   overwrite=bool(self.overwrite_masks.value))
+
+    def _require_canvas(self, model: bool = False):
+        ctrl = self.controller
+        if ctrl is None:
+            raise RuntimeError("open a canvas first (File > Open Sample > DiffInfinite demo canvas, or New canvas)")
+        if model and ctrl.model is None:
+            raise RuntimeError("load a model first (Load model)")
+        return ctrl
+
+    # -- export ----------------------------------------------------------------------------------------------
+    @_guarded
+    def export(self, path=None, rect_px=None):
+        """Export the selection (or view) of the open canvas (worker thread; refuses regions with tissue
+        missing unless 'generate missing tiles first')."""
+        ctrl = self._require_canvas()
+        path = Path(path) if path is not None else _path_of(self.export_path)
+        if path is None:
+            raise ValueError("choose a file to export to ('Export to')")
+        return ctrl.export(path, rect_px, fmt=self.export_format.value, overwrite=bool(self.overwrite_export.value),
+                           generate_missing=bool(self.generate_missing.value))
+
+    @_guarded
+    def cancel_export(self):
+        ctrl = self.controller
+        if ctrl is not None:
+            ctrl.cancel_export()
+
+    # -- progress --------------------------------------------------------------------------------------------
+    def _poll(self) -> None:
+        try:
+            ctrl = self.controller
+            self._attach(ctrl)
+            self.generate.enabled = not (ctrl is not None and ctrl.read_only)
+            if ctrl is None or ctrl.scheduler is None:
+                self.progress.value = "no canvas open" if ctrl is None else "no model loaded for this canvas"
+                self.tile_progress.value = 0
+            else:
+                s = ctrl.scheduler.stats
+                state = "cancelled" if not ctrl.generating and s.state != "paused" else s.state
+                self.progress.value = (f"{state}: {s.tiles_done} tiles done, {s.tiles_queued} queued, "
+                                       f"{s.tiles_per_second:.2f} tiles/s")
+                self.tile_progress.value = round(100 * s.current_fraction) if s.current is not None else 0
+            if ctrl is not None:
+                done, total = ctrl.export_progress
+                self.export_progress.value = round(100 * done / total) if total else 0
+        except Exception:
+            log.debug("progress poll failed", exc_info=True)

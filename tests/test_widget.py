@@ -1,4 +1,5 @@
-"""The napari face: manifest, sample, dock widget and its class palette (needs a display: xvfb-run -a)."""
+"""The napari face: manifest, the demo-mask sample, dock widget and its class palette (needs a display:
+xvfb-run -a). The canvas controls are tested with a canvas in test_plugin_canvas.py."""
 
 from __future__ import annotations
 
@@ -63,8 +64,12 @@ def test_dock_widget_from_the_manifest_and_its_defaults(viewer):
     assert widget.context.value == 0
     assert widget.labels_layer.value is layer
     assert [b.text.split("  ")[1] for b in widget.palette_buttons] == FIVE_CLASSES.names
-    assert not widget.generate.enabled
-    assert widget.generate.tooltip == GENERATE_TOOLTIP and "coming" in GENERATE_TOOLTIP
+    # no canvas yet: Generate makes one from the chosen mask layer; the progress line says there is none
+    assert widget.generate.enabled and widget.generate.tooltip == GENERATE_TOOLTIP
+    assert widget.progress.value == "no canvas open" and widget.canvas_status.value == "no canvas open"
+    for button in (widget.pause, widget.cancel, widget.reroll_region, widget.generate_masks_button,
+                   widget.export_button, widget.new_canvas_button, widget.open_canvas_button):
+        assert not button.native.isHidden()
 
 
 def test_palette_sets_the_selected_label_of_the_chosen_layer(viewer):
@@ -85,14 +90,18 @@ def test_palette_follows_the_model_choice(viewer):
     assert TEN_CLASSES[8].name == "Tumor stroma"
     assert layer.selected_label == 8
 
+    # the released checkpoints come from file pickers (image, optional mask, optional local SD2 VAE)
+    assert not widget.checkpoint.native.isHidden() and not widget.mask_checkpoint.native.isHidden()
+    assert not widget.vae.native.isHidden() and widget.model_folder.native.isHidden()
+
     widget.model.value = "user"
     assert widget.num_classes.enabled
-    assert not widget.checkpoint.native.isHidden()
+    assert widget.checkpoint.native.isHidden() and not widget.model_folder.native.isHidden()
     widget.num_classes.value = 5
     assert len(widget.palette_buttons) == 5
 
-    widget.model.value = "diffinfinite-5"
-    assert widget.checkpoint.native.isHidden()
+    widget.model.value = "embedded"
+    assert widget.checkpoint.native.isHidden() and widget.model_folder.native.isHidden()
 
 
 def test_palette_targets_a_new_labels_layer_and_colours_it(viewer):
