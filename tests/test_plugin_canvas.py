@@ -1,0 +1,292 @@
+"""The napari face of the canvas (issue 5) with a real viewer under a virtual display (xvfb-run -a): the demo
+canvas sample, paint -> exactly the affected tiles regenerate, panning, the far corner of a 2**20 canvas,
+save and reopen, and bad inputs that must become notifications. The tiny random model stands in for the
+embedded one (its tissue is noise, which is all these tests need)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_diffinfinite.canvas import CanvasStore
+from napari_diffinfinite.canvas.grid import DEFAULT_SIDE, Rect
+from napari_diffinfinite.widgets import canvas_models
+from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for, open_canvas
+
+PLUGIN = "napari-diffinfinite"
+SMALL = (4096, 4096)  # 8 x 8 tiles; the latent canvas (512 x 512) fits one Labels window
+
+
+@pytest.fixture
+def tiny(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv(canvas_models.MODEL_ENV, str(tiny_model_dir))
+    return canvas_models.get_model(str(tiny_model_dir))
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    v = make_napari_viewer()
+    yield v
+    close_all_controllers()
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+
+    class Notes:
+        @property
+        def messages(self) -> list[str]:
+            return [str(n.message) for n in notification_manager.records[start:]]
+
+    return Notes()
+
+
+def small_canvas(folder, model, *, label: int = 1, seed: int = 3) -> CanvasStore:
+    store = CanvasStore.create_for_model(folder, model, shape_px=SMALL, seed=seed)
+    lh, lw = store.grid.latent_shape
+    store.write_labels(0, 0, np.full((lh, lw), label, np.uint8))
+    return store
+
+
+def wait_idle(qtbot, ctrl, timeout=30.0):
+    qtbot.waitUntil(lambda: not ctrl.scheduler.pending() and ctrl.scheduler.stats.current is None, timeout=int(timeout * 1000))
+    qtbot.wait(ctrl._refresh_timer.interval() + 50)  # the throttled refresh after the last tile
+
+
+def tile_pixels(store, key):
+    r = store.grid.tile_rect(key)
+    return store.read_tissue_raw(0, *r)
+
+
+# ---------------------------------------------------------------------------------------------- demo + widget
+def test_demo_canvas_opens_at_1to1_on_the_mask_and_generates(viewer, tiny, qtbot):
+    from napari_diffinfinite import DISCLAIMER
+    from napari_diffinfinite._widget import DiffInfiniteWidget
+
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
+    assert isinstance(widget, DiffInfiniteWidget)
+    assert widget.disclaimer.value == DISCLAIMER and not widget.disclaimer.native.isHidden()
+    t0 = time.perf_counter()
+    tissue, mask = viewer.open_sample(PLUGIN, "demo_canvas")
+    qtbot.waitUntil(lambda: controller_for(viewer) is not None, timeout=5000)
+    ctrl = controller_for(viewer)
+    assert ctrl.tissue_layer is tissue and ctrl.labels_layer is mask
+    # the tissue pyramid: 2**20 px a side, 2x levels down to one tile, physical scale
+    assert tissue.multiscale and tissue.rgb and tissue.level_shapes[0].tolist() == [DEFAULT_SIDE, DEFAULT_SIDE]
+    assert len(tissue.data) == ctrl.grid.levels == 12
+    np.testing.assert_allclose(tissue.scale, [0.5, 0.5])
+    np.testing.assert_allclose(mask.scale, [4.0, 4.0])
+    assert mask.data.shape == (2048, 2048)  # a bounded window, not the 131072**2 latent canvas
+    # 1:1 zoom (one screen px per image px), centred on the painted mask
+    cam = viewer.scene.camera
+    assert cam.zoom == pytest.approx(1 / 0.5)
+    c = DEFAULT_SIDE // 2
+    assert np.allclose(np.asarray(cam.center[-2:]) / 0.5, (c, c), atol=1)
+    assert ctrl.store.read_labels(Rect(c // 8 - 2, c // 8 + 2, c // 8 - 2, c // 8 + 2)).any()
+    # the view is being generated, centre first, with the injected model
+    assert ctrl.model is tiny and ctrl.generating
+    assert ctrl.last_requested and ctrl.last_requested[0] in {(1023, 1023), (1023, 1024), (1024, 1023), (1024, 1024)}
+    qtbot.waitUntil(lambda: len(ctrl.landed) >= 1, timeout=20000)
+    first_tile_s = time.perf_counter() - t0
+    print(f"first tile landed {first_tile_s:.1f} s after the demo sample was opened (tiny model)")
+    qtbot.waitUntil(lambda: "tiles done" in widget.progress.value and widget.labels_layer.value is mask, timeout=3000)
+    assert widget.canvas_status.value.startswith("demo-canvas")
+    # the palette paints on the canvas mask
+    widget.palette_buttons[3].native.click()
+    assert mask.selected_label == 3
+
+
+def test_sample_list_starts_with_the_demo_canvas():
+    import npe2
+
+    from napari_diffinfinite import _resources  # noqa: F401 - the package is importable
+
+    pm = npe2.PluginManifest.from_distribution(PLUGIN)
+    keys = [s.key for s in pm.contributions.sample_data]
+    assert keys[:2] == ["demo_canvas", "demo_mask"]
+
+
+# ---------------------------------------------------------------------------------------------- painting
+def test_painting_regenerates_exactly_the_affected_tiles_and_undo_too(viewer, tiny, qtbot, tmp_path):
+    store = small_canvas(tmp_path / "c", tiny)
+    ctrl = open_canvas(viewer, store=store, model=tiny, camera=((2048, 2048), 1.0),
+                       scheduler_options={"max_view_tiles": 3})
+    ctrl.start()
+    wait_idle(qtbot, ctrl)
+    view_tiles = [(4, 4), (3, 4), (4, 3)]  # the 3 nearest the view's centre (2048.5, 2048.5)
+    assert sorted(ctrl.landed) == sorted(view_tiles)
+    assert ctrl.refreshes >= 1
+    before = {k: (store.tile_version(k), np.asarray(store.read_latents(store.grid.tile_latent_rect(k))), tile_pixels(store, k))
+              for k in view_tiles}
+    # paint inside tile (4, 4): latents 256..319 (the window is the whole 512 x 512 latent canvas here)
+    layer = ctrl.labels_layer
+    assert ctrl.anchor == (0, 0)
+    layer.brush_size = 6
+    layer.paint((290, 290), 2)
+    qtbot.waitUntil(lambda: ctrl.last_invalidated == [(4, 4)], timeout=3000)
+    assert store.read_labels(Rect(290, 291, 290, 291))[0, 0] == 2
+    assert store.tile_status((4, 4)) == 0 and all(store.tile_status(k) == 2 for k in view_tiles[1:])
+    wait_idle(qtbot, ctrl)
+    assert store.tile_status((4, 4)) == 2 and store.tile_version((4, 4)) == before[(4, 4)][0] + 1
+    reach = ctrl.scheduler.changed_rect((4, 4))
+    for k in view_tiles[1:]:
+        version, latents, pixels = before[k]
+        assert store.tile_version(k) == version
+        np.testing.assert_array_equal(store.read_latents(store.grid.tile_latent_rect(k)), latents)
+        # pixels: only the border strip within the decoder's reach of the repainted tile was decoded again
+        r = store.grid.tile_rect(k)
+        keep = np.ones((r.height, r.width), bool)
+        inner = reach.intersect(r).offset(-r.y0, -r.x0)
+        keep[inner.slices] = False
+        np.testing.assert_array_equal(tile_pixels(store, k)[keep], pixels[keep])
+    assert not np.array_equal(tile_pixels(store, (4, 4)), before[(4, 4)][2])
+    # undo brings the old labels back: the same tile, and only it, regenerates again
+    layer.undo()
+    qtbot.waitUntil(lambda: store.read_labels(Rect(290, 291, 290, 291))[0, 0] == 1, timeout=3000)
+    assert ctrl.last_invalidated == [(4, 4)]
+    layer.redo()
+    qtbot.waitUntil(lambda: store.read_labels(Rect(290, 291, 290, 291))[0, 0] == 2, timeout=3000)
+    assert ctrl.last_invalidated == [(4, 4)]
+    # a label the canvas does not have is refused, not written
+    layer.paint((100, 400), 7)
+    qtbot.wait(200)
+    assert store.read_labels(Rect(100, 101, 400, 401))[0, 0] == 1 and layer.data[100, 400] == 1
+
+
+# ---------------------------------------------------------------------------------------------- panning
+def test_panning_requests_new_tiles_keeps_old_ones_and_generated_areas_cost_nothing(viewer, tiny, qtbot, tmp_path):
+    store = small_canvas(tmp_path / "c", tiny)
+    ctrl = open_canvas(viewer, store=store, model=tiny, camera=((2048, 2048), 1.0),
+                       scheduler_options={"max_view_tiles": 2})
+    ctrl.start()
+    wait_idle(qtbot, ctrl)
+    first = sorted(ctrl.landed)
+    assert len(first) == 2
+    versions = {k: store.tile_version(k) for k in first}
+    # pan 1536 px right: the camera event is debounced, then the new view's tiles are requested
+    cam = viewer.scene.camera
+    cam.center = (cam.center[-2], cam.center[-1] + 1536 * 0.5)
+    qtbot.waitUntil(lambda: ctrl.last_view is not None and ctrl.last_view.rect.x0 > 2048, timeout=2000)
+    new = ctrl.last_requested
+    assert new and not set(new) & set(first)
+    assert all(k[1] >= 6 for k in new)
+    wait_idle(qtbot, ctrl)
+    assert {k: store.tile_version(k) for k in first} == versions and all(store.tile_status(k) == 2 for k in first)
+    # back to the first view: everything there exists, nothing is requested, the layer shows the store
+    n_done = ctrl.scheduler.stats.tiles_done
+    ctrl.set_camera((2048, 2048))
+    assert ctrl.scheduler.pending() == [] and ctrl.scheduler.stats.tiles_done == n_done
+    for k in first:
+        r = store.grid.tile_rect(k)
+        np.testing.assert_array_equal(np.asarray(ctrl.tissue_layer.data[0][r.y0 : r.y1, r.x0 : r.x1]), tile_pixels(store, k))
+
+
+def test_the_far_corner_of_a_2_20_canvas_lands_within_a_pixel(viewer, tiny, qtbot, tmp_path):
+    store = CanvasStore.create_for_model(tmp_path / "big", tiny)  # 2**20 x 2**20 px, nothing allocated
+    target = (DEFAULT_SIDE - 512, DEFAULT_SIDE - 512)
+    ctrl = open_canvas(viewer, store=store, model=tiny, camera=(target, 1.0), scheduler_options={"max_view_tiles": 4})
+    ctrl.start()
+    corner = [(2046, 2046), (2046, 2047), (2047, 2046), (2047, 2047)]
+    assert sorted(ctrl.last_requested) == corner
+    qtbot.waitUntil(lambda: store.tile_status((2047, 2047)) == 2, timeout=30000)
+    # world -> data: the camera centre is the target pixel, to a pixel, in float32 world coordinates
+    world = np.asarray(viewer.scene.camera.center[-2:], dtype=np.float32)
+    data = ctrl.tissue_layer.world_to_data(world)
+    assert np.abs(np.asarray(data) - target).max() <= 1
+    y, x = (round(v) for v in data)
+    assert store.grid.px_to_tile(y, x) == (2047, 2047)
+    # what the layer shows at the target pixel is the generated tile (not the placeholder)
+    shown = np.asarray(ctrl.tissue_layer.data[0][y : y + 2, x : x + 2])
+    np.testing.assert_array_equal(shown, store.read_tissue_raw(0, y, y + 2, x, x + 2))
+    assert store.coverage(0, y, y + 2, x, x + 2).all()
+    # the Labels window was re-anchored to the corner and still overlays the tissue there
+    wy, wx = ctrl.labels_layer.world_to_data(world)
+    assert ctrl.anchor[0] + wy == pytest.approx(y / 8 - 7 / 16, abs=1) and ctrl.anchor[1] + wx == pytest.approx(x / 8 - 7 / 16, abs=1)
+
+
+# ---------------------------------------------------------------------------------------------- save / reopen
+def test_save_and_reopen_round_trips(make_napari_viewer, tiny, qtbot, tmp_path):
+    folder = tmp_path / "saved"
+    v1 = make_napari_viewer()
+    store = small_canvas(folder, tiny, label=3)
+    ctrl = open_canvas(v1, store=store, model=tiny, camera=((1024, 1024), 1.0), scheduler_options={"max_view_tiles": 2})
+    ctrl.start()
+    wait_idle(qtbot, ctrl)
+    done = sorted(ctrl.landed)
+    ctrl.labels_layer.paint((10, 10), 4)  # an edit, written back when the canvas closes
+    pixels = {k: tile_pixels(store, k) for k in done}
+    v1.layers.clear()  # removing the canvas's layers closes it: labels written, view saved, lock released
+    assert ctrl.closed
+    assert CanvasStore.open(folder, mode="r").read_labels(Rect(10, 11, 10, 11))[0, 0] == 4
+
+    v2 = v1  # the same viewer, emptied
+    layers = v2.open(str(folder), plugin=PLUGIN)
+    assert [layer.name for layer in layers] == ["DiffInfinite tissue", "DiffInfinite mask"]
+    tissue, mask = layers
+    for k in done:  # everything generated shows at once, from the store
+        r = store.grid.tile_rect(k)
+        np.testing.assert_array_equal(np.asarray(tissue.data[0][r.y0 : r.y1, r.x0 : r.x1]), pixels[k])
+    assert mask.data[10, 10] == 4 and mask.data[300, 300] == 3
+    # ... and the canvas is driven again (paint, pan), at the saved view, with the model it was made with
+    qtbot.waitUntil(lambda: controller_for(v2) is not None, timeout=3000)
+    ctrl2 = controller_for(v2)
+    assert ctrl2.tissue_layer is tissue and not ctrl2.read_only
+    assert np.allclose(np.asarray(v2.scene.camera.center[-2:]) / 0.5, (1024, 1024), atol=1)
+    qtbot.waitUntil(lambda: ctrl2.model is not None, timeout=10000)
+    assert ctrl2.model is tiny
+    close_all_controllers()
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+def test_bad_inputs_give_notifications_not_tracebacks(viewer, tiny, tiny_model_dir, qtbot, tmp_path, monkeypatch, notes):
+    from napari_diffinfinite import generation
+
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
+    # the embedded model is missing (it is still being trained): a notification, the widget keeps working
+    monkeypatch.delenv(canvas_models.MODEL_ENV, raising=False)
+    monkeypatch.setattr(generation, "_embedded_dir", lambda: tmp_path / "no-embedded-model")
+    widget.model.value = "embedded"
+    widget.load_selected_model()
+    qtbot.waitUntil(lambda: widget.model_state == "error", timeout=5000)
+    assert any("embedded model is not in this installation" in m for m in notes.messages)
+    # a checkpoint of the wrong kind (the mask network given as the image network)
+    widget.model.value = "diffinfinite-5"
+    widget.checkpoint.value = tiny_model_dir / "mask.safetensors"
+    widget.load_selected_model()
+    qtbot.waitUntil(lambda: widget.model_state == "error" and len(notes.messages) >= 2, timeout=5000)
+    assert "mask" in notes.messages[-1].lower() and "cannot load" in notes.messages[-1].lower()
+    # a user folder that is not a model
+    widget.model.value = "user"
+    widget.model_folder.value = tmp_path
+    widget.load_selected_model()
+    qtbot.waitUntil(lambda: len(notes.messages) >= 3, timeout=5000)
+    assert "model.json" in notes.messages[-1]
+    # a non-Labels layer as the mask of a new canvas
+    image = viewer.add_image(np.zeros((16, 16, 3), np.uint8), rgb=True)
+    assert widget.new_canvas(tmp_path / "n", from_layer=image) is None
+    assert "not a Labels layer" in notes.messages[-1]
+    # a folder that is not a canvas
+    assert widget.open_canvas(tmp_path) is None
+    assert "not a DiffInfinite canvas" in notes.messages[-1]
+    # the controls that need a canvas say so
+    widget.export(tmp_path / "x.ome.tif")
+    assert "open a canvas first" in notes.messages[-1]
+    # a real model folder works after all that, and a new canvas paints the chosen Labels layer in
+    painted = viewer.add_labels(np.full((64, 64), 4, np.uint8), scale=(0.5, 0.5), name="painted")
+    widget.model_folder.value = tiny_model_dir
+    widget.labels_layer.value = painted
+    widget.new_canvas(tmp_path / "n2")
+    qtbot.waitUntil(lambda: controller_for(viewer) is not None, timeout=5000)
+    ctrl = controller_for(viewer)
+    c = ctrl.grid.centre()
+    assert ctrl.store.read_labels(Rect(c[0] // 8 - 4, c[0] // 8 + 4, c[1] // 8 - 4, c[1] // 8 + 4)).min() == 4
+    # exporting a view that is not generated is refused with the reason
+    widget.export(tmp_path / "view.ome.tif")
+    assert "not generated" in notes.messages[-1]
+    assert not (tmp_path / "view.ome.tif").exists()
