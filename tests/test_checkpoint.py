@@ -190,3 +190,20 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, golden_mask):
     with pytest.raises(CheckpointError, match="refused to load .*would run code"):
         load_diffinfinite_checkpoint(path, "mask")
     assert not marker.exists()
+
+
+def test_safetensors_header_starting_like_a_pickle_keeps_its_metadata(tmp_path, golden_mask):
+    """A safetensors header length whose first byte is 0x80 (a pickle's opcode) is still read as safetensors,
+    with its metadata (regression: the config's resnet_block_groups was silently lost)."""
+    from safetensors.torch import save_file
+
+    net = MaskUnet(**{**golden_mask.config, "resnet_block_groups": 4})
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    meta = {"diffinfinite.kind": "mask", "diffinfinite.config": json.dumps(net.config)}
+    path = tmp_path / "m.safetensors"
+    for pad in range(300):
+        save_file(state, str(path), metadata={**meta, "pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert load_diffinfinite_checkpoint(path, "mask").config["resnet_block_groups"] == 4

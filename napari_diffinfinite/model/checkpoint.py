@@ -54,6 +54,17 @@ def _read(path: Path) -> tuple[object, dict[str, str]]:
         head = f.read(16)
     if not head:
         raise CheckpointError(f"{path} is empty, not a checkpoint")
+    # safetensors first: an 8-byte little-endian header length, then a JSON header starting with '{'. (Its
+    # first byte can be 0x80, which alone would look like a pickle.)
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{path} could not be read as safetensors; it is probably truncated or corrupted. Detail: {e}"
+            ) from None
     if head[:2] == b"PK" or head[:1] == b"\x80":
         try:
             return torch.load(path, map_location="cpu", weights_only=True), {}
@@ -71,16 +82,6 @@ def _read(path: Path) -> tuple[object, dict[str, str]]:
             raise CheckpointError(
                 f"{path} could not be read as a PyTorch checkpoint; it is probably truncated or corrupted "
                 f"(download or copy it again). Detail: {str(e).splitlines()[0]}"
-            ) from None
-    # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'
-    if len(head) > 8 and head[8:9] == b"{":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-            return load_file(str(path)), metadata
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(
-                f"{path} could not be read as safetensors; it is probably truncated or corrupted. Detail: {e}"
             ) from None
     raise CheckpointError(
         f"{path} is not a checkpoint: expected a PyTorch .pt file (zip or pickle) or a .safetensors file"
