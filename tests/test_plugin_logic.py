@@ -245,3 +245,21 @@ def test_labels_to_latent_resamples_a_layer_by_its_scale():
     np.testing.assert_array_equal(labels_to_latent(at_image_res, 0.5, 8), latent_labels(data, 8))
     coarse = SimpleNamespace(data=data, scale=(4.0, 4.0), name="m", multiscale=False)  # already latent scale
     np.testing.assert_array_equal(labels_to_latent(coarse, 0.5, 8), data)
+
+
+def test_prefetched_regions_serve_napari_slicings_from_memory(generated):
+    from napari_diffinfinite.widgets.canvas_controller import PrefetchLevel
+
+    store = CanvasStore.open(generated, mode="r")
+    level = PrefetchLevel(store.tissue_level(0), margin=0.5)
+    assert level.shape == (1024, 1536, 3) and level.prefetch() is False  # nothing asked yet
+    level[100:300, 200:400]
+    assert level.misses == 1 and level.last_rect == Rect(100, 300, 200, 400)
+    assert level.prefetch() and level.region == Rect(0, 400, 100, 500)  # grown by half the view's size
+    np.testing.assert_array_equal(level[120:320, 250:450, :], store.read_tissue(0, 120, 320, 250, 450))
+    assert level.hits == 1
+    level[0:1024, 0:1536]  # outside the region: read from the store
+    assert level.misses == 2
+    assert level[5, 5].shape == (3,) and level.misses == 2  # not napari's kind of slicing: straight through
+    level.forget()
+    assert level.region is None

@@ -16,7 +16,10 @@ paint events turned into scheduler requests, tiles landing turned into layer ref
   thread and is marshalled to the GUI thread with a queued Qt signal.
 
 Nothing here runs a model on the GUI thread: sampling runs on the scheduler's thread, mask generation, model
-loading and exports in superqt workers. Qt is reached through qtpy and superqt only.
+loading and exports in superqt workers. Store I/O that follows the user's actions runs on one I/O thread too:
+label writes (and the invalidations they cause), and the read of the visible region before a refresh - napari
+then slices from that prefetched copy (the view plus a margin, so short pans are served from memory too), and a
+refresh costs the GUI thread little more than the texture upload and never waits for the worker's store lock. Qt is reached through qtpy and superqt only.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import contextlib
 import logging
 import os
 import random
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,6 +131,98 @@ def load_model_in_thread(spec: ModelSpec | str | None, on_done: Callable, on_err
     return worker
 
 
+def _plain_rect(key, shape) -> Rect | None:
+    """The rectangle of a ``[y0:y1, x0:x1(, :)]`` slicing with unit steps (napari's kind), else None."""
+    key = key if isinstance(key, tuple) else (key,)
+    if len(key) == 3 and key[2] == slice(None):
+        key = key[:2]
+    if len(key) != 2 or not all(isinstance(k, slice) and k.step in (None, 1) for k in key):
+        return None
+    (y0, y1, _), (x0, x1, _) = key[0].indices(shape[0]), key[1].indices(shape[1])
+    return Rect(y0, y1, x0, x1) if y1 > y0 and x1 > x0 else None
+
+
+class PrefetchLevel:
+    """A tissue pyramid level for napari (``(h, w, 3)`` uint8 array-like) with a copy of the region around the
+    view read ahead on another thread.
+
+    :meth:`prefetch` (any thread) reads napari's last requested rectangle grown by ``margin`` of its size on
+    every side; napari's slicings inside that region are then served from memory - a refresh after tiles
+    land, and pans that stay within the margin - instead of reading the store on the GUI thread. Other
+    slicings read :class:`~napari_diffinfinite.canvas.store.TissueLevel` directly. The region is read again
+    whenever tiles land in it (:meth:`CanvasController._on_tile_landed`), so it is never older than the
+    last refresh.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, level, margin: float = 1.0):
+        self.level = level
+        self.store = level.store
+        self.shape = level.shape
+        self.margin = float(margin)
+        self.last_rect: Rect | None = None
+        self.hits = 0  # slicings served from the prefetched region
+        self.misses = 0
+        self._region: tuple[Rect, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"PrefetchLevel({self.level!r})"
+
+    @property
+    def region(self) -> Rect | None:
+        """The level-pixel rectangle held in memory (None if none)."""
+        held = self._region
+        return None if held is None else held[0]
+
+    def __getitem__(self, key):
+        r = _plain_rect(key, self.shape)
+        if r is None:
+            return self.level[key]
+        with self._lock:
+            self.last_rect = r
+            held = self._region
+        if held is not None:
+            hr, arr = held
+            if hr.y0 <= r.y0 and r.y1 <= hr.y1 and hr.x0 <= r.x0 and r.x1 <= hr.x1:
+                self.hits += 1
+                return arr[r.y0 - hr.y0 : r.y1 - hr.y0, r.x0 - hr.x0 : r.x1 - hr.x0]
+        self.misses += 1
+        return self.level[r.y0 : r.y1, r.x0 : r.x1]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.level, dtype=dtype)
+
+    def prefetch(self) -> bool:
+        """Read the region around napari's last requested rectangle now (any thread); False if none yet."""
+        r = self.last_rect
+        if r is None:
+            return False
+        g = int(max(r.height, r.width) * self.margin)
+        grown = r.grow(g).intersect(Rect(0, self.shape[0], 0, self.shape[1]))
+        arr = np.ascontiguousarray(self.level[grown.y0 : grown.y1, grown.x0 : grown.x1])
+        with self._lock:
+            self._region = (grown, arr)
+        return True
+
+    def forget(self) -> None:
+        with self._lock:
+            self._region = None
+
+
 class CanvasController(QObject):
     """Layers, events and the scheduler of one canvas in one viewer (see the module docstring).
 
@@ -143,6 +240,9 @@ class CanvasController(QObject):
     #: a tile reached status 2 (emitted on the worker thread, delivered on the GUI thread)
     tile_landed = Signal(object)
     _tile_failed = Signal(object, str)
+    _prefetched = Signal()
+    _labels_written = Signal(object)
+    _view_requested = Signal(object)
     #: the model, the scheduler or the generating state changed
     state_changed = Signal()
 
@@ -175,12 +275,16 @@ class CanvasController(QObject):
         self.export_progress = (0, 0)
         self.export_result: dict | None = None
         self._export_cancel = False
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffinfinite-canvas-io")
+        self._prefetching = False
+        self._refresh_again = False
 
         # layers -------------------------------------------------------------------------------------------
+        levels = [PrefetchLevel(level) for level in store.tissue_levels()]
         if tissue_layer is None:
-            tissue_layer = viewer.add_image(store.tissue_levels(), **tissue_layer_kwargs(store))
-        elif not all(getattr(level, "store", None) is store for level in tissue_layer.data_raw):
-            tissue_layer.data = store.tissue_levels()  # read through this (writable) store: no status TTL
+            tissue_layer = viewer.add_image(levels, **tissue_layer_kwargs(store))
+        else:
+            tissue_layer.data = levels  # read through this (writable) store: no status TTL
         self.tissue_layer = tissue_layer
         if labels_layer is None:
             anchor = window_anchor(self.current_view().rect, self.grid, self.window)
@@ -203,7 +307,7 @@ class CanvasController(QObject):
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(int(debounce_ms))
-        self._debounce.timeout.connect(self._guarded(self.update_view))
+        self._debounce.timeout.connect(self._guarded(lambda: self.update_view(wait=False)))
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(int(refresh_ms))
@@ -214,6 +318,9 @@ class CanvasController(QObject):
         self._sync_timer.timeout.connect(self._guarded(self.sync_labels))
         self.tile_landed.connect(self._on_tile_landed)
         self._tile_failed.connect(self._on_tile_failed)
+        self._prefetched.connect(self._on_prefetched)
+        self._labels_written.connect(self._on_labels_written)
+        self._view_requested.connect(self._on_view_requested)
 
         # napari events -------------------------------------------------------------------------------------
         cam = _camera(viewer)
@@ -361,14 +468,40 @@ class CanvasController(QObject):
         if not self.closed:
             self._debounce.start()
 
-    def update_view(self) -> CanvasView:
-        """Re-anchor the Labels window if the view left it, and request the view's tiles (when generating)."""
+    def update_view(self, wait: bool = True) -> CanvasView:
+        """Re-anchor the Labels window if the view left it, and request the view's tiles (when generating) on
+        the I/O thread (the request reads the tiles' status, which may wait for the worker's store lock); with
+        ``wait`` the requested tiles are in :attr:`last_requested` on return, else when they arrive."""
         view = self.current_view()
         self.last_view = view
         self._maybe_reanchor(view.rect)
+        self._prefetch_view()
         if self.scheduler is not None and self.generating:
-            self.last_requested = self.scheduler.request_view(view.level, view.rect)
+            future = self._io.submit(self.scheduler.request_view, view.level, view.rect)
+            if wait:
+                self.last_requested = future.result()
+            else:
+                future.add_done_callback(self._view_requested.emit)
         return view
+
+    def _prefetch_view(self) -> None:
+        """Read the region around the view ahead (I/O thread), so that short pans are served from memory."""
+        data = self.tissue_layer.data_raw
+        level = data[min(self.tissue_layer.data_level, len(data) - 1)]
+        if not isinstance(level, PrefetchLevel) or level.last_rect is None or self._prefetching:
+            return
+        r, held = level.last_rect, level.region
+        # read again when the view came within a quarter of its size of the held region's border
+        want = r.grow(max(r.height, r.width) // 4).intersect(Rect(0, level.shape[0], 0, level.shape[1]))
+        if held is None or want.intersect(held) != want:
+            self._io.submit(level.prefetch)
+
+    def _on_view_requested(self, future: Future) -> None:
+        try:
+            self.last_requested = future.result()
+        except Exception as exc:
+            log.exception("requesting the view failed")
+            notify(f"DiffInfinite: {exc}", "warning")
 
     def _maybe_reanchor(self, rect_px) -> bool:
         if not needs_reanchor(rect_px, self.anchor, self.grid, self.window):
@@ -379,7 +512,7 @@ class CanvasController(QObject):
     def reanchor(self, anchor: tuple[int, int]) -> None:
         """Move the Labels window to latent pixel ``anchor`` (edits are written back first; the layer's undo
         history is reset, since it refers to the old window)."""
-        self.sync_labels()
+        self.sync_labels(wait=True)
         anchor = (int(anchor[0]), int(anchor[1]))
         data = read_window(self.store, anchor, self.window)
         layer = self.labels_layer
@@ -405,8 +538,16 @@ class CanvasController(QObject):
         view = self.last_view or self.current_view()
         sched = self.scheduler
         reach = sched.changed_rect(key) if sched is not None else self.grid.tile_rect(key)
-        if not reach.intersect(view.rect).empty:
+        if not reach.intersect(view.rect).empty or self._held_overlaps(reach):
             self._schedule_refresh()
+
+    def _held_overlaps(self, rect_px: Rect) -> bool:
+        """Whether a prefetched region of any level holds pixels of level-0 rectangle ``rect_px``."""
+        for k, level in enumerate(self.tissue_layer.data_raw):
+            held = getattr(level, "region", None)
+            if held is not None and not self.grid.level_rect(rect_px, k).intersect(held).empty:
+                return True
+        return False
 
     def _on_tile_failed(self, key, message: str) -> None:
         notify(f"DiffInfinite: generating tile {tuple(key)} failed: {message}", "warning")
@@ -416,18 +557,48 @@ class CanvasController(QObject):
             self._refresh_timer.start()
 
     def _refresh_tissue(self) -> None:
-        """Re-slice the tissue layer (reads the visible part of the store, never a model)."""
+        """Read the visible region ahead on the I/O thread, then re-slice the tissue layer from that copy."""
+        if self._prefetching:
+            self._refresh_again = True
+            return
+        data = self.tissue_layer.data_raw
+        level = data[min(self.tissue_layer.data_level, len(data) - 1)]
+        for other in data:  # regions of the levels not shown would be stale: read again when shown
+            if other is not level and isinstance(other, PrefetchLevel):
+                other.forget()
+        if not isinstance(level, PrefetchLevel) or level.last_rect is None:
+            self._on_prefetched()
+            return
+        self._prefetching = True
+
+        def done(_future):
+            self._prefetched.emit()
+
+        self._io.submit(level.prefetch).add_done_callback(done)
+
+    def _on_prefetched(self) -> None:
+        self._prefetching = False
+        if self.closed:
+            return
         self.refreshes += 1
-        self.tissue_layer.refresh(thumbnail=self.refreshes % 8 == 1, extent=False, highlight=False)
+        try:
+            self.tissue_layer.refresh(thumbnail=self.refreshes % 8 == 1, extent=False, highlight=False)
+        except Exception as exc:
+            log.exception("tissue refresh failed")
+            notify(f"DiffInfinite: {exc}", "warning")
+        if self._refresh_again:
+            self._refresh_again = False
+            self._schedule_refresh()
 
     # ------------------------------------------------------------------ labels
     def _on_labels_event(self, event=None) -> None:
         if not self._ignore_labels and not self.closed:
             self._sync_timer.start()
 
-    def sync_labels(self) -> list[TileKey]:
+    def sync_labels(self, wait: bool = False) -> list[TileKey]:
         """Write the Labels window's edits (whatever made them) to the store and invalidate the tiles whose
-        labels changed. Returns those tiles."""
+        labels changed, on the I/O thread; the tiles arrive in :attr:`last_invalidated`. With ``wait`` this
+        waits for the write and returns them (else ``[]``)."""
         if self.closed:
             return []
         data = self.labels_layer.data
@@ -457,15 +628,40 @@ class CanvasController(QObject):
                 self.labels_layer.refresh()
             notify(f"DiffInfinite: label(s) {values} are not classes of this canvas (0..{self.store.num_classes - 1}); "
                    "those pixels were left as they were", "warning")
-        tiles = self.write_labels(self.anchor[0] + r.y0, self.anchor[1] + r.x0, block, where)
         shadow[where] = block[where]
-        return tiles
+        future = self._io.submit(self._write_labels, self.anchor[0] + r.y0, self.anchor[1] + r.x0, block, where)
+        future.add_done_callback(self._labels_written.emit)
+        return future.result() if wait else []
+
+    def _on_labels_written(self, future: Future) -> None:
+        try:
+            tiles = future.result()
+        except Exception as exc:
+            log.exception("writing labels failed")
+            notify(f"DiffInfinite: the mask edit could not be written to the canvas: {exc}")
+            return
+        self.last_invalidated = tiles
+        if tiles and not self.closed:
+            self._schedule_refresh()
+
+    def drain(self) -> None:
+        """Wait until the I/O thread has written every edit so far (and finished its prefetch)."""
+        self._io.submit(lambda: None).result()
 
     def write_labels(self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None) -> list[TileKey]:
         """Write class ids at latent pixel ``(y0, x0)`` of the canvas (only where ``where``) and invalidate
         exactly the tiles whose labels changed (their latents and pixels; they regenerate with their
         neighbours as context). Returns those tiles. The Labels window is not touched (see :meth:`sync_labels`
-        and :meth:`reload_window`)."""
+        and :meth:`reload_window`). GUI thread; waits for earlier edits first."""
+        self.drain()
+        tiles = self._write_labels(y0, x0, labels, where)
+        self.last_invalidated = tiles
+        if tiles:
+            self._schedule_refresh()
+        return tiles
+
+    def _write_labels(self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None) -> list[TileKey]:
+        # any thread; no Qt
         labels = np.asarray(labels)
         if where is None:
             where = np.ones(labels.shape, bool)
@@ -475,13 +671,10 @@ class CanvasController(QObject):
             raise ValueError(f"labels at {tuple(lr)} reach outside the canvas")
         changed = where & (old != labels)
         if not changed.any():
-            self.last_invalidated = []
             return []
         self.store.write_labels(y0, x0, labels, where=changed)
         tiles = self._changed_tiles(lr, changed)
         self._invalidate(tiles)
-        self.last_invalidated = tiles
-        self._schedule_refresh()
         return tiles
 
     def _changed_tiles(self, lr: Rect, changed: np.ndarray) -> list[TileKey]:
@@ -768,7 +961,8 @@ class CanvasController(QObject):
             with contextlib.suppress(Exception):
                 emitter.disconnect(fn)
         try:
-            self.sync_labels()
+            self.sync_labels(wait=True)
+            self.drain()
         except Exception:
             log.exception("writing the mask window back failed")
         with contextlib.suppress(Exception):
@@ -779,6 +973,7 @@ class CanvasController(QObject):
         self._export_cancel = True
         if self.scheduler is not None:
             self.scheduler.stop(timeout=10)
+        self._io.shutdown(wait=True)
         self.store.close()
         if _controllers.get(id(self.viewer)) is self:
             del _controllers[id(self.viewer)]
