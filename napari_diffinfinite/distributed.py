@@ -88,6 +88,8 @@ __all__ = [
 RETRIES = 2
 #: Grid tile (latents) of the seamless decode; :func:`~napari_diffinfinite.generation.generate` uses 64 too.
 DECODE_TILE = 64
+#: Blocks per side of the aligned groups whose pyramid the coordinator updates at once (see generate_canvas).
+PYRAMID_GROUP = 8
 #: Chunk side (px) of the full-resolution mask array stored in the canvas folder.
 MASK_CHUNK = 2048
 #: The full-resolution class mask (H, W) uint8, next to the canvas arrays.
@@ -612,10 +614,13 @@ def generate_canvas(
     block: int = 64,
     halo: int = 16,
     max_batch: int = 64,
+    decode_tile: int = DECODE_TILE,
     device: str | None = None,
     torch_threads: int | None = None,
     retries: int = RETRIES,
     overwrite: bool = False,
+    pyramid: bool = True,
+    pyramid_group: int = PYRAMID_GROUP,
     progress: Callable[[int, int], None] | None = None,
     task_hook: Callable[[str, int, int], None] | None = None,
 ) -> CanvasRun:
@@ -626,17 +631,32 @@ def generate_canvas(
     ``load_model`` spec, a path every worker can read); with the same ``seed``, mask and ``block``, the image
     equals ``generate``'s. ``canvas`` must be a folder every worker can write (a shared file system).
 
+    ``decode_tile``: the seamless decode's grid (latents), 64 as in ``generate``. With a local decoder
+    (``decoder_margin``) it only sets the chunking (pixels may differ by float rounding); with the Hann decode
+    it changes the blend. Blocks that are multiples of it decode without overlap.
+
     ``device`` / ``torch_threads``: the workers' device and torch intra-op threads (``None``: their default).
     ``retries``: automatic re-runs of a task that raises. ``overwrite``: replace a canvas that holds another
-    job (otherwise :class:`CanvasMismatchError`). ``progress(finished_blocks, blocks)`` runs on the calling
-    thread as blocks finish. ``task_hook(kind, i, j)`` runs on the worker at the start of every task (kind
-    ``"block"``, ``"decode"`` or ``"mask"``), for instrumentation and tests.
+    job (otherwise :class:`CanvasMismatchError`).
+
+    ``pyramid``: keep the canvas's coarser levels up to date (for viewing the canvas in napari). The
+    coordinator updates them once per aligned group of ``pyramid_group`` x ``pyramid_group`` blocks, when the
+    group's last block is decoded, and only then marks the group's blocks done (status 2): one update per
+    group costs a few times less than one per block. Without it, level 0 alone is written (all an export
+    reads), and the blocks are still marked done group by group.
+
+    ``progress(finished_blocks, blocks)`` runs on the calling thread as blocks are decoded.
+    ``task_hook(kind, i, j)`` runs on the worker at the start of every task (kind ``"block"``, ``"decode"`` or
+    ``"mask"``), for instrumentation and tests.
     """
+    from .canvas.grid import Rect
     from .canvas.store import STATUS_LATENTS, STATUS_PIXELS
 
     t_start = time.perf_counter()
     if mask is None and size is None:
         raise ValueError("give a mask, or a size (H, W) to generate one")
+    if pyramid_group < 1 or pyramid_group & (pyramid_group - 1):
+        raise ValueError(f"pyramid_group must be a power of two, got {pyramid_group}")
     if block <= 0 or halo < 0:
         raise ValueError(f"block must be positive and halo non-negative, got block={block}, halo={halo}")
     canvas = Path(canvas).absolute()
@@ -667,7 +687,7 @@ def generate_canvas(
     tile_px = block * d
     settings = _job_settings(info, seed=seed, omega=omega, steps=steps, halo=halo, mode=mode, block=block,
                              shape=(h, w), mask_kind="given" if mask is not None else "generated",
-                             mask_sha1=mask_sha1, context=context_display, decode_tile=DECODE_TILE,
+                             mask_sha1=mask_sha1, context=context_display, decode_tile=decode_tile,
                              max_batch=max_batch, latent_hw=(lh, lw))
     store, _resumed = _open_or_create(canvas, info, settings, (rows * tile_px, cols * tile_px), tile_px,
                                       overwrite)
@@ -692,7 +712,7 @@ def generate_canvas(
         # ------------------------------------------------------------------ the wavefront
         job = CanvasJob(canvas=str(canvas), latent_shape=(info["latent_channels"], lh, lw), block=block,
                         halo=halo, seed=int(seed), steps=int(steps), omega=float(omega), mode=mode,
-                        window=info["window"], max_batch=int(max_batch), decode_tile=DECODE_TILE,
+                        window=info["window"], max_batch=int(max_batch), decode_tile=int(decode_tile),
                         decode_margin=info["decode_margin"], downsampling=d)
         context_deps, decode_deps = block_dependencies(job)
         sample_waiters: dict[tuple[int, int], list] = {k: [] for k in context_deps}
@@ -744,14 +764,40 @@ def generate_canvas(
         sampled = decoded = 0
         workers: set[str] = set()
         task_seconds = {"block": 0.0, "decode": 0.0}
+        # blocks whose pixels are written but not yet marked done, by aligned group (see ``pyramid``)
+        g = pyramid_group
+        group_left: dict[tuple[int, int], int] = {}
+        for k in context_deps:
+            if k not in has_pixels:
+                group_left[(k[0] // g, k[1] // g)] = group_left.get((k[0] // g, k[1] // g), 0) + 1
+        group_done: dict[tuple[int, int], list] = {}
+
+        def finish(k):
+            gk = (k[0] // g, k[1] // g)
+            group_done.setdefault(gk, []).append(k)
+            group_left[gk] -= 1
+            if group_left[gk] == 0:
+                keys = group_done.pop(gk)
+                if pyramid:
+                    t = store.grid.tile
+                    store.update_pyramid(store.grid.clip(Rect(gk[0] * g * t, (gk[0] + 1) * g * t,
+                                                              gk[1] * g * t, (gk[1] + 1) * g * t)))
+                store.set_status(keys, STATUS_PIXELS)
+
         for fut in ac:
-            kind, k = outstanding.pop(fut.key)
+            entry = outstanding.pop(fut.key, None)
+            if entry is None:  # seen already (a result recomputed after its worker died)
+                continue
+            kind, k = entry
             futures.pop(fut.key, None)
             if fut.status != "finished":
                 exc = fut.exception()
                 exc.add_note(f"diffinfinite: the {kind} task of block {k} failed (after {retries} retries)")
                 raise exc
             res = fut.result()
+            # drop the last reference now: a held future whose worker dies is recomputed, and the coordinator
+            # may wait a long time for the next completion
+            del fut
             workers.add(res["worker"])
             task_seconds[kind] += res["seconds"]
             if kind == "block":
@@ -764,9 +810,8 @@ def generate_canvas(
                     consider_decode(other)
             else:
                 decoded += 1
-                store.update_pyramid(store.grid.tile_rect(k))
-                store.set_status(k, STATUS_PIXELS)
                 has_pixels.add(k)
+                finish(k)
                 if progress is not None:
                     progress(len(has_pixels), total)
         if len(has_pixels) != total:  # pragma: no cover - every block is reachable from wave 0
@@ -884,21 +929,27 @@ def generate_batch(
         for k, stem in enumerate(stems)
     ]
     images, workers = [], set()
+    pending: dict = {}
     try:
         if progress is not None:
             progress(0, count)
-        for fut in as_completed(futures):
+        pending = {f.key: f for f in futures}
+        ac = as_completed(futures)
+        del futures  # held futures whose worker dies are recomputed: keep only the unfinished ones
+        for fut in ac:
+            pending.pop(fut.key, None)
             if fut.status != "finished":
                 exc = fut.exception()
                 exc.add_note(f"diffinfinite: image task {fut.key} failed (after {retries} retries)")
                 raise exc
             res = fut.result()
+            del fut
             images.append(res)
             workers.add(res["worker"])
             if progress is not None:
                 progress(len(images), count)
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        client.cancel(list(pending.values()))
     images.sort(key=lambda r: r["index"])
     return BatchRun(images=images, workers=sorted(workers), seconds=time.perf_counter() - t0)
 
@@ -991,7 +1042,9 @@ def run_cli(args, stem: Path, fmt: str) -> int:
                         print(DISCLAIMER)
                     return EXIT_OK
                 canvas = Path(args.canvas) if args.canvas else stem.with_name(stem.name + ".canvas")
-                run = generate_canvas(client, args.model, canvas, overwrite=args.overwrite, **common)
+                # the default canvas is a work area deleted after the export, which reads level 0 only
+                run = generate_canvas(client, args.model, canvas, overwrite=args.overwrite,
+                                      pyramid=bool(args.canvas), **common)
             except CanvasMismatchError as e:
                 return _error(EXIT_OUTPUT, str(e))
             except ValueError as e:
