@@ -17,6 +17,7 @@ after the sample opened, and how the tissue layer's slicings were served (prefet
 
     xvfb-run -a python benchmarks/responsiveness.py                      # tiny model, 25 s per phase
     xvfb-run -a python benchmarks/responsiveness.py --model FOLDER --seconds 60 --torch-threads 2
+    xvfb-run -a python benchmarks/responsiveness.py --screenshots docs/images     # the README's pictures instead
 
 Software OpenGL under Xvfb stalls on its own (every redraw is drawn by the CPU); compare the two phases of one
 run, not numbers from different runs or machines.
@@ -122,6 +123,55 @@ def run_phase(app, viewer, labels_layer, seconds: float, pan_every: float, centr
     return beat.stop()
 
 
+def _spin(app, seconds: float, until=None) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end and not (until is not None and until()):
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def screenshots(app, viewer, out: Path) -> int:
+    """The demo canvas in the real viewer: the demo mask's tiles generated, then a paint stroke regenerating, then a
+    zoomed-out pyramid view (after the stroke's tiles are regenerated). Saves plugin-demo.png (window with the dock widget), plugin-painting.png and
+    plugin-pyramid.png (canvas only)."""
+    from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for
+
+    out.mkdir(parents=True, exist_ok=True)
+    viewer.window.add_plugin_dock_widget("napari-diffinfinite", "DiffInfinite")
+    viewer.open_sample("napari-diffinfinite", "demo_canvas")
+    _spin(app, 1.0, until=lambda: controller_for(viewer) is not None)
+    ctrl = controller_for(viewer)
+    grid = ctrl.grid
+    c = grid.centre()
+    mask_rect = (c[0] - 1280, c[0] + 1280, c[1] - 1280, c[1] + 1280)
+    tiles = grid.tiles_in_rect(mask_rect)
+    ctrl.scheduler.request_tiles(grid.centre_first(tiles, mask_rect))
+    _spin(app, 600, until=lambda: all(ctrl.store.tile_status(k) == 2 for k in tiles))
+    _spin(app, 1.0)
+    ctrl.labels_layer.selected_label = 1
+    viewer.screenshot(str(out / "plugin-demo.png"), canvas_only=False)
+    # a necrosis stroke: the tiles under it lose their tissue (the faint mask placeholder) and regenerate
+    layer = ctrl.labels_layer
+    layer.brush_size = 12
+    y, x = (int(v) for v in layer.world_to_data(viewer.scene.camera.center[-2:]))
+    for k in range(-40, 41, 4):
+        layer.paint((y + k // 2, x + k), 2)
+    _spin(app, 0.2)
+    ctrl.sync_labels(wait=True)
+    _spin(app, 8.0, until=lambda: ctrl.scheduler.stats.tiles_done > len(tiles) + 1)
+    viewer.screenshot(str(out / "plugin-painting.png"), canvas_only=True)
+    _spin(app, 120, until=lambda: all(ctrl.store.tile_status(k) == 2 for k in tiles))
+    # zoomed out 4x: the pyramid (level 2) shows the generated patch; around it, the unpainted canvas
+    layer.opacity = 0.3
+    ctrl.set_camera(c, zoom=1 / 4)
+    _spin(app, 3.0)
+    viewer.screenshot(str(out / "plugin-pyramid.png"), canvas_only=True)
+    print(f"screenshots in {out}: {len(tiles)} tiles generated, {ctrl.scheduler.stats.tiles_done} in all")
+    close_all_controllers()
+    viewer.close()
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="'tiny' (a random tiny network), 'embedded', or a model folder")
@@ -131,6 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(1400, 900), metavar=("W", "H"), help="window size")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--screenshots", metavar="DIR", help="instead of timing: generate the demo mask's tiles and "
+                        "save plugin-*.png screenshots of the real viewer into DIR")
     args = parser.parse_args(argv)
 
     import torch
@@ -156,6 +208,8 @@ def main(argv=None) -> int:
     for _ in range(50):
         app.processEvents()
         time.sleep(0.01)
+    if args.screenshots:
+        return screenshots(app, viewer, Path(args.screenshots))
 
     # phase 1: the same layers, static (a canvas nobody generates), same camera and moves
     static_store, rect = create_demo_canvas(tmp / "static", model)

@@ -583,6 +583,9 @@ class DiffInfiniteWidget(Container):
             ctrl = self.controller
             self._attach(ctrl)
             self.generate.enabled = not (ctrl is not None and ctrl.read_only)
+            if ctrl is not None and ctrl.model is not None and ctrl.model is not self.loaded_model:
+                m = ctrl.model
+                self.model_status.value = f"canvas generates with {m.name}: {m.num_classes} classes on {m.device}"
             if ctrl is None or ctrl.scheduler is None:
                 self.progress.value = "no canvas open" if ctrl is None else "no model loaded for this canvas"
                 self.tile_progress.value = 0
