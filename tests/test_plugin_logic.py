@@ -255,9 +255,13 @@ def test_prefetched_regions_serve_napari_slicings_from_memory(generated):
     assert level.shape == (1024, 1536, 3) and level.prefetch() is False  # nothing asked yet
     level[100:300, 200:400]
     assert level.misses == 1 and level.last_rect == Rect(100, 300, 200, 400)
-    assert level.prefetch() and level.region == Rect(0, 400, 100, 500)  # grown by half the view's size
+    assert level.prefetch() and level.region == Rect(0, 400, 100, 500)  # grown by half the view's height, width
+    level.margin, level.max_side = 10.0, 600
+    level[100:300, 200:400]
+    assert level.prefetch() and level.region == Rect(0, 500, 0, 600)  # at most max_side (clipped to the level)
+    level.margin = 0.5
     np.testing.assert_array_equal(level[120:320, 250:450, :], store.read_tissue(0, 120, 320, 250, 450))
-    assert level.hits == 1
+    assert level.hits == 2  # the two slicings after a prefetch
     level[0:1024, 0:1536]  # outside the region: read from the store
     assert level.misses == 2
     assert level[5, 5].shape == (3,) and level.misses == 2  # not napari's kind of slicing: straight through
