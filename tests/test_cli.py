@@ -54,7 +54,8 @@ def test_demo_opens_the_sample_and_the_widget(make_napari_viewer, monkeypatch):
     assert cli.main(["demo"]) == 0
     (viewer,) = viewers
     assert runs == [True]
-    assert [layer.name for layer in viewer.layers] == ["DiffInfinite demo mask"]
+    # the demo canvas: tissue pyramid + the painted mask window
+    assert [layer.name for layer in viewer.layers] == ["DiffInfinite tissue", "DiffInfinite mask"]
     widget = viewer.window.dock_widgets["DiffInfinite (napari-diffinfinite)"]
     assert isinstance(widget, DiffInfiniteWidget)
-    assert widget.labels_layer.value is viewer.layers[0]
+    assert widget.labels_layer.value is viewer.layers["DiffInfinite mask"]
