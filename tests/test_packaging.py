@@ -167,6 +167,6 @@ def test_installed_wheel_finds_its_resources(installed, tmp_path):
         assert not path.is_relative_to(REPO)
     assert found["latent_channels"] == 4
     assert found["plugin"] == "napari-diffinfinite"
-    assert found["sample_keys"] == ["demo_mask"]
+    assert found["sample_keys"] == ["demo_canvas", "demo_mask"]  # the demo canvas first
     assert found["mask_shape"] == [2560, 2560]
     assert found["mask_labels"] == [0, 1, 3, 4]
