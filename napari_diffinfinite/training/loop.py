@@ -118,8 +118,14 @@ class Trainer:
 
     def run(self, loss_fn: Callable[[nn.Module], dict[str, torch.Tensor]], sample_fn=None, progress=True):
         """Train until ``config.steps``; ``loss_fn(net)`` draws a batch and returns {"loss": ..., other logs}."""
+        import signal
+        import threading
+
         from tqdm import tqdm
 
+        if threading.current_thread() is threading.main_thread():
+            # `kill` (SIGTERM) checkpoints and stops like Ctrl-C; background jobs ignore SIGINT
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
         log_path = self.out / "log.csv"
         new_log = not log_path.exists()
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, dynamic_ncols=True)
