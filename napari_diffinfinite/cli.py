@@ -1,6 +1,6 @@
 """Command line: ``diffinfinite <command>`` (also ``python -m napari_diffinfinite``).
 
-``demo`` opens napari with the demo mask and the DiffInfinite widget; ``info`` prints versions and the device
+``demo`` opens napari on the demo canvas (the demo mask painted, generating the view) with the widget; ``info`` prints versions and the device
 the model would run on; ``train`` trains the embedded model's networks. Heavy imports (napari, torch) happen
 inside the commands.
 """
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", title="commands", required=True)
-    demo = sub.add_parser("demo", help="open napari with the demo mask and the DiffInfinite widget")
+    demo = sub.add_parser("demo", help="open napari on the demo canvas with the DiffInfinite widget")
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="print versions and the selected device")
     info.set_defaults(func=_info)
