@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from napari_diffinfinite.model import CompactAutoencoder
@@ -109,3 +110,22 @@ def test_autoencoder_training_checkpoints_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="different settings"):
         train_autoencoder(patches, patches[:1], out, TrainConfig(steps=6), batch=2, crop=16, widths=(8, 8, 16),
                           progress=False)
+
+
+def test_decoder_finetune_keeps_the_encoder_and_its_latents(tmp_path):
+    """--freeze-encoder: latents (what an image model was trained on) stay bit-identical; the decoder learns."""
+    patches = [Patch(f"p{i}", np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                     np.zeros((32, 32), np.int64)) for i in range(4)]
+    kwargs = dict(batch=2, crop=16, widths=(8, 8, 8), progress=False)
+    base = train_autoencoder(patches, patches[:1], tmp_path / "base", TrainConfig(steps=2, sample_every=99), **kwargs)
+    base.save(tmp_path / "base.safetensors")
+    tuned = train_autoencoder(patches, patches[:1], tmp_path / "tuned", TrainConfig(steps=3, sample_every=99),
+                              init_from=tmp_path / "base.safetensors", freeze_encoder=True, texture_weight=1.0,
+                              **kwargs)
+    images = torch.rand(1, 3, 32, 32)
+    assert torch.equal(tuned.encode(images), base.encode(images))
+    assert not torch.equal(tuned.decode(base.encode(images)), base.decode(base.encode(images)))
+    with open(tmp_path / "tuned" / "log.csv") as f:
+        assert "texture" in next(csv.DictReader(f))
+    with pytest.raises(ValueError, match="--init-from"):
+        train_autoencoder(patches, patches[:1], tmp_path / "x", TrainConfig(steps=1), freeze_encoder=True, **kwargs)

@@ -49,6 +49,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="autoencoder: latent channels at 8x downsampling (8: 24x compression; 4 blurs nuclei)")
     p.add_argument("--fourier-weight", type=float, default=0.2,
                    help="autoencoder: weight of the Fourier-magnitude loss beside L1 (keeps texture sharp)")
+    p.add_argument("--texture-weight", type=float, default=0.0,
+                   help="autoencoder: weight of the local texture-strength loss (sharper decoder)")
+    p.add_argument("--init-from", type=Path, metavar="SAFETENSORS",
+                   help="autoencoder: start from these trained weights (e.g. a run's ema.safetensors)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="autoencoder: train only the decoder, so latents (and image models on them) stay valid")
     net = p.add_argument_group(
         "image and mask models",
         "defaults (image / mask): dim 32 / 16, dim-mults 1,2,4 / 1,2,4,8, block-per-layer 1, groups 4, "
@@ -153,7 +159,9 @@ def run_train(args) -> int:
     try:
         if args.what == "autoencoder":
             train_autoencoder(train + unlabelled, held_out, args.out, config, batch=args.batch, crop=args.crop,
-                              latent_channels=args.latent_channels, fourier_weight=args.fourier_weight)
+                              latent_channels=args.latent_channels, fourier_weight=args.fourier_weight,
+                              texture_weight=args.texture_weight, init_from=args.init_from,
+                              freeze_encoder=args.freeze_encoder)
         elif args.what == "image":
             from .image import train_image_model
 
