@@ -18,7 +18,6 @@ import asyncio
 import errno
 import fcntl
 import os
-import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,50 +25,10 @@ from pathlib import Path
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
-PARTIAL_TAG = ".partial-"
+from .._atomic import PARTIAL_TAG, atomic_write_bytes, pid_alive
 
+__all__ = ["PARTIAL_TAG", "AtomicLocalStore", "atomic_write_bytes", "remove_stale_partials"]
 
-def _partial_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{PARTIAL_TAG}{os.getpid()}-{secrets.token_hex(6)}")
-
-
-def atomic_write_bytes(path: Path, data, *, exclusive: bool = False, fsync: bool = False) -> None:
-    """Write ``data`` (any buffer) to ``path`` all-or-nothing (see the module docstring)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp, path)  # FileExistsError if the key appeared meanwhile
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
-        if fsync:
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_partials(root: Path, *, all_processes: bool = False) -> int:
@@ -85,7 +44,7 @@ def remove_stale_partials(root: Path, *, all_processes: bool = False) -> int:
                     pid = int(name.rsplit(PARTIAL_TAG, 1)[1].split("-", 1)[0])
                 except ValueError:
                     pid = -1
-                if pid == me or (not all_processes and pid > 0 and _pid_alive(pid)):
+                if pid == me or (not all_processes and pid > 0 and pid_alive(pid)):
                     continue
             elif not (all_processes and name.endswith(".partial")):
                 continue

@@ -18,7 +18,7 @@ import os
 import secrets
 from pathlib import Path
 
-PARTIAL_TAG = ".partial-"
+from .._atomic import PARTIAL_TAG, fsync_dir, pid_alive
 
 #: errno values that mean "the disk (or the user's quota) is full".
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -66,20 +66,6 @@ def partial_prefix(target: Path) -> str:
     return f".{target.name}{PARTIAL_TAG}"
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def clean_stale_partials(target: Path) -> list[Path]:
     """Remove the temporaries that killed exports of ``target`` left behind; returns what was removed.
 
@@ -101,7 +87,7 @@ def clean_stale_partials(target: Path) -> list[Path]:
             pid = int(pid_text)
         except ValueError:
             continue
-        if pid == me or _pid_alive(pid):
+        if pid == me or pid_alive(pid):
             continue
         try:
             os.unlink(entry.path)
@@ -131,19 +117,6 @@ def check_target(target: str | os.PathLike, *, overwrite: bool) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"no permission to write {target}: the folder {folder} is not writable")
     return target
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on folders
-        pass
-    finally:
-        os.close(fd)
 
 
 class _WholeWriteFileIO(io.FileIO):
@@ -230,7 +203,7 @@ class AtomicFile:
             raise translate_oserror(exc, target) from exc
         self.committed = True
         self.temp = None
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
 
     def _link_no_clobber(self) -> None:

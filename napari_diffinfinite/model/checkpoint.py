@@ -17,8 +17,9 @@ from typing import Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
+from .._atomic import atomic_save_tensors
 from .unet import ImageUnet, MaskUnet
 
 Kind = Literal["image", "mask"]
@@ -192,8 +193,4 @@ def _as_tuple(value):
 def save_unet(net: ImageUnet | MaskUnet, path) -> None:
     """Write a UNet as safetensors with its kind and config in the metadata (our own weights format)."""
     kind = "image" if isinstance(net, ImageUnet) else "mask"
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    save_file(state, str(tmp), metadata={_META_KIND: kind, _META_CONFIG: json.dumps(net.config)})
-    tmp.replace(path)
+    atomic_save_tensors(Path(path), net.state_dict(), {_META_KIND: kind, _META_CONFIG: json.dumps(net.config)})

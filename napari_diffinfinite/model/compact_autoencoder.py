@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from .._atomic import atomic_save_tensors
 
 
 class _ResBlock(nn.Module):
@@ -91,11 +93,8 @@ class CompactAutoencoder(nn.Module):
     # weights --------------------------------------------------------------------------------------------
     def save(self, path) -> None:
         """safetensors with the config in its metadata, written to a temp file and renamed."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp), metadata={"diffinfinite.kind": "autoencoder", "diffinfinite.config": json.dumps(self.config)})
-        tmp.replace(path)
+        metadata = {"diffinfinite.kind": "autoencoder", "diffinfinite.config": json.dumps(self.config)}
+        atomic_save_tensors(Path(path), self.state_dict(), metadata)
 
     @classmethod
     def load(cls, path, device=None) -> "CompactAutoencoder":

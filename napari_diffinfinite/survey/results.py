@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import fsync_dir
 from .trials import REAL, SYNTHETIC
 
 #: The columns of the results CSV, in order.
@@ -70,19 +71,6 @@ def _header_of(fh) -> list[str] | None:
     return next(csv.reader([first.decode("utf-8-sig").rstrip("\r\n")]))
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows: folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def append_row(path: str | os.PathLike, row: Mapping) -> None:
     """Append one answer to the results CSV and make it durable before returning (flush + fsync).
 
@@ -106,7 +94,7 @@ def append_row(path: str | os.PathLike, row: Mapping) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     if created:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def read_rows(path: str | os.PathLike, rater_id: str | None = None) -> list[dict[str, str]]:

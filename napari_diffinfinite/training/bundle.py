@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 from safetensors import safe_open
+
+from .._atomic import atomic_copy, atomic_write_text
 
 
 def _weights(run_or_file: Path) -> Path:
@@ -54,9 +55,7 @@ def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", de
             raise ValueError(f"{src} holds a {kind!r} network, not the {part} this bundle needs")
         target = out / f"{part}.safetensors"
         if src.resolve() != target.resolve():
-            tmp = target.with_name(target.name + ".tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(target)
+            atomic_copy(src, target)
         manifest["provenance"][part] = _provenance(src)
     manifest["autoencoder"] = {"type": "compact", "file": "autoencoder.safetensors"}
     if image is not None:
@@ -66,7 +65,5 @@ def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", de
         manifest["contexts"] = json.loads(meta.get("diffinfinite.contexts", '["adenocarcinoma"]'))
         manifest["mask"] = {"file": "mask.safetensors", "window": mask_window, "mask_px": 1,
                             "codec": json.loads(meta["diffinfinite.mask_codec"])}
-    tmp = out / "model.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    tmp.replace(out / "model.json")
+    atomic_write_text(out / "model.json", json.dumps(manifest, indent=1) + "\n")
     return out

@@ -18,20 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
-
-
-def atomic_write_text(text: str, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+from .._atomic import atomic_save_tensors, atomic_write_text
 
 
 @dataclass
@@ -87,18 +77,18 @@ class Trainer:
 
     def save(self):
         meta = {**self.metadata}
-        atomic_save_tensors(self.net.state_dict(), self.out / "weights.safetensors", meta)
-        atomic_save_tensors(self.ema.state_dict(), self.out / "ema.safetensors", meta)
+        atomic_save_tensors(self.out / "weights.safetensors", self.net.state_dict(), meta)
+        atomic_save_tensors(self.out / "ema.safetensors", self.ema.state_dict(), meta)
         moments = {}
         for i, p in enumerate(self.net.parameters()):
             st = self.opt.state.get(p)
             if st:
                 moments[f"{i}.exp_avg"] = st["exp_avg"]
                 moments[f"{i}.exp_avg_sq"] = st["exp_avg_sq"]
-        atomic_save_tensors(moments, self.out / "optimizer.safetensors")
+        atomic_save_tensors(self.out / "optimizer.safetensors", moments)
         state = {"step": self.step, "elapsed_s": round(self.elapsed, 1), "metadata": self.metadata,
                  "config": {k: v for k, v in vars(self.config).items()}}
-        atomic_write_text(json.dumps(state, indent=1), self.out / "state.json")
+        atomic_write_text(self.out / "state.json", json.dumps(state, indent=1))
 
     # the loop ---------------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
