@@ -10,6 +10,7 @@ tissue missing) becomes a napari notification, never a traceback. Qt is reached 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -48,6 +49,9 @@ MODEL_CHOICES: list[tuple[str, str, int | None]] = [
 GENERATE_TOOLTIP = ("Generate the tissue in view on the open canvas (more is generated as you pan); without a canvas, "
                     "a new one is made from the chosen mask layer")
 MAX_SEED = 2**31 - 1
+UNPAINTED_CHOICES = [("unlabelled (label 0)", "unlabelled"), ("generated masks", "generated")]
+EXPORT_REGIONS = [("current view", "view"), ("drawn rectangle", "rectangle"), ("whole generated extent", "generated")]
+MASK_FILE_FILTER = "Masks (*.png *.tif *.tiff *.geojson *.json);;All files (*)"
 PROGRESS_MS = 250
 
 
@@ -162,6 +166,8 @@ class DiffInfiniteWidget(Container):
         self.new_canvas_button = PushButton(text="New canvas...")
         self.new_canvas_button.tooltip = "A new canvas in a folder you choose (the chosen mask layer is painted in)"
         self.open_canvas_button = PushButton(text="Open canvas...")
+        self.demo_button = PushButton(text="Demo mode")
+        self.demo_button.tooltip = "Open the demo canvas and generate it, with a guided tour"
         self.canvas_status = Label(value="no canvas open")
         # -- mask ----------------------------------------------------------------------------------------------
         self.labels_layer = ComboBox(label="Mask layer", choices=self._labels_layers)
@@ -176,6 +182,18 @@ class DiffInfiniteWidget(Container):
         self.generate_masks_button.tooltip = ("Fill the selection (or the view) with a mask from the mask model for the "
                                               "context; painted labels are kept unless 'overwrite' is ticked")
         self.overwrite_masks = CheckBox(text="overwrite painted labels", value=False)
+        self.unpainted = ComboBox(label="Unpainted areas", choices=UNPAINTED_CHOICES, value="unlabelled")
+        self.unpainted.tooltip = ("What tiles generated where no label is painted get: label 0 (unlabelled: the "
+                                  "model's 'no condition'), or a mask from the mask model for the context, generated "
+                                  "first (painted labels are never overwritten)")
+        self.load_mask_button = PushButton(text="Load mask from file...")
+        self.load_mask_button.tooltip = ("A label image (PNG/TIFF of class ids) or a QuPath GeoJSON annotation export, "
+                                         "placed at the centre of the view; its unlabelled parts keep what is painted")
+        self.mask_file_um = FloatSpinBox(label="Mask file µm/px", value=0.0, min=0.0, max=1000.0, step=0.25)
+        self.mask_file_um.tooltip = ("Micrometres per pixel of the mask file (a GeoJSON's coordinate unit). auto: one "
+                                     "label per 8 image px for label images, the canvas's pixel size for GeoJSON")
+        with contextlib.suppress(Exception):
+            self.mask_file_um.native.setSpecialValueText("auto")
         # -- tissue --------------------------------------------------------------------------------------------
         self.generate = PushButton(text="Generate")
         self.generate.tooltip = GENERATE_TOOLTIP
@@ -191,9 +209,11 @@ class DiffInfiniteWidget(Container):
         self.export_path = FileEdit(label="Export to", mode="w", filter="*.ome.tif *.png")
         self.export_format = ComboBox(label="Format", choices=[("pyramidal OME-TIFF", "ome.tif"), ("PNG", "png")],
                                       value="ome.tif")
+        self.export_region = ComboBox(label="Region", choices=EXPORT_REGIONS, value="view")
+        self.export_region.tooltip = "What to export: the view, the rectangle drawn with 'Draw selection', or everything generated"
         self.generate_missing = CheckBox(text="generate missing tiles first", value=False)
         self.overwrite_export = CheckBox(text="overwrite existing files", value=False)
-        self.export_button = PushButton(text="Export selection / view")
+        self.export_button = PushButton(text="Export")
         self.export_cancel = PushButton(text="Cancel export")
         self.export_progress = ProgressBar(label="Export", min=0, max=100, value=0)
 
@@ -201,11 +221,12 @@ class DiffInfiniteWidget(Container):
             note, self.model, self.checkpoint, self.mask_checkpoint, self.vae, self.model_folder, self.num_classes,
             self.device, self.load_model_button, self.model_status, self.omega, self.steps, self.seed, self.reroll,
             self.context,
-            self.new_canvas_button, self.open_canvas_button, self.canvas_status,
+            self.new_canvas_button, self.open_canvas_button, self.demo_button, self.canvas_status,
             self.labels_layer, self.palette, self.apply_colors, self.generate_masks_button, self.overwrite_masks,
+            self.unpainted, self.load_mask_button, self.mask_file_um,
             self.generate, self.pause, self.cancel, self.select_region, self.reroll_region, self.progress,
             self.tile_progress,
-            self.export_path, self.export_format, self.generate_missing, self.overwrite_export, self.export_button,
+            self.export_path, self.export_format, self.export_region, self.generate_missing, self.overwrite_export, self.export_button,
             self.export_cancel, self.export_progress,
         ])
 
@@ -218,6 +239,10 @@ class DiffInfiniteWidget(Container):
         self.new_canvas_button.changed.connect(lambda *_: self.new_canvas())
         self.open_canvas_button.changed.connect(lambda *_: self.open_canvas())
         self.generate_masks_button.changed.connect(lambda *_: self.generate_masks())
+        self.unpainted.changed.connect(lambda *_: self.set_unpainted())
+        self.context.changed.connect(self._on_context_changed)
+        self.load_mask_button.changed.connect(lambda *_: self.load_mask_file())
+        self.demo_button.changed.connect(lambda *_: self.demo_mode())
         self.generate.changed.connect(lambda *_: self.generate_tissue())
         self.pause.changed.connect(lambda *_: self.toggle_pause())
         self.cancel.changed.connect(lambda *_: self.cancel_generation())
@@ -395,6 +420,10 @@ class DiffInfiniteWidget(Container):
         self.omega.value = float(s.get("omega", self.omega.value))
         if s.get("steps"):
             self.steps.value = int(s["steps"])
+        if self.unpainted.value != ctrl.unpainted:
+            with self.unpainted.changed.blocked():
+                self.unpainted.value = ctrl.unpainted
+        ctrl.unpainted_context = int(self.context.value)
         h, w = ctrl.grid.shape
         self.canvas_status.value = f"{ctrl.folder.name}: {h} x {w} px" + ("  (read-only)" if ctrl.read_only else "")
         self.canvas_status.tooltip = str(ctrl.folder)
@@ -538,6 +567,7 @@ class DiffInfiniteWidget(Container):
         layer = ctrl.selection_layer(create=True)
         self._viewer.layers.selection.active = layer
         layer.mode = "add_rectangle"
+        self.export_region.value = "rectangle"
 
     @_guarded
     def reroll_tissue(self, rect_px=None):
@@ -551,6 +581,51 @@ class DiffInfiniteWidget(Container):
         return ctrl.generate_masks(rect_px, context=int(self.context.value), seed=int(self.seed.value),
                                    overwrite=bool(self.overwrite_masks.value))
 
+    @_guarded
+    def set_unpainted(self, mode: str | None = None):
+        """Apply the "Unpainted areas" setting to the open canvas (also recorded in it)."""
+        mode = mode or self.unpainted.value
+        if self.unpainted.value != mode:
+            self.unpainted.value = mode  # calls this again
+            return
+        ctrl = self.controller
+        if ctrl is None:
+            return
+        try:
+            ctrl.set_unpainted(mode, context=int(self.context.value))
+        except Exception:
+            with self.unpainted.changed.blocked():
+                self.unpainted.value = ctrl.unpainted
+            raise
+
+    def _on_context_changed(self, value) -> None:
+        ctrl = self.controller
+        if ctrl is not None:
+            ctrl.unpainted_context = int(value)
+
+    @_guarded
+    def load_mask_file(self, path=None, *, centre_px=None):
+        """Load a label image or QuPath GeoJSON into the open canvas at the centre of the view (asks for the file
+        if ``path`` is None); the tiles under it regenerate. Bad files become notifications."""
+        ctrl = self._require_canvas()
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getOpenFileName(self.native, "Load a mask (label image or QuPath GeoJSON)", "",
+                                                  MASK_FILE_FILTER)
+            if not path:
+                return None
+        return ctrl.load_mask_file(path, centre_px=centre_px, file_um=float(self.mask_file_um.value) or None)
+
+    @_guarded
+    def demo_mode(self):
+        """Demo mode (napari_diffinfinite.demo.enter_demo_mode)."""
+        try:
+            from .demo import enter_demo_mode
+        except ImportError as exc:
+            raise RuntimeError(f"demo mode is not available in this installation ({exc})") from None
+        return enter_demo_mode(self._viewer)
+
     def _require_canvas(self, model: bool = False):
         ctrl = self.controller
         if ctrl is None:
@@ -561,13 +636,16 @@ class DiffInfiniteWidget(Container):
 
     # -- export ----------------------------------------------------------------------------------------------
     @_guarded
-    def export(self, path=None, rect_px=None):
-        """Export the selection (or view) of the open canvas (worker thread; refuses regions with tissue
-        missing unless 'generate missing tiles first')."""
+    def export(self, path=None, rect_px=None, region: str | None = None):
+        """Export a region of the open canvas: ``rect_px``, else ``region`` (default: the 'Region' choice -
+        ``"view"``, ``"rectangle"`` drawn with Draw selection, or ``"generated"``, the whole generated extent), in
+        a worker thread; regions with tissue missing are refused unless 'generate missing tiles first'."""
         ctrl = self._require_canvas()
         path = Path(path) if path is not None else _path_of(self.export_path)
         if path is None:
             raise ValueError("choose a file to export to ('Export to')")
+        if rect_px is None:
+            rect_px = ctrl.region_rect(region or self.export_region.value)
         return ctrl.export(path, rect_px, fmt=self.export_format.value, overwrite=bool(self.overwrite_export.value),
                            generate_missing=bool(self.generate_missing.value))
 

@@ -329,3 +329,208 @@ def test_masks_reroll_and_export_of_a_drawn_selection(viewer, tiny, qtbot, tmp_p
                                 for k, v in versions.items()), timeout=30000)
     assert store.tile_seed((0, 0)) == 99 and not np.array_equal(tile_pixels(store, (0, 0)), before)
     assert store.read_status()[1:].max() == 0
+
+
+# ---------------------------------------------------------------------------------------------- masks from files
+def _square(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def test_masks_load_from_qupath_geojson_and_label_images_into_the_view(viewer, tiny, qtbot, tmp_path, notes):
+    import json
+
+    from PIL import Image
+
+    from napari_diffinfinite.io.mask_files import read_mask_file
+
+    store = CanvasStore.create_for_model(tmp_path / "c", tiny, shape_px=SMALL, seed=2)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
+    ctrl = open_canvas(viewer, store=store, model=tiny, camera=((2048, 2048), 1.0),
+                       scheduler_options={"max_view_tiles": 4})
+    ctrl.start()
+    wait_idle(qtbot, ctrl)
+    view_tiles = [(3, 3), (3, 4), (4, 3), (4, 4)]
+    assert sorted(ctrl.landed) == view_tiles
+    versions = {k: store.tile_version(k) for k in view_tiles}
+    # a QuPath export: 1024 x 1024 image px of carcinoma with a hole, necrosis in the hole (coordinates: px at 0.5 um)
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"classification": {"name": "Carcinoma"}},
+         "geometry": {"type": "Polygon", "coordinates": [_square(0, 0, 1024, 1024), _square(256, 256, 768, 768)]}},
+        {"type": "Feature", "properties": {"classification": {"name": "necrosis"}},
+         "geometry": {"type": "Polygon", "coordinates": [_square(448, 448, 576, 576)]}},
+    ]}
+    path = tmp_path / "slide.geojson"
+    path.write_text(json.dumps(doc))
+    widget.load_mask_file(path)  # at the centre of the view, (2048, 2048): latents 192..320
+    qtbot.waitUntil(lambda: ctrl.mask_state == "done", timeout=10000)
+    expected = read_mask_file(path, ["Unknown", "Carcinoma", "Necrosis", "Tumor stroma", "Others"], cell_um=4.0).labels
+    assert expected.shape == (128, 128) and set(np.unique(expected)) == {0, 1, 2}
+    np.testing.assert_array_equal(store.read_labels(Rect(192, 320, 192, 320)), expected)
+    np.testing.assert_array_equal(ctrl.labels_layer.data[192:320, 192:320], expected)  # the window shows it
+    assert not store.read_labels(Rect(0, 512, 0, 192)).any()
+    assert sorted(ctrl.loaded_mask_tiles) == view_tiles == sorted(ctrl.last_invalidated)
+    assert any("slide.geojson loaded" in m for m in notes.messages)
+    # the painted path regenerates them: new versions, with the labels under them
+    wait_idle(qtbot, ctrl)
+    qtbot.waitUntil(lambda: all(store.tile_status(k) == 2 and store.tile_version(k) == versions[k] + 1
+                                for k in view_tiles), timeout=30000)
+    # a file with a class name the model does not know: a notification naming it, nothing written
+    bad = tmp_path / "bad.geojson"
+    doc["features"][1]["properties"]["classification"]["name"] = "Lymphocytes"
+    bad.write_text(json.dumps(doc))
+    before = store.read_labels(Rect(0, 512, 0, 512))
+    widget.load_mask_file(bad)
+    qtbot.waitUntil(lambda: ctrl.mask_state == "error", timeout=10000)
+    assert "Lymphocytes" in notes.messages[-1] and "'Tumor stroma'" in notes.messages[-1]
+    np.testing.assert_array_equal(store.read_labels(Rect(0, 512, 0, 512)), before)
+    # a label image (one label per mask pixel by default) at another place; its 0s keep what is there
+    img = np.zeros((16, 16), np.uint8)
+    img[4:12, 4:12] = 4
+    Image.fromarray(img).save(tmp_path / "mask.png")
+    widget.load_mask_file(tmp_path / "mask.png", centre_px=(2048, 2048))
+    qtbot.waitUntil(lambda: ctrl.mask_state == "done", timeout=10000)
+    got = store.read_labels(Rect(248, 264, 248, 264))
+    np.testing.assert_array_equal(got[4:12, 4:12], 4)
+    np.testing.assert_array_equal(got[:4], expected[56:60, 56:72])
+    assert sorted(ctrl.loaded_mask_tiles) == view_tiles  # latents 252..260 (necrosis before) touch all four
+    widget.load_mask_file(tmp_path / "missing.png")
+    qtbot.waitUntil(lambda: "does not exist" in notes.messages[-1], timeout=5000)
+
+
+# ---------------------------------------------------------------------------------------------- unpainted areas
+def test_unpainted_tiles_get_generated_masks_first_and_painted_labels_are_kept(viewer, tiny, qtbot, tmp_path):
+    store = CanvasStore.create_for_model(tmp_path / "c", tiny, shape_px=SMALL, seed=5)
+    store.write_labels(256, 256, np.full((64, 64), 1, np.uint8))  # tile (4, 4) painted whole
+    store.write_labels(200, 270, np.full((4, 4), 3, np.uint8))  # a dab of stroma in tile (3, 4)
+    painted = store.read_labels(Rect(0, 512, 0, 512))
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
+    ctrl = open_canvas(viewer, store=store, model=tiny, camera=((2048, 2048), 1.0),
+                       scheduler_options={"max_view_tiles": 4})
+    qtbot.waitUntil(lambda: widget.controller is ctrl and widget._controller is ctrl, timeout=3000)
+    widget.unpainted.value = "generated"
+    assert ctrl.unpainted == "generated" and store.settings["unpainted"] == "generated"
+    ctrl.start()
+    # the view's unpainted tiles, (3, 3) and (4, 3), get masks from the mask model first, then tissue
+    qtbot.waitUntil(lambda: ctrl.auto_masked == {(3, 3), (4, 3)} and ctrl.mask_state == "done", timeout=20000)
+    wait_idle(qtbot, ctrl)
+    qtbot.waitUntil(lambda: all(store.tile_status(k) == 2 for k in [(3, 3), (3, 4), (4, 3), (4, 4)]), timeout=30000)
+    after = store.read_labels(Rect(0, 512, 0, 512))
+    lt = store.grid.latent_tile
+    for i, j in [(3, 3), (4, 3)]:
+        assert after[i * lt : (i + 1) * lt, j * lt : (j + 1) * lt].any()
+    # painted labels are never overwritten; the partly painted tile keeps its 0s; nothing outside the view changes
+    keep = np.ones(after.shape, bool)
+    keep[3 * lt : 5 * lt, 3 * lt : 4 * lt] = False
+    np.testing.assert_array_equal(after[keep], painted[keep])
+    # each tile's tissue was generated with its mask (no tile generated before its mask landed)
+    assert all(store.tile_version(k) == 1 for k in [(3, 3), (4, 3)])
+    # the setting is the canvas's: back to unlabelled
+    widget.unpainted.value = "unlabelled"
+    assert ctrl.unpainted == "unlabelled" and store.settings["unpainted"] == "unlabelled"
+
+
+# ---------------------------------------------------------------------------------------------- coarse zoom
+def test_the_whole_canvas_overview_requests_no_tiles_and_shows_the_mask_placeholder(viewer, tiny, qtbot, tmp_path):
+    from napari_diffinfinite.canvas.store import placeholder_lut
+
+    store = CanvasStore.create_for_model(tmp_path / "c", tiny, seed=1)  # 2**20 px a side
+    c = DEFAULT_SIDE // 2
+    store.write_labels(c // 8 - 1024, c // 8 - 1024, np.full((2048, 2048), 2, np.uint8))  # 16,384 px of necrosis
+    ctrl = open_canvas(viewer, store=store, model=tiny, camera=((c, c), 1.0), scheduler_options={"max_view_tiles": 2})
+    ctrl.set_unpainted("generated")  # even so: no masks at coarse zoom either
+    ctrl.start()
+    wait_idle(qtbot, ctrl)
+    assert len(ctrl.landed) == 2
+    # zoom out until the whole canvas is on screen
+    h, w = viewer.canvas.size
+    ctrl.set_camera((c, c), zoom=min(h, w) / DEFAULT_SIDE)
+    view = ctrl.update_view()
+    assert view.level >= 9 and view.rect == Rect(0, DEFAULT_SIDE, 0, DEFAULT_SIDE)
+    assert ctrl.last_requested == [] and ctrl.scheduler.pending() == []
+    qtbot.wait(500)
+    assert len(ctrl.landed) == 2 and ctrl.mask_state == "idle" and not ctrl.auto_masked
+    # what the layer shows there: the faint class colour of the mask (level 9: 2048 px a side, 1 px = 512 image px)
+    level = 9
+    shown = np.asarray(ctrl.tissue_layer.data[level][1024 - 8 : 1024 + 8, 1024 - 8 : 1024 + 8])
+    lut = placeholder_lut(store.num_classes)
+    np.testing.assert_array_equal(shown[:4, :4], np.broadcast_to(lut[2], (4, 4, 3)))
+    far = np.asarray(ctrl.tissue_layer.data[level][:4, :4])
+    np.testing.assert_array_equal(far, np.broadcast_to(lut[0], (4, 4, 3)))
+    assert not np.array_equal(lut[2], lut[0])
+
+
+# ---------------------------------------------------------------------------------------------- reader choice
+def test_dropping_a_canvas_folder_opens_it_with_our_reader(viewer, tiny, qtbot, tmp_path):
+    """Drag and drop and File > Open Folder call ``viewer.open(paths, plugin=None)``: napari picks the reader from
+    its preferences, or asks when several readers accept the path (its built-in one accepts every folder).
+    (``viewer.open(path)`` with napari's default ``plugin='napari'`` always uses the built-in reader.)"""
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    from napari_diffinfinite._reader import remember_reader
+
+    folder = tmp_path / "mine"
+    store = small_canvas(folder, tiny, label=2)
+    ctrl = open_canvas(viewer, store=store, model=tiny, camera=((1024, 1024), 1.0))
+    prefs = get_settings().plugins.extension2reader
+    assert prefs[str(folder.resolve()) + "/"] == PLUGIN  # what napari's reader dialog records for a folder
+    viewer.layers.clear()
+    assert ctrl.closed
+    layers = viewer.open(str(folder), plugin=None)  # as dropped: napari's built-in reader claims folders too
+    assert [layer.name for layer in layers] == ["DiffInfinite tissue", "DiffInfinite mask"]
+    assert layers[0].multiscale and layers[1].data[100, 100] == 2
+    qtbot.waitUntil(lambda: controller_for(viewer) is not None, timeout=3000)
+    close_all_controllers()
+    # a canvas never opened here: napari cannot choose by itself (drag and drop shows its reader dialog)
+    other = small_canvas(tmp_path / "other", tiny)
+    other.close()
+    with pytest.raises(MultipleReaderError):
+        viewer.open(str(tmp_path / "other"), plugin=None)
+    # entries of ours for paths that are gone are dropped when a new one is made
+    import shutil
+
+    shutil.rmtree(folder)
+    assert remember_reader(tmp_path / "other")
+    prefs = get_settings().plugins.extension2reader
+    assert str(folder.resolve()) + "/" not in prefs and prefs[str((tmp_path / "other").resolve()) + "/"] == PLUGIN
+
+
+# ---------------------------------------------------------------------------------------------- export regions
+def test_export_the_whole_generated_extent_and_reopen_it_as_a_pyramid(viewer, tiny, qtbot, tmp_path, notes):
+    import tifffile
+
+    store = small_canvas(tmp_path / "c", tiny, label=3)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
+    ctrl = open_canvas(viewer, store=store, model=tiny, camera=((2048, 2048), 1.0))
+    qtbot.waitUntil(lambda: widget._controller is ctrl, timeout=3000)
+    block = [(2, 3), (2, 4), (2, 5), (3, 3), (3, 4), (3, 5)]  # 2 x 3 tiles, none of them the view's centre tile
+    ctrl.scheduler.request_tiles(block)
+    ctrl.scheduler.start()
+    qtbot.waitUntil(lambda: all(store.tile_status(k) == 2 for k in block), timeout=60000)
+    widget.export_region.value = "generated"
+    widget.export(tmp_path / "all.ome.tif")
+    qtbot.waitUntil(lambda: ctrl.export_state in ("done", "error"), timeout=30000)
+    assert ctrl.export_state == "done", notes.messages
+    with tifffile.TiffFile(tmp_path / "all.ome.tif") as tif:
+        series = tif.series[0]
+        assert [lvl.shape for lvl in series.levels] == [(1024, 1536, 3), (512, 768, 3)]
+        full = series.levels[0].asarray()
+    want = store.read_tissue_raw(0, 1024, 2048, 1536, 3072)
+    assert np.abs(full.astype(int) - want.astype(int)).mean() < 4  # JPEG 95
+    # the drawn-rectangle region needs a rectangle
+    widget.export_region.value = "rectangle"
+    widget.export(tmp_path / "rect.ome.tif")
+    assert "draw a rectangle first" in notes.messages[-1] and not (tmp_path / "rect.ome.tif").exists()
+    # reopen in napari as dropped (plugin=None: the export was registered with our reader; napari's built-in
+    # reader claims *.tif too): a multiscale RGB layer at the physical pixel size, and the mask
+    close_all_controllers()
+    viewer.layers.clear()
+    image, mask = viewer.open(str(tmp_path / "all.ome.tif"), plugin=None)
+    assert image.multiscale and image.rgb
+    assert [tuple(s) for s in image.level_shapes] == [(1024, 1536), (512, 768)]
+    assert [tuple(level.shape) for level in image.data] == [(1024, 1536, 3), (512, 768, 3)]
+    np.testing.assert_allclose(image.scale[-2:], [0.5, 0.5])
+    np.testing.assert_array_equal(np.asarray(image.data[0][:64, :64]), full[:64, :64])
+    assert mask.multiscale and [tuple(s) for s in mask.level_shapes] == [(1024, 1536), (512, 768)]
+    assert np.unique(np.asarray(mask.data[0])).tolist() == [3]
+    np.testing.assert_allclose(mask.scale[-2:], [0.5, 0.5])

@@ -38,7 +38,7 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..canvas.grid import Rect, TileKey, as_rect
-from ..canvas.store import STATUS_EMPTY, CanvasLockedError, CanvasStore
+from ..canvas.store import STATUS_EMPTY, STATUS_PIXELS, CanvasLockedError, CanvasStore
 from .canvas_layers import (
     META_KEY,
     canvas_meta,
@@ -245,6 +245,7 @@ class CanvasController(QObject):
     _prefetched = Signal()
     _labels_written = Signal(object)
     _view_requested = Signal(object)
+    _mask_placed = Signal(object, object)
     #: the model, the scheduler or the generating state changed
     state_changed = Signal()
 
@@ -273,6 +274,18 @@ class CanvasController(QObject):
         self._ignore_labels = 0
         self._workers: list = []
         self.mask_state = "idle"  # "running", "done", "error"
+        #: what tiles requested where no label is painted get: "unlabelled" (label 0) or "generated" (masks
+        #: from the mask model for :attr:`unpainted_context`, first); a canvas setting
+        self.unpainted = str(store.settings.get("unpainted", "unlabelled"))
+        self.unpainted_context = store.settings.get("context", 0)
+        #: tiles whose mask the "generated" setting asked for (each is asked for once in a session, so a tile the
+        #: mask model left all 0, or that the user erased whole afterwards, is not filled again)
+        self.auto_masked: set[TileKey] = set()
+        self._auto_mask_warned = False
+        #: the last mask read from a file and where it was placed (latent rect), after it was written
+        self.loaded_mask = None
+        self.loaded_mask_rect: Rect | None = None
+        self.loaded_mask_tiles: list[TileKey] = []
         self.export_state = "idle"
         self.export_progress = (0, 0)
         self.export_result: dict | None = None
@@ -323,6 +336,7 @@ class CanvasController(QObject):
         self._prefetched.connect(self._on_prefetched)
         self._labels_written.connect(self._on_labels_written)
         self._view_requested.connect(self._on_view_requested)
+        self._mask_placed.connect(self._on_mask_placed)
 
         # napari events -------------------------------------------------------------------------------------
         cam = _camera(viewer)
@@ -479,12 +493,106 @@ class CanvasController(QObject):
         self._maybe_reanchor(view.rect)
         self._prefetch_view()
         if self.scheduler is not None and self.generating:
-            future = self._io.submit(self.scheduler.request_view, view.level, view.rect)
+            future = self._io.submit(self._request_view, view)
             if wait:
-                self.last_requested = future.result()
+                self._handle_view_request(future.result())
             else:
                 future.add_done_callback(self._view_requested.emit)
         return view
+
+    def _request_view(self, view: CanvasView):
+        # I/O thread. With unpainted = "generated", the view's unpainted tiles get masks first: nothing is
+        # requested until they are written (the view is requested again then).
+        if self._wants_auto_masks():
+            tiles = self.unpainted_tiles(view)
+            if tiles:
+                self.scheduler.clear_view()
+                return ("masks", tiles)
+        return self.scheduler.request_view(view.level, view.rect)
+
+    def _wants_auto_masks(self) -> bool:
+        return (self.unpainted == "generated" and self.model is not None and self.model.mask_unet is not None
+                and not self.read_only)
+
+    def unpainted_tiles(self, view: CanvasView | None = None) -> list[TileKey]:
+        """Tiles of ``view`` (default: the current one) that the view would request and that have no label
+        painted at all and no tissue yet: those the "generated masks" setting fills from the mask model. None
+        when zoomed out beyond the scheduler's request level (nothing is requested there), and only within
+        ``MAX_MASK_SIDE`` px of the view's centre (one mask generation)."""
+        view = view or self.current_view()
+        sched = self.scheduler
+        if sched is None or view.rect.empty or view.level > sched.max_request_level:
+            return []
+        tiles = self.grid.view_tiles(view.rect, max_tiles=sched.max_view_tiles)
+        if not tiles:
+            return []
+        tr = self.grid.tile_range(view.rect)
+        status = self.store.read_status(tr)
+        lt = self.grid.latent_tile
+        labels = self.store.read_labels(Rect(tr.y0 * lt, tr.y1 * lt, tr.x0 * lt, tr.x1 * lt))
+        cy, cx = view.rect.centre
+        half = MAX_MASK_SIDE // 2 - self.grid.tile
+        out = []
+        for i, j in tiles:
+            if status[i - tr.y0, j - tr.x0] >= STATUS_PIXELS or (i, j) in self.auto_masked:
+                continue
+            r = self.grid.tile_rect((i, j))
+            if max(abs(r.centre[0] - cy), abs(r.centre[1] - cx)) > half:
+                continue
+            a, b = (i - tr.y0) * lt, (j - tr.x0) * lt
+            if not labels[a : a + lt, b : b + lt].any():
+                out.append((i, j))
+        return out
+
+    def set_unpainted(self, mode: str, context=None) -> None:
+        """What requested tiles without painted labels get: ``"unlabelled"`` (label 0, the model's "no
+        condition") or ``"generated"`` (a mask from the mask model for ``context`` first; painted labels are never
+        overwritten). Recorded in the canvas settings; the view is requested again."""
+        if mode not in ("unlabelled", "generated"):
+            raise ValueError(f"unpainted areas are 'unlabelled' or 'generated', not {mode!r}")
+        if context is not None:
+            self.unpainted_context = context
+        if mode == self.unpainted:
+            return
+        if mode == "generated" and self.model is not None and self.model.mask_unet is None:
+            raise ValueError(f"the model {self.model.name!r} has no mask network; unpainted areas stay unlabelled")
+        self.unpainted = mode
+        self._auto_mask_warned = False
+        if not self.read_only:
+            self.store.update_settings(unpainted=mode)
+        if self.generating:
+            self.update_view(wait=False)
+
+    def _handle_view_request(self, result) -> None:
+        # GUI thread
+        if isinstance(result, tuple) and result and result[0] == "masks":
+            self.last_requested = []
+            self._auto_masks(result[1])
+        else:
+            self.last_requested = result
+
+    def _auto_masks(self, tiles: list[TileKey]) -> None:
+        if self.mask_state == "running":
+            return  # the running generation requests the view again when it is done
+        t = self.grid.tile
+        ys, xs = [k[0] for k in tiles], [k[1] for k in tiles]
+        rect = self.grid.clip(Rect(min(ys) * t, (max(ys) + 1) * t, min(xs) * t, (max(xs) + 1) * t))
+
+        def done(written):
+            self.auto_masked.update(tiles)
+            if self.generating and not self.closed:
+                self.update_view(wait=False)
+
+        try:
+            self.generate_masks(rect, context=self.unpainted_context, seed=self.store.canvas_seed, only_tiles=tiles,
+                                on_done=done)
+        except Exception as exc:
+            if not self._auto_mask_warned:
+                notify(f"DiffInfinite: unpainted areas cannot get generated masks ({exc}); they stay unlabelled",
+                       "warning")
+            self._auto_mask_warned = True
+            self.unpainted = "unlabelled"
+            self.update_view(wait=False)
 
     def _prefetch_view(self) -> None:
         """Read the region around the view ahead (I/O thread), so that short pans are served from memory."""
@@ -500,7 +608,7 @@ class CanvasController(QObject):
 
     def _on_view_requested(self, future: Future) -> None:
         try:
-            self.last_requested = future.result()
+            self._handle_view_request(future.result())
         except Exception as exc:
             log.exception("requesting the view failed")
             notify(f"DiffInfinite: {exc}", "warning")
@@ -776,10 +884,11 @@ class CanvasController(QObject):
         return keys
 
     def generate_masks(self, rect_px=None, *, context=0, seed: int = 0, overwrite: bool = False,
-                       on_done: Callable | None = None):
+                       only_tiles: list[TileKey] | None = None, on_done: Callable | None = None):
         """Generate a class mask for ``rect_px`` (default: the selection, else the view) with the model's mask
-        network and the ``context`` prompt, in a worker thread; painted labels are kept unless ``overwrite``.
-        Tissue generation pauses meanwhile. Returns the worker."""
+        network and the ``context`` prompt, in a worker thread; painted labels are kept unless ``overwrite``,
+        and with ``only_tiles`` only those tiles are written. Tissue generation pauses meanwhile. Returns the
+        worker."""
         from superqt.utils import create_worker
 
         from ..generation import generate_mask
@@ -816,9 +925,16 @@ class CanvasController(QObject):
             finish()
             if self.closed:
                 return
+            self.sync_labels(wait=True)  # edits made meanwhile are in the store before "painted" is decided
             lab = latent_labels(mask, d).astype(np.uint8)
             ly, lx = rect.y0 // d, rect.x0 // d
             where = None if overwrite else self.store.read_labels(Rect(ly, ly + lab.shape[0], lx, lx + lab.shape[1])) == 0
+            if only_tiles is not None:
+                inside = np.zeros(lab.shape, bool)
+                for key in only_tiles:
+                    r = self.grid.tile_latent_rect(key).offset(-ly, -lx).intersect(Rect(0, lab.shape[0], 0, lab.shape[1]))
+                    inside[r.slices] = True
+                where = inside if where is None else where & inside
             tiles = self.write_labels(ly, lx, lab, where)
             self.reload_window(Rect(ly, ly + lab.shape[0], lx, lx + lab.shape[1]))
             self.mask_state = "done"
@@ -831,6 +947,10 @@ class CanvasController(QObject):
             self.mask_state = "error"
             self.state_changed.emit()
             notify(f"DiffInfinite: mask generation failed: {exc}")
+            if only_tiles is not None:  # the "generated masks" setting: not again and again; the view goes on
+                self.auto_masked.update(only_tiles)
+                if self.generating and not self.closed:
+                    self.update_view(wait=False)
 
         worker.returned.connect(self._guarded(done))
         worker.errored.connect(failed)
@@ -838,7 +958,135 @@ class CanvasController(QObject):
         worker.start()
         return worker
 
+    # ------------------------------------------------------------------ masks from files
+    def view_centre_px(self) -> tuple[float, float]:
+        """The level-0 pixel at the centre of the screen."""
+        cam = _camera(self.viewer)
+        cy, cx = (float(v) / self.pixel_size for v in tuple(cam.center)[-2:])
+        return cy, cx
+
+    def load_mask_file(self, path: str | os.PathLike, *, centre_px=None, offset_px=(0, 0), file_um: float | None = None,
+                       on_done: Callable | None = None):
+        """Read a label image (PNG / TIFF) or a QuPath GeoJSON export (in a worker thread, see
+        :func:`~napari_diffinfinite.io.mask_files.read_mask_file`; ``file_um``: um per file pixel / coordinate
+        unit, default one label per mask pixel / the canvas's pixel size) and place it with its centre at
+        ``centre_px`` (default: the centre of the view) + ``offset_px``, through :meth:`place_labels`. A bad
+        file becomes a notification. ``on_done(tiles)`` after the labels are written. Returns the worker."""
+        from superqt.utils import create_worker
+
+        from ..classes import class_set
+        from ..io.mask_files import read_mask_file
+
+        if self.read_only:
+            raise PermissionError(f"the canvas {self.folder} is open read-only")
+        n = self.store.num_classes
+        try:
+            names = class_set(n).names
+        except ValueError:
+            names = [f"class {i}" for i in range(n)]
+        cell_um = self.pixel_size * self.grid.downsampling
+        centre = self.view_centre_px() if centre_px is None else tuple(centre_px)
+        centre = (centre[0] + offset_px[0], centre[1] + offset_px[1])
+        worker = create_worker(read_mask_file, path, names, cell_um=cell_um, file_um=file_um,
+                               image_um=self.pixel_size, _start_thread=False, _ignore_errors=True)
+        self.mask_state = "running"
+
+        def done(raster):
+            self.loaded_mask = raster
+            where = f" (skipped: {'; '.join(raster.skipped[:3])}{'...' if len(raster.skipped) > 3 else ''})" \
+                if raster.skipped else ""
+            self.place_labels(raster.labels, centre_px=centre, on_done=on_done,
+                              message=f"DiffInfinite: mask {Path(path).name} loaded{where}")
+
+        def failed(exc):
+            self.mask_state = "error"
+            notify(f"DiffInfinite: cannot load the mask {Path(path).name}: {exc}")
+
+        worker.returned.connect(self._guarded(done))
+        worker.errored.connect(failed)
+        self._keep(worker)
+        worker.start()
+        return worker
+
+    def place_labels(self, labels: np.ndarray, *, centre_px=None, on_done: Callable | None = None,
+                     message: str | None = None) -> Future:
+        """Write class ids ``labels`` (latent scale: one per ``downsampling`` px) into the canvas with their centre
+        at level-0 pixel ``centre_px`` (default: the view's centre), where they are not 0 (a file's unlabelled
+        area keeps what is painted), clipped to the canvas, on the I/O thread - the same path as painting: the
+        tiles whose labels changed are invalidated and regenerate. Then the Labels window shows them and
+        :attr:`loaded_mask_rect` / :attr:`loaded_mask_tiles` say where and what. Returns the write's future."""
+        if self.read_only:
+            raise PermissionError(f"the canvas {self.folder} is open read-only")
+        labels = np.asarray(labels)
+        if labels.ndim != 2 or not labels.size:
+            raise ValueError(f"a mask is a 2-D array of class ids, got shape {labels.shape}")
+        if labels.max(initial=0) >= self.store.num_classes:
+            raise ValueError(f"the mask has labels up to {int(labels.max())}; this canvas has classes "
+                             f"0..{self.store.num_classes - 1}")
+        d = self.grid.downsampling
+        cy, cx = self.view_centre_px() if centre_px is None else centre_px
+        h, w = labels.shape
+        ly, lx = round(cy / d - h / 2), round(cx / d - w / 2)
+        lh, lw = self.grid.latent_shape
+        r = Rect(ly, ly + h, lx, lx + w).intersect(Rect(0, lh, 0, lw))
+        if r.empty:
+            raise ValueError("the mask would lie outside the canvas; pan into the canvas first")
+        block = np.ascontiguousarray(labels[r.y0 - ly : r.y1 - ly, r.x0 - lx : r.x1 - lx].astype(np.uint8))
+        self.sync_labels()  # the user's edits first (the I/O thread runs in order)
+        self.mask_state = "running"
+        future = self._io.submit(self._write_labels, r.y0, r.x0, block, block > 0)
+        future.add_done_callback(lambda f: self._mask_placed.emit(f, (r, on_done, message, (h, w) != (r.height, r.width))))
+        return future
+
+    def _on_mask_placed(self, future: Future, extra) -> None:
+        r, on_done, message, clipped = extra
+        try:
+            tiles = future.result()
+        except Exception as exc:
+            self.mask_state = "error"
+            log.exception("writing a mask failed")
+            notify(f"DiffInfinite: the mask could not be written to the canvas: {exc}")
+            return
+        if self.closed:
+            return
+        self.reload_window(r)
+        self.loaded_mask_rect, self.loaded_mask_tiles = r, tiles
+        self.last_invalidated = tiles
+        self.mask_state = "done"
+        if tiles:
+            self._schedule_refresh()
+        if self.generating:
+            self.update_view(wait=False)
+        if message:
+            notify(message + (" - clipped at the canvas's edge" if clipped else "")
+                   + f"; {len(tiles)} tile(s) to regenerate", "info")
+        self.state_changed.emit()
+        if on_done is not None:
+            on_done(tiles)
+
     # ------------------------------------------------------------------ export
+    def region_rect(self, region: str = "selection") -> Rect:
+        """The level-0 rectangle of an export region: ``"view"`` (what is on screen), ``"selection"`` (the drawn
+        rectangle; the view if none is drawn), ``"rectangle"`` (the drawn rectangle, required) or
+        ``"generated"`` (the bounding box of every generated tile)."""
+        from .canvas_export import generated_bbox
+
+        if region == "view":
+            return self.current_view().rect
+        if region == "selection":
+            return self.target_rect()
+        if region == "rectangle":
+            sel = self.selection_rect()
+            if sel is None:
+                raise ValueError("draw a rectangle first (Draw selection), or export the view")
+            return sel
+        if region == "generated":
+            box = generated_bbox(self.store)
+            if box.empty:
+                raise ValueError("nothing is generated on this canvas yet")
+            return box
+        raise ValueError(f"unknown export region {region!r}: 'view', 'rectangle', 'selection' or 'generated'")
+
     def export(self, path: str | os.PathLike, rect_px=None, *, fmt: str = "ome.tif", overwrite: bool = False,
                generate_missing: bool = False, on_done: Callable | None = None):
         """Export the tissue and mask of ``rect_px`` (default: the selection, else the view) in a worker thread
@@ -889,6 +1137,10 @@ class CanvasController(QObject):
         def done(paths):
             self.export_state = "done"
             self.export_result = paths
+            if fmt == "ome.tif":
+                from .._reader import remember_reader
+
+                remember_reader(paths["image"])
             self.state_changed.emit()
             notify(f"DiffInfinite: exported {paths['image']}", "info")
             if on_done is not None:
@@ -1015,6 +1267,9 @@ def open_canvas(viewer, folder=None, *, store: CanvasStore | None = None, model=
             store = CanvasStore.open(folder, mode="r")
             notify(f"DiffInfinite: {exc}; the canvas is shown read-only", "warning")
     folder = Path(store.root)
+    from .._reader import remember_reader
+
+    remember_reader(folder)
     tissue, labels = _find_canvas_layers(viewer, folder)
     ctrl = CanvasController(viewer, store, tissue_layer=tissue, labels_layer=labels, **options)
     if camera is None:
