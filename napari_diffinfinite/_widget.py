@@ -1,5 +1,7 @@
 """The DiffInfinite dock widget: model and generation settings, the class palette, and the controls of the
-canvas open in the viewer (generate / pause / cancel, progress, masks, re-roll, export).
+canvas open in the viewer (generate / pause / cancel, progress, masks - generated, loaded from a label image or a
+QuPath GeoJSON, and the "unpainted areas" setting -, re-roll, export of the view, a drawn rectangle or the whole
+generated extent, and Demo mode).
 
 Thin on purpose: the canvas itself is driven by
 :class:`~napari_diffinfinite.widgets.canvas_controller.CanvasController` (layers, camera, paint events,

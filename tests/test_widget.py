@@ -68,8 +68,14 @@ def test_dock_widget_from_the_manifest_and_its_defaults(viewer):
     assert widget.generate.enabled and widget.generate.tooltip == GENERATE_TOOLTIP
     assert widget.progress.value == "no canvas open" and widget.canvas_status.value == "no canvas open"
     for button in (widget.pause, widget.cancel, widget.reroll_region, widget.generate_masks_button,
-                   widget.export_button, widget.new_canvas_button, widget.open_canvas_button):
+                   widget.export_button, widget.new_canvas_button, widget.open_canvas_button,
+                   widget.load_mask_button, widget.demo_button):
         assert not button.native.isHidden()
+    # unpainted areas, mask files, export regions
+    assert widget.unpainted.value == "unlabelled" and widget.unpainted.choices == ("unlabelled", "generated")
+    assert widget.mask_file_um.value == 0 and widget.mask_file_um.native.text() == "auto"
+    assert widget.export_region.value == "view"
+    assert widget.export_region.choices == ("view", "rectangle", "generated")
 
 
 def test_palette_sets_the_selected_label_of_the_chosen_layer(viewer):

@@ -15,6 +15,13 @@ paint events turned into scheduler requests, tiles landing turned into layer ref
   debounced (``debounce_ms``) and become ``request_view(level, rect)``; ``on_tile_done`` runs on the worker
   thread and is marshalled to the GUI thread with a queued Qt signal.
 
+Masks: besides painting, :meth:`CanvasController.generate_masks` (the mask model over the selection or the view),
+:meth:`CanvasController.load_mask_file` (a label image or a QuPath GeoJSON placed at the view's centre) and the
+"unpainted areas" setting (:meth:`CanvasController.set_unpainted`: with ``"generated"``, view tiles with no label
+painted get a mask from the mask model before they are requested; not at coarse zoom, where nothing is
+requested and the layer shows the mask's placeholder colours) all write through the same label path as a paint
+stroke, so exactly the tiles whose labels changed regenerate.
+
 Nothing here runs a model on the GUI thread: sampling runs on the scheduler's thread, mask generation, model
 loading and exports in superqt workers. Store I/O that follows the user's actions runs on one I/O thread too:
 label writes (and the invalidations they cause), and the read of the visible region before a refresh - napari
