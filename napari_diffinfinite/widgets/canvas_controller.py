@@ -593,7 +593,7 @@ class CanvasController(QObject):
         try:
             self.generate_masks(rect, context=self.unpainted_context, seed=self.store.canvas_seed, only_tiles=tiles,
                                 on_done=done)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a notification, and the view goes on unlabelled
             if not self._auto_mask_warned:
                 notify(f"DiffInfinite: unpainted areas cannot get generated masks ({exc}); they stay unlabelled",
                        "warning")
