@@ -85,30 +85,53 @@ def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | No
     return store, Rect(ly * d, (ly + lh) * d, lx * d, (lx + lw) * d)
 
 
+def demo_model():
+    """The demo's model: ``(model or None, spec, error message or None)`` for ``$DIFFINFINITE_MODEL`` or the
+    embedded model. A missing or broken model must not stop the demo from opening, so it is reported, not
+    raised."""
+    from .widgets.canvas_models import ModelSpec, default_model_source, get_model, model_error_message
+
+    spec = ModelSpec(default_model_source())
+    try:
+        return get_model(spec), spec, None
+    except Exception as exc:  # noqa: BLE001
+        return None, spec, model_error_message(exc, spec)
+
+
+def notify_no_model(error: str) -> None:
+    """Tell the user the demo canvas shows only its mask, and how to get a model."""
+    from .widgets.canvas_controller import notify
+
+    notify(f"DiffInfinite: {error} The demo canvas shows its mask; choose a model in the DiffInfinite widget "
+           "and press Generate.", "warning")
+
+
+def new_demo_canvas(model=None, spec=None, *, settings: dict | None = None):
+    """A demo canvas in a new temporary folder (see :func:`create_demo_canvas`); ``settings`` (e.g. steps,
+    omega) are recorded in it. Returns ``(store, the mask's rectangle in level-0 px, LayerData)``."""
+    import tempfile
+    from pathlib import Path
+
+    from .widgets.canvas_layers import canvas_layer_data
+
+    extra = dict(settings or {})
+    if model is not None and spec is not None:
+        extra.setdefault("model_source", spec.source)
+    folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
+    store, rect = create_demo_canvas(folder, model, settings=extra or None)
+    return store, rect, canvas_layer_data(store, centre_px=rect.centre)
+
+
 def demo_canvas() -> list[tuple]:
     """LayerData of a new demo canvas (tissue pyramid + mask window). In napari the canvas is then opened at 1:1
     zoom centred on the mask and generation starts (the model: ``$DIFFINFINITE_MODEL`` or the embedded one).
     Without a model the mask is shown and a notification says how to pick one."""
-    import tempfile
-    from pathlib import Path
+    from .widgets.canvas_controller import schedule_attach
 
-    from .widgets.canvas_controller import notify, schedule_attach
-    from .widgets.canvas_layers import canvas_layer_data
-    from .widgets.canvas_models import ModelSpec, default_model_source, get_model, model_error_message
-
-    spec = ModelSpec(default_model_source())
-    model, error = None, None
-    try:
-        model = get_model(spec)
-    except Exception as exc:  # noqa: BLE001 - a missing or broken model must not stop the demo from opening
-        error = model_error_message(exc, spec)
-    folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
-    store, rect = create_demo_canvas(folder, model, settings={"model_source": spec.source} if model else None)
-    centre = rect.centre
-    layers = canvas_layer_data(store, centre_px=centre)
-    schedule_attach(folder, store=store, model=model, model_spec=spec, camera=(centre, 1.0), start=model is not None,
-                    load_model=False)
+    model, spec, error = demo_model()
+    store, rect, layers = new_demo_canvas(model, spec)
+    schedule_attach(store.root, store=store, model=model, model_spec=spec, camera=(rect.centre, 1.0),
+                    start=model is not None, load_model=False)
     if error is not None:
-        notify(f"DiffInfinite: {error} The demo canvas shows its mask; choose a model in the DiffInfinite widget "
-               "and press Generate.", "warning")
+        notify_no_model(error)
     return layers

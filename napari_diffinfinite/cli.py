@@ -1,6 +1,6 @@
 """Command line: ``diffinfinite <command>`` (also ``python -m napari_diffinfinite``).
 
-``demo`` opens napari on the demo canvas (the demo mask painted, generating the view) with the widget; ``info`` prints versions and the device
+``demo`` opens napari in demo mode (the demo canvas generating the view, a guided panel, the widget); ``info`` prints versions and the device
 the model would run on; ``train`` trains the embedded model's networks. Heavy imports (napari, torch) happen
 inside the commands.
 """
@@ -24,19 +24,21 @@ def selected_device() -> str:
     return str(select_device())
 
 
-def setup_demo(viewer) -> None:
-    """Open the DiffInfinite dock widget and the demo canvas in ``viewer``: a new canvas with the demo mask
-    painted in its middle, at 1:1 zoom, generating the view as soon as napari's event loop runs (the model:
-    ``$DIFFINFINITE_MODEL`` or the embedded one; without one, a notification says how to choose it)."""
-    viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    viewer.open_sample(PLUGIN, DEMO_SAMPLE)
+def setup_demo(viewer, *, preset: str | None = None, fullscreen: bool = False):
+    """Demo mode in ``viewer`` (:func:`napari_diffinfinite.demo.enter_demo_mode`): a new canvas with the demo mask
+    painted in its middle, at 1:1, generating the view as soon as napari's event loop runs (the model:
+    ``$DIFFINFINITE_MODEL`` or the embedded one; without one, a notification says how to choose it), the guided
+    panel next to the DiffInfinite widget, and the synthetic-image overlay. Returns the demo session."""
+    from .demo import enter_demo_mode
+
+    return enter_demo_mode(viewer, preset=preset, fullscreen=fullscreen)
 
 
 def _demo(args: argparse.Namespace) -> int:
     import napari
 
     viewer = napari.Viewer(title="DiffInfinite demo")
-    setup_demo(viewer)
+    setup_demo(viewer, preset=args.preset, fullscreen=args.fullscreen)
     print(DISCLAIMER)
     napari.run()
     return 0
@@ -213,7 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", title="commands", required=True)
-    demo = sub.add_parser("demo", help="open napari on the demo canvas with the DiffInfinite widget")
+    demo = sub.add_parser("demo", help="open napari in demo mode: the demo canvas generating, a guided panel and "
+                                       "the DiffInfinite widget")
+    demo.add_argument("--preset", choices=["auto", "cpu", "gpu"], default="auto",
+                      help="steps and tile budget (auto: from the device the model runs on)")
+    demo.add_argument("--fullscreen", action="store_true", help="full screen (default: maximised)")
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="print versions and the selected device")
     info.set_defaults(func=_info)

@@ -38,10 +38,12 @@ def test_python_dash_m_runs_the_cli():
     assert proc.stdout.strip() == f"diffinfinite {napari_diffinfinite.__version__}"
 
 
-def test_demo_opens_the_sample_and_the_widget(make_napari_viewer, monkeypatch):
+def test_demo_opens_demo_mode_with_the_widget_one_click_away(make_napari_viewer, monkeypatch):
     import napari
 
     from napari_diffinfinite._widget import DiffInfiniteWidget
+    from napari_diffinfinite.demo import DEMO_PANEL_NAME
+    from napari_diffinfinite.widgets.canvas_controller import close_all_controllers
 
     viewers, runs = [], []
 
@@ -51,11 +53,16 @@ def test_demo_opens_the_sample_and_the_widget(make_napari_viewer, monkeypatch):
 
     monkeypatch.setattr(napari, "Viewer", viewer_factory)
     monkeypatch.setattr(napari, "run", lambda *a, **k: runs.append(True))
-    assert cli.main(["demo"]) == 0
-    (viewer,) = viewers
-    assert runs == [True]
-    # the demo canvas: tissue pyramid + the painted mask window
-    assert [layer.name for layer in viewer.layers] == ["DiffInfinite tissue", "DiffInfinite mask"]
-    widget = viewer.window.dock_widgets["DiffInfinite (napari-diffinfinite)"]
-    assert isinstance(widget, DiffInfiniteWidget)
-    assert widget.labels_layer.value is viewer.layers["DiffInfinite mask"]
+    try:
+        assert cli.main(["demo"]) == 0
+        (viewer,) = viewers
+        assert runs == [True]
+        # the demo canvas: tissue pyramid + the painted mask window, and the guided panel (tests/test_demo.py)
+        assert [layer.name for layer in viewer.layers] == ["DiffInfinite tissue", "DiffInfinite mask"]
+        panel = viewer.window.dock_widgets[DEMO_PANEL_NAME]
+        panel.controls_button.native.click()
+        widget = viewer.window.dock_widgets["DiffInfinite (napari-diffinfinite)"]
+        assert isinstance(widget, DiffInfiniteWidget)
+        assert widget.labels_layer.value is viewer.layers["DiffInfinite mask"]
+    finally:
+        close_all_controllers()
