@@ -167,7 +167,7 @@ class DemoSession:
             active = self.viewer.layers.selection.active
             layer = self.viewer.add_shapes(
                 name=SYNTHETIC_LAYER_NAME, scale=(px, px), units=("um", "um"), edge_color="#ffd400", face_color="transparent",
-                edge_width=6, opacity=0.9,
+                edge_width=10, opacity=0.9,
                 text={"string": {"constant": "SYNTHETIC - not for diagnosis"}, "color": "#ffd400", "size": 10,
                       "anchor": "upper_left", "translation": [-12, 0]},
                 metadata={"disclaimer": DISCLAIMER},
@@ -188,13 +188,14 @@ class DemoSession:
         layer.mode = "paint"
         layer.selected_label = int(label)
 
-    def progress(self) -> tuple[int, int]:
-        """Step 2: (tiles done, tiles queued) of this canvas's scheduler; (0, 0) without a model."""
+    def progress(self) -> tuple[int, int, int]:
+        """Step 2: (tiles done, tiles generating now, tiles queued) of this canvas's scheduler; zeros without a
+        model."""
         sched = self.controller.scheduler
         if sched is None:
-            return 0, 0
+            return 0, 0, 0
         s = sched.stats
-        return int(s.tiles_done), int(s.tiles_queued)
+        return int(s.tiles_done), int(s.current is not None), int(s.tiles_queued)
 
     def zoom_overview(self) -> float:
         """Step 3: zoom out so that the painted mask and everything generated fit the window (the pyramid's

@@ -93,7 +93,9 @@ def test_demo_mode_opens_generating_with_the_cpu_preset_and_labelled_synthetic(v
     key = ctrl.landed[0]
     assert ctrl.store.tile_status(key) == 2
     qtbot.waitUntil(lambda: session.panel.progress.value.split()[0] not in ("0", "no"), timeout=3000)
-    assert "tiles done" in session.panel.progress.value
+    shown = session.panel.progress.value
+    assert "tiles done" in shown and "queued" in shown
+    assert 1 <= int(shown.split()[0]) <= ctrl.scheduler.stats.tiles_done  # the panel counts the scheduler's tiles
     layer = viewer.layers[SYNTHETIC_LAYER_NAME]
     t = ctrl.grid.tile
     (ky, kx) = key
@@ -196,3 +198,18 @@ def test_demo_command_enters_demo_mode(make_napari_viewer, tiny, monkeypatch):
         close_all_controllers()
     with pytest.raises(SystemExit):
         cli.main(["demo", "--preset", "fast"])
+
+
+def test_the_widgets_demo_button_enters_demo_mode_beside_it(viewer, tiny, qtbot):
+    from napari_diffinfinite._widget import DiffInfiniteWidget
+
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-diffinfinite", "DiffInfinite")
+    assert isinstance(widget, DiffInfiniteWidget)
+    widget.demo_button.native.click()
+    ctrl = controller_for(viewer)
+    assert ctrl is not None and ctrl.generating and ctrl.model is tiny
+    panel = viewer.window.dock_widgets[DEMO_PANEL_NAME]
+    assert panel.session.controller is ctrl
+    assert viewer.canvas.overlays.text.visible and viewer.canvas.overlays.text.text == OVERLAY_TEXT
+    # the widget drives the demo canvas too
+    qtbot.waitUntil(lambda: widget.labels_layer.value is ctrl.labels_layer, timeout=3000)

@@ -118,7 +118,7 @@ class DemoPanel(Container):
         if ctrl.scheduler is None:
             self.progress.value = "no model: choose one in the DiffInfinite widget"
             return
-        done, queued = self.session.progress()
-        total = done + queued
-        self.progress.value = f"{done} tiles done, {queued} queued"
+        done, running, queued = self.session.progress()
+        total = done + running + queued
+        self.progress.value = f"{done} tiles done, {running} generating, {queued} queued"
         self.progress_bar.value = round(100 * done / total) if total else (100 if done else 0)
