@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         os.environ["DIFFINFINITE_MODEL"] = args.model
 
     import napari
-    import napari._qt.qt_main_window as qt_main_window
+    from napari._qt import qt_main_window
 
     qt_main_window.SHOW_QT_WARNING = False  # napari's PyQt5 deprecation toast is not part of the demo
     from qtpy.QtWidgets import QApplication

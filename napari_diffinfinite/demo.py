@@ -13,7 +13,7 @@ the scheduler's ``max_view_tiles`` (how many tiles of a view are requested at on
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +247,7 @@ class DemoSession:
         if self.panel is not None:
             try:
                 self.viewer.window.remove_dock_widget(self.panel.native)
-            except Exception:  # noqa: BLE001 - the window may be closing
+            except Exception:
                 log.debug("removing the demo panel failed", exc_info=True)
             self.panel = None
 
@@ -321,7 +321,7 @@ def demo_mode_button_clicked(viewer) -> DemoSession | None:
     """For a "Demo mode" button: :func:`enter_demo_mode` with failures as a notification, not a traceback."""
     try:
         return enter_demo_mode(viewer)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.exception("entering demo mode failed")
         from .widgets.canvas_controller import notify
 
