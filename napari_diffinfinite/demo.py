@@ -254,9 +254,9 @@ class DemoSession:
 
 def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscreen: bool = False) -> DemoSession:
     """Open a new demo canvas in ``viewer`` generating at 1:1, dock the guided panel (alone, so the canvas keeps
-    the room, napari's own docks narrowed; its "All controls" button docks the full widget, and if that widget is docked already the panel
-    is tabbed with it), label the canvas synthetic and apply ``preset`` (see :func:`choose_preset`; default:
-    from the device). ``fullscreen``: full screen, else maximised."""
+    the room; its "All controls" button docks the full widget; if that widget is docked already the panel is
+    tabbed with it), label the canvas synthetic and apply ``preset`` (see :func:`choose_preset`; default: from
+    the device). ``fullscreen``: full screen, else maximised. Returns the :class:`DemoSession`."""
     from ._sample_data import demo_model, new_demo_canvas, notify_no_model
     from .widgets.canvas_controller import open_canvas
     from .widgets.demo_panel import DemoPanel
