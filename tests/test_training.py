@@ -129,3 +129,19 @@ def test_decoder_finetune_keeps_the_encoder_and_its_latents(tmp_path):
         assert "texture" in next(csv.DictReader(f))
     with pytest.raises(ValueError, match="--init-from"):
         train_autoencoder(patches, patches[:1], tmp_path / "x", TrainConfig(steps=1), freeze_encoder=True, **kwargs)
+
+
+def test_standardised_latents_have_the_target_spread_and_decode_the_same(tmp_path):
+    """--latent-std: the image model's latents get per-channel mean 0 / the target std; pixels are unchanged."""
+    patches = [Patch(f"p{i}", np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                     np.zeros((32, 32), np.int64)) for i in range(4)]
+    net = train_autoencoder(patches, patches[:1], tmp_path / "run", TrainConfig(steps=2, sample_every=99), batch=2,
+                            crop=16, widths=(8, 8, 8), latent_std=0.3, progress=False)
+    loaded = CompactAutoencoder.load(tmp_path / "run" / "standardised.safetensors")
+    raw = CompactAutoencoder.load(tmp_path / "run" / "ema.safetensors")
+    images = torch.stack([torch.from_numpy(p.image.copy()).permute(2, 0, 1).float() / 255 for p in patches])
+    z = loaded.encode(images)
+    assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(z.std((0, 2, 3), unbiased=False), torch.full((4,), 0.3), rtol=1e-3)
+    assert torch.allclose(loaded.decode(z), raw.decode(raw.encode(images)), atol=1e-5)
+    assert loaded.config == net.config and loaded.config["latent_target"] == 0.3

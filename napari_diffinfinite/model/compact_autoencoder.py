@@ -38,11 +38,25 @@ class CompactAutoencoder(nn.Module):
 
     downsampling = 8
 
-    def __init__(self, latent_channels: int = 4, widths=(32, 64, 96), blocks=(1, 1, 2)):
+    def __init__(self, latent_channels: int = 4, widths=(32, 64, 96), blocks=(1, 1, 2), latent_mean=None,
+                 latent_std=None, latent_target=None):
         super().__init__()
         self.config = dict(latent_channels=latent_channels, widths=list(widths), blocks=list(blocks))
         self.latent_channels = latent_channels
         self.latent_scale = 1.0
+        # Optional per-channel standardisation of the latents the diffusion model sees (mean 0, std
+        # ``latent_target``). Raw latents have a std of ~0.1, so at most noise levels a small denoiser sees
+        # almost pure noise and forms detail only in the last few steps; standardising moves that work back
+        # into the schedule. The weights do not change; the statistics live in the config.
+        self._norm = None
+        if latent_target is not None:
+            if latent_mean is None or latent_std is None or len(latent_mean) != latent_channels or len(
+                    latent_std) != latent_channels:
+                raise ValueError("latent normalisation needs latent_mean and latent_std, one per latent channel")
+            self.config.update(latent_mean=[float(v) for v in latent_mean],
+                               latent_std=[float(v) for v in latent_std], latent_target=float(latent_target))
+            self._norm = (torch.tensor(latent_mean).view(1, -1, 1, 1),
+                          torch.tensor(latent_std).view(1, -1, 1, 1) / float(latent_target))
         w1, w2, w3 = widths
         b1, b2, b3 = blocks
         self.encoder = nn.Sequential(
@@ -84,11 +98,28 @@ class CompactAutoencoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encode_raw(images.to(self.device, self.dtype))
+        """The diffusion model's latents (standardised when the config says so)."""
+        z = self.encode_raw(images.to(self.device, self.dtype))
+        if self._norm is not None:
+            mean, scale = (t.to(z.device, z.dtype) for t in self._norm)
+            z = (z - mean) / scale
+        return z
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decode_raw(latents.to(self.device, self.dtype)).clamp(0, 1)
+        z = latents.to(self.device, self.dtype)
+        if self._norm is not None:
+            mean, scale = (t.to(z.device, z.dtype) for t in self._norm)
+            z = z * scale + mean
+        return self.decode_raw(z).clamp(0, 1)
+
+    def standardised(self, latent_mean, latent_std, latent_target: float) -> "CompactAutoencoder":
+        """A copy (same weights) whose :meth:`encode` gives per-channel standardised latents."""
+        base = {k: self.config[k] for k in ("latent_channels", "widths", "blocks")}
+        net = CompactAutoencoder(**base, latent_mean=latent_mean, latent_std=latent_std,
+                                 latent_target=latent_target)
+        net.load_state_dict(self.state_dict())
+        return net.eval().to(self.device)
 
     # weights --------------------------------------------------------------------------------------------
     def save(self, path) -> None:

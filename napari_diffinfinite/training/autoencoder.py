@@ -72,6 +72,7 @@ def train_autoencoder(
     fourier_weight: float = 0.1,
     latent_weight: float = 1e-2,
     texture_weight: float = 0.0,
+    latent_std: float | None = None,
     init_from: Path | None = None,
     freeze_encoder: bool = False,
     progress: bool = True,
@@ -81,6 +82,8 @@ def train_autoencoder(
     ``init_from`` starts from trained weights (their config wins over ``latent_channels``/``widths``);
     with ``freeze_encoder`` only the decoder learns, so the latents - and any image model trained on
     them - stay valid while the decoder is sharpened (``texture_weight``, :func:`local_texture_l1`).
+    ``latent_std``: when training is done, also write ``standardised.safetensors``: the EMA network whose
+    latents have per-channel mean 0 and this std on the training patches (what image models train on).
     """
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -121,4 +124,25 @@ def train_autoencoder(
         save_grid([view, recon], path)
 
     trainer.run(loss_fn, sample_fn, progress=progress)
-    return trainer.ema
+    if latent_std is None:
+        return trainer.ema
+    mean, std = latent_statistics(trainer.ema, train)
+    net = trainer.ema.standardised(mean, std, latent_std)
+    net.save(Path(out) / "standardised.safetensors")
+    return net
+
+
+@torch.no_grad()
+def latent_statistics(ae: CompactAutoencoder, patches: list[Patch]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the raw latents of whole ``patches``."""
+    total = total_sq = None
+    count = 0
+    for p in patches:
+        image = torch.from_numpy(p.image.copy()).permute(2, 0, 1).float()[None] / 255
+        z = ae.encode_raw(image.to(ae.device, ae.dtype)).double()
+        s, sq = z.sum((0, 2, 3)), (z**2).sum((0, 2, 3))
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        count += z.shape[0] * z.shape[2] * z.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp(min=1e-12).sqrt()
+    return mean.tolist(), std.tolist()
