@@ -28,6 +28,7 @@ from .model import (
     load_diffinfinite_checkpoint,
     select_device,
 )
+from .model.device import for_inference
 from .sampling.blocks import block_seed, generate_latents
 from .sampling.decode import decode_full
 from .sampling.masks import (
@@ -132,10 +133,10 @@ def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=N
     if ae_meta.get("type") != "compact":
         raise ValueError(f"{manifest}: unsupported autoencoder type {ae_meta.get('type')!r}")
     autoencoder = CompactAutoencoder.load(folder / ae_meta["file"], device=device)
-    image = load_diffinfinite_checkpoint(folder / meta["image"]["file"], "image").to(device)
+    image = for_inference(load_diffinfinite_checkpoint(folder / meta["image"]["file"], "image"), device)
     mask_unet = codec = None
     if meta.get("mask"):
-        mask_unet = load_diffinfinite_checkpoint(folder / meta["mask"]["file"], "mask").to(device)
+        mask_unet = for_inference(load_diffinfinite_checkpoint(folder / meta["mask"]["file"], "mask"), device)
         c = meta["mask"]["codec"]
         codec = SimplexMaskCodec(c["num_labels"], c["cells_per_latent"])
     return DiffInfiniteModel(
@@ -152,11 +153,11 @@ def _load_released(image_checkpoint, mask_checkpoint, num_classes, vae, allow_do
 
     if image_checkpoint is None:
         raise ValueError("the released DiffInfinite model needs image_checkpoint (image_gen*/model-10.pt)")
-    image = load_diffinfinite_checkpoint(image_checkpoint, "image", num_classes=num_classes).to(device)
+    image = for_inference(load_diffinfinite_checkpoint(image_checkpoint, "image", num_classes=num_classes), device)
     autoencoder = SD2VAE.from_pretrained(vae, allow_download=allow_download, device=device)
     mask_unet = codec = None
     if mask_checkpoint is not None:
-        mask_unet = load_diffinfinite_checkpoint(mask_checkpoint, "mask").to(device)
+        mask_unet = for_inference(load_diffinfinite_checkpoint(mask_checkpoint, "mask"), device)
         codec = SD2MaskCodec(autoencoder, image.num_classes)
     return DiffInfiniteModel(
         name=f"diffinfinite-{image.num_classes}", image_unet=image, autoencoder=autoencoder, mask_unet=mask_unet,

@@ -1,0 +1,85 @@
+"""The shipped embedded model: it loads offline from the package, fits its size budget, makes H&E-coloured tissue
+that follows the painted classes, and joins a block to fixed context without a seam (issues 3 and 4).
+
+These run the real trained networks (no stand-ins), so they are the product's end-to-end check on CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_diffinfinite._resources import resource_path
+from napari_diffinfinite.evaluation import image_lab_mean
+from napari_diffinfinite.generation import generate, load_model
+from napari_diffinfinite.sampling.seams import seam_ratio
+
+SAMPLE_MASKS = sorted((Path(__file__).parent / "fixtures" / "sample_masks").glob("*_mask.png"))
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_model("embedded", device="cpu")
+
+
+def mirrored_mask(index: int = 3) -> np.ndarray:
+    """512 x 1024 px of real sample labels (stroma + unlabelled) that run on smoothly across x = 512."""
+    with Image.open(SAMPLE_MASKS[index]) as im:
+        mask = np.asarray(im).astype(np.int64)
+    return np.concatenate([mask, mask[:, ::-1]], axis=1)
+
+
+def test_embedded_model_ships_within_budget(embedded):
+    folder = resource_path("models", "embedded")
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    assert size <= 40 * 2**20, f"embedded weights are {size / 2**20:.1f} MiB (budget 40 MB)"
+    assert {"autoencoder.safetensors", "image.safetensors", "mask.safetensors", "model.json"} <= {
+        p.name for p in folder.iterdir()}
+    assert embedded.default_steps >= 25 and embedded.default_omega == 3.0
+
+
+def sample_mask(i: int) -> np.ndarray:
+    with Image.open(SAMPLE_MASKS[i]) as im:
+        return np.asarray(im).astype(np.int64)
+
+
+@pytest.mark.parametrize("index", [3, 5])  # unlabelled + stroma, unlabelled + carcinoma
+def test_tissue_on_real_masks_is_h_and_e_coloured(embedded, index):
+    image = generate(embedded, mask=sample_mask(index), steps=25, seed=0).image
+    lightness, a, b = image_lab_mean(image)
+    assert lightness < 90 and a > 5 and b < 5, (
+        f"not H&E-like (expected pink-purple tissue: L* < 90, a* > 5, b* < 5): L*={lightness:.1f} a*={a:.1f} b*={b:.1f}")
+
+
+def test_classes_give_different_tissue(embedded):
+    """Necrosis (2) is pink tissue, "Others" (4) is mostly empty space in this data: far apart in Lab."""
+    means = {label: image_lab_mean(generate(embedded, mask=np.full((256, 256), label), steps=25, seed=0).image)
+             for label in (2, 4)}
+    distance = float(np.linalg.norm(means[2] - means[4]))
+    assert distance > 15, f"classes 2 and 4 give nearly the same colour (Delta E {distance:.1f})"
+
+
+def test_a_block_joins_fixed_context_and_keeps_it(embedded):
+    """Two 512-px blocks (block=64 latents): the second is sampled beside the first as fixed context. The first
+    is untouched, and the join is far smoother than two blocks generated without context."""
+    mask = mirrored_mask()
+    joined = generate(embedded, mask=mask, steps=25, seed=3, block=64)
+    # the first block is context: generating it alone gives the same pixels away from the decoder's reach
+    alone = generate(embedded, mask=mask[:, :512], steps=25, seed=3, block=64)
+    reach = embedded.autoencoder.decoder_margin * embedded.downsampling
+    assert np.array_equal(alone.image[:, : 512 - reach], joined.image[:, : 512 - reach])
+    right = generate(embedded, mask=mask[:, 512:], steps=25, seed=4, block=64).image
+    independent = seam_ratio(np.concatenate([alone.image, right], axis=1), tile=512)
+    ratio = seam_ratio(joined.image, tile=512)
+    assert ratio < independent / 3, f"context join {ratio:.2f} vs without context {independent:.2f}"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3 target not met by the embedded model: the context join measures "
+                   "1.43 on this mask (one-block generation of the same mask: 1.16); see the closing note")
+def test_context_join_meets_the_seam_target(embedded):
+    ratio = seam_ratio(generate(embedded, mask=mirrored_mask(), steps=25, seed=3, block=64).image, tile=512)
+    assert ratio <= 1.10, f"seam ratio across the context join {ratio:.3f}"
