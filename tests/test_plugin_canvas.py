@@ -248,9 +248,10 @@ def test_bad_inputs_give_notifications_not_tracebacks(viewer, tiny, tiny_model_d
     from napari_diffinfinite import generation
 
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
-    # the embedded model is missing (it is still being trained): a notification, the widget keeps working
+    # an installation without the embedded model: a notification, the widget keeps working
     monkeypatch.delenv(canvas_models.MODEL_ENV, raising=False)
     monkeypatch.setattr(generation, "_embedded_dir", lambda: tmp_path / "no-embedded-model")
+    canvas_models.clear_cache()  # an earlier test may have loaded the real embedded model
     widget.model.value = "embedded"
     widget.load_selected_model()
     qtbot.waitUntil(lambda: widget.model_state == "error", timeout=5000)
