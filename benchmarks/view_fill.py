@@ -52,7 +52,11 @@ def main(argv=None) -> int:
 
     t_open = time.perf_counter()
     viewer.open_sample("napari-diffinfinite", "demo_canvas")
-    ctrl = controller_for(viewer)
+    ctrl = None
+    while time.perf_counter() - t_open < 30 and (ctrl is None or ctrl.scheduler is None):
+        app.processEvents()
+        time.sleep(0.005)
+        ctrl = controller_for(viewer)
     assert ctrl is not None and ctrl.scheduler is not None, "the demo canvas did not start generating"
     landed = []
     ctrl.tile_landed.connect(lambda _k: landed.append(time.perf_counter() - t_open))
