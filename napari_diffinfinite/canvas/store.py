@@ -759,21 +759,15 @@ class CanvasStore:
         return [self.tissue_dask(level) for level in range(self.grid.levels)]
 
 
-class TissueLevel:
-    """One pyramid level of a :class:`CanvasStore` as a read-only array-like ``(h, w, 3)`` uint8.
+class RGBLevelArray:
+    """The array protocol napari's multiscale image layers read from a level: ``(h, w, 3)`` uint8 of ``shape``.
 
-    Indexing with ints and slices (any step) reads the bounding rectangle once with
-    :meth:`CanvasStore.read_tissue` (placeholders where tiles are missing; never a model). napari takes a
-    list of these as multiscale data; ``np.asarray(level)`` reads it whole (only sensible for coarse levels).
+    Subclasses set ``shape`` and implement ``__getitem__``.
     """
 
     dtype = np.dtype(np.uint8)
     ndim = 3
-
-    def __init__(self, store: CanvasStore, level: int):
-        self.store = store
-        self.level = level
-        self.shape = (*store.grid.level_shape(level), 3)
+    shape: tuple[int, int, int]
 
     @property
     def size(self) -> int:
@@ -785,6 +779,20 @@ class TissueLevel:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+
+class TissueLevel(RGBLevelArray):
+    """One pyramid level of a :class:`CanvasStore` as a read-only array-like ``(h, w, 3)`` uint8.
+
+    Indexing with ints and slices (any step) reads the bounding rectangle once with
+    :meth:`CanvasStore.read_tissue` (placeholders where tiles are missing; never a model). napari takes a
+    list of these as multiscale data; ``np.asarray(level)`` reads it whole (only sensible for coarse levels).
+    """
+
+    def __init__(self, store: CanvasStore, level: int):
+        self.store = store
+        self.level = level
+        self.shape = (*store.grid.level_shape(level), 3)
 
     def __repr__(self) -> str:
         return f"TissueLevel(level={self.level}, shape={self.shape})"

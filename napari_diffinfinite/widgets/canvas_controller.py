@@ -45,7 +45,7 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..canvas.grid import Rect, TileKey, as_rect
-from ..canvas.store import STATUS_EMPTY, STATUS_PIXELS, CanvasLockedError, CanvasStore
+from ..canvas.store import STATUS_EMPTY, STATUS_PIXELS, CanvasLockedError, CanvasStore, RGBLevelArray
 from .canvas_layers import (
     META_KEY,
     canvas_meta,
@@ -149,7 +149,7 @@ def _plain_rect(key, shape) -> Rect | None:
     return Rect(y0, y1, x0, x1) if y1 > y0 and x1 > x0 else None
 
 
-class PrefetchLevel:
+class PrefetchLevel(RGBLevelArray):
     """A tissue pyramid level for napari (``(h, w, 3)`` uint8 array-like) with a copy of the region around the
     view read ahead on another thread.
 
@@ -160,9 +160,6 @@ class PrefetchLevel:
     whenever tiles land in it (:meth:`CanvasController._on_tile_landed`), so it is never older than the
     last refresh.
     """
-
-    dtype = np.dtype(np.uint8)
-    ndim = 3
 
     def __init__(self, level, margin: float = 0.75, max_side: int = 6144):
         self.level = level
@@ -175,17 +172,6 @@ class PrefetchLevel:
         self.misses = 0
         self._region: tuple[Rect, np.ndarray] | None = None
         self._lock = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __repr__(self) -> str:
         return f"PrefetchLevel({self.level!r})"
