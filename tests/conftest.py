@@ -74,3 +74,40 @@ def write_tiny_model(folder: Path, *, contexts=("adenocarcinoma",)) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def tiny(tiny_model_dir, monkeypatch):
+    """The tiny model, also what the plugin loads (``DIFFINFINITE_MODEL``). Test modules that need the model
+    without the plugin define their own ``tiny``."""
+    from napari_diffinfinite.widgets import canvas_models
+
+    monkeypatch.setenv(canvas_models.MODEL_ENV, str(tiny_model_dir))
+    return canvas_models.get_model(str(tiny_model_dir))
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    """A napari viewer; canvas controllers left open by the test are closed after it."""
+    from napari_diffinfinite.widgets.canvas_controller import close_all_controllers
+
+    v = make_napari_viewer()
+    yield v
+    close_all_controllers()
+
+
+@pytest.fixture
+def napari_app_calls(make_napari_viewer, monkeypatch):
+    """``napari.Viewer`` made by ``make_napari_viewer`` and ``napari.run`` recorded instead of blocking, so a CLI
+    command that opens napari can be driven by a test. Returns the lists (viewers, runs)."""
+    import napari
+
+    viewers, runs = [], []
+
+    def viewer_factory(**kwargs):
+        viewers.append(make_napari_viewer(**kwargs))
+        return viewers[-1]
+
+    monkeypatch.setattr(napari, "Viewer", viewer_factory)
+    monkeypatch.setattr(napari, "run", lambda *a, **k: runs.append(True))
+    return viewers, runs

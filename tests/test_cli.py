@@ -38,21 +38,12 @@ def test_python_dash_m_runs_the_cli():
     assert proc.stdout.strip() == f"diffinfinite {napari_diffinfinite.__version__}"
 
 
-def test_demo_opens_demo_mode_with_the_widget_one_click_away(make_napari_viewer, monkeypatch):
-    import napari
-
+def test_demo_opens_demo_mode_with_the_widget_one_click_away(napari_app_calls):
     from napari_diffinfinite._widget import DiffInfiniteWidget
     from napari_diffinfinite.demo import DEMO_PANEL_NAME
     from napari_diffinfinite.widgets.canvas_controller import close_all_controllers
 
-    viewers, runs = [], []
-
-    def viewer_factory(**kwargs):
-        viewers.append(make_napari_viewer(**kwargs))
-        return viewers[-1]
-
-    monkeypatch.setattr(napari, "Viewer", viewer_factory)
-    monkeypatch.setattr(napari, "run", lambda *a, **k: runs.append(True))
+    viewers, runs = napari_app_calls
     try:
         assert cli.main(["demo"]) == 0
         (viewer,) = viewers

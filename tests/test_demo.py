@@ -18,21 +18,7 @@ from napari_diffinfinite.demo import (
     choose_preset,
     enter_demo_mode,
 )
-from napari_diffinfinite.widgets import canvas_models
 from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for
-
-
-@pytest.fixture
-def tiny(tiny_model_dir, monkeypatch):
-    monkeypatch.setenv(canvas_models.MODEL_ENV, str(tiny_model_dir))
-    return canvas_models.get_model(str(tiny_model_dir))
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    v = make_napari_viewer()
-    yield v
-    close_all_controllers()
 
 
 def _zoom(viewer) -> float:
@@ -175,17 +161,8 @@ def test_the_panel_buttons_paint_zoom_and_export(viewer, tiny, qtbot):
     qtbot.waitUntil(lambda: widget.labels_layer.value is labels, timeout=3000)
 
 
-def test_demo_command_enters_demo_mode(make_napari_viewer, tiny, monkeypatch):
-    import napari
-
-    viewers, runs = [], []
-
-    def viewer_factory(**kwargs):
-        viewers.append(make_napari_viewer(**kwargs))
-        return viewers[-1]
-
-    monkeypatch.setattr(napari, "Viewer", viewer_factory)
-    monkeypatch.setattr(napari, "run", lambda *a, **k: runs.append(True))
+def test_demo_command_enters_demo_mode(napari_app_calls, tiny):
+    viewers, runs = napari_app_calls
     try:
         assert cli.main(["demo", "--preset", "gpu"]) == 0
         (viewer,) = viewers

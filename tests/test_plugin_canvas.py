@@ -20,19 +20,6 @@ SMALL = (4096, 4096)  # 8 x 8 tiles; the latent canvas (512 x 512) fits one Labe
 
 
 @pytest.fixture
-def tiny(tiny_model_dir, monkeypatch):
-    monkeypatch.setenv(canvas_models.MODEL_ENV, str(tiny_model_dir))
-    return canvas_models.get_model(str(tiny_model_dir))
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    v = make_napari_viewer()
-    yield v
-    close_all_controllers()
-
-
-@pytest.fixture
 def notes():
     """Messages of the napari notifications shown during the test."""
     from napari.utils.notifications import notification_manager

@@ -8,7 +8,6 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from napari_diffinfinite import DISCLAIMER
 from napari_diffinfinite._widget import GENERATE_TOOLTIP, MAX_SEED, DiffInfiniteWidget
@@ -16,11 +15,6 @@ from napari_diffinfinite.classes import FIVE_CLASSES, TEN_CLASSES
 
 PLUGIN = "napari-diffinfinite"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "napari_diffinfinite"
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
 
 
 def _open_demo(viewer):
