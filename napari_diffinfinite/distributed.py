@@ -185,6 +185,15 @@ def _register(client: Client, ref: ModelRef) -> None:
         raise
 
 
+def _result_or_raise(fut, what: str, retries: int):
+    """A finished future's result, or its exception with a note naming the task (dask retried it already)."""
+    if fut.status != "finished":
+        exc = fut.exception()
+        exc.add_note(f"diffinfinite: {what} failed (after {retries} retries)")
+        raise exc
+    return fut.result()
+
+
 def _worker_name() -> str:
     try:
         return str(get_worker().name)
@@ -790,11 +799,7 @@ def generate_canvas(
                 continue
             kind, k = entry
             futures.pop(fut.key, None)
-            if fut.status != "finished":
-                exc = fut.exception()
-                exc.add_note(f"diffinfinite: the {kind} task of block {k} failed (after {retries} retries)")
-                raise exc
-            res = fut.result()
+            res = _result_or_raise(fut, f"the {kind} task of block {k}", retries)
             # drop the last reference now: a held future whose worker dies is recomputed, and the coordinator
             # may wait a long time for the next completion
             del fut
@@ -938,11 +943,7 @@ def generate_batch(
         del futures  # held futures whose worker dies are recomputed: keep only the unfinished ones
         for fut in ac:
             pending.pop(fut.key, None)
-            if fut.status != "finished":
-                exc = fut.exception()
-                exc.add_note(f"diffinfinite: image task {fut.key} failed (after {retries} retries)")
-                raise exc
-            res = fut.result()
+            res = _result_or_raise(fut, f"image task {fut.key}", retries)
             del fut
             images.append(res)
             workers.add(res["worker"])
