@@ -142,6 +142,26 @@ def test_condition_dropout_zeroes_masks_at_its_rate(patches, autoencoder_file):
     assert image_batch(cache, 64, 4, 1.0, torch.Generator().manual_seed(2)).masks.eq(0).all()
 
 
+def test_per_label_batches_keep_one_label_of_each_crop_as_the_sampler_feeds_it(autoencoder_file):
+    ae = CompactAutoencoder.load(autoencoder_file)
+    mixed = [sample_patch(i, 64) for i in (21, 27, 47)]  # carcinoma with necrosis / stroma / both
+    assert all(len(set(np.unique(p.mask).tolist()) - {0}) >= 2 for p in mixed)
+    cache = encode_patches(mixed, ae, num_classes=5)
+    b = image_batch(cache, 400, 8, 0.0, torch.Generator().manual_seed(3), per_label=True)
+    chosen = {}
+    for m, i, k in zip(b.masks[:, 0], b.index.tolist(), b.transform.tolist()):
+        full = cache.masks[i][k]
+        present = set(torch.unique(m).tolist()) - {0}
+        assert len(present) == 1  # one label per sample
+        (label,) = present
+        assert torch.equal(m, (full == label) * label)  # exactly the sampler's row for that label
+        chosen.setdefault(i, set()).add(label)
+    for i, labels in chosen.items():  # over 400 draws every label of a patch gets picked
+        assert labels == set(torch.cat([m.flatten() for m in cache.masks[i]]).tolist()) - {0}
+    plain = image_batch(cache, 400, 8, 0.0, torch.Generator().manual_seed(3))
+    assert any(len(set(torch.unique(m).tolist()) - {0}) >= 2 for m in plain.masks)  # the reference's mixed masks
+
+
 # ================================================================================ mask model
 @pytest.fixture(scope="module")
 def mask_patches() -> list[Patch]:

@@ -172,14 +172,33 @@ class ImageBatch:
 
 
 def image_batch(
-    cache: LatentCache, batch: int, crop: int, cond_drop: float, generator: torch.Generator
+    cache: LatentCache, batch: int, crop: int, cond_drop: float, generator: torch.Generator,
+    per_label: bool = False,
 ) -> ImageBatch:
-    """Random latent crops with their masks; each sample's mask is zeroed with probability ``cond_drop``."""
+    """Random latent crops with their masks; each sample's mask is zeroed with probability ``cond_drop``.
+
+    ``per_label``: keep one label per sample, drawn uniformly from the labels > 0 in its crop, as
+    ``(mask == label) * label``. That is exactly the row the multi-label sampler feeds the network for that
+    label; the reference's mixed masks (class = the largest label present) teach a small network "largest label
+    in the neighbourhood" rather than "this pixel's class".
+    """
     (latents, masks), idx, ks = random_crops((cache.latents, cache.masks), batch, crop, generator)
     masks = masks[:, None]
     dropped = torch.rand(batch, generator=generator) < cond_drop
+    if per_label:
+        masks = torch.stack([_one_label(m, generator) for m in masks])
     masks = torch.where(dropped[:, None, None, None], torch.zeros_like(masks), masks)
     return ImageBatch(latents, masks, dropped, idx, ks)
+
+
+def _one_label(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``mask`` reduced to one of its labels > 0, drawn uniformly (an all-zero mask stays as it is)."""
+    labels = torch.unique(mask)
+    labels = labels[labels > 0]
+    if not len(labels):
+        return mask
+    label = labels[torch.randint(len(labels), (1,), generator=generator)]
+    return (mask == label) * label
 
 
 def _check_crop(cache: LatentCache, crop: int, multiple: int, what: str = "crop_latents") -> None:
@@ -248,6 +267,7 @@ def train_image_model(
     crop_latents: int = 32,
     cond_drop: float = 0.2,
     loss: str = "l1",
+    per_label: bool = False,
     omega: float = 3.0,
     sample_steps: int = 20,
     sample_count: int = 4,
@@ -260,6 +280,7 @@ def train_image_model(
     ``block_per_layer``, ``dropout``); ``channels`` is taken from the autoencoder. The run's
     ``ema.safetensors`` loads with ``load_diffinfinite_checkpoint(path, "image")``; its metadata also records
     the autoencoder (config and sha256), and a run refuses to resume on another autoencoder.
+    ``per_label``: condition each sample on one of its labels (see :func:`image_batch`).
     The sample grid shows, for up to ``sample_count`` held-out patches: real | mask | generated (guidance
     ``omega``, ``sample_steps`` DDIM steps, on the held-out mask).
     """
@@ -284,7 +305,8 @@ def train_image_model(
     }
     _check_resume(out, metadata, "diffinfinite.autoencoder", "autoencoder")
     config.extra = {**config.extra, "kind": "image", "autoencoder": str(ae_path), "batch": batch,
-                    "crop_latents": crop_latents, "cond_drop": cond_drop, "loss": loss}
+                    "crop_latents": crop_latents, "cond_drop": cond_drop, "loss": loss,
+                    "per_label": per_label}
     trainer = Trainer(net, Path(out), config, metadata)
     move_optimizer_state(trainer, device)
 
@@ -298,7 +320,7 @@ def train_image_model(
 
     def loss_fn(model: ImageUnet):
         g = step_generator(config.seed, trainer.step)
-        b = image_batch(cache, batch, crop_latents, cond_drop, g)
+        b = image_batch(cache, batch, crop_latents, cond_drop, g, per_label)
         t = torch.randint(0, schedule.timesteps, (batch,), generator=g)
         noise = torch.randn(b.latents.shape, generator=g)
         x_t = q_sample(schedule, b.latents, t, noise)
