@@ -209,13 +209,14 @@ def generate_mask(model: DiffInfiniteModel, size: tuple[int, int], *, context="a
 @torch.no_grad()
 def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | None = None, mask_scale: int | None = None,
              context="adenocarcinoma", omega: float | None = None, steps: int | None = None, seed: int = 0,
-             mode: str = "batched", block: int = 512, halo: int = 16, max_batch: int = 64,
-             progress: Progress | None = None, cancel=None) -> GenerationResult:
+             mode: str = "batched", block: int = 512, halo: int = 16, window: int | None = None,
+             max_batch: int = 64, progress: Progress | None = None, cancel=None) -> GenerationResult:
     """Synthetic H&E for a painted mask (``mask``, label ids, at image resolution or coarser by ``mask_scale``)
     or, without a mask, for a mask generated for ``context`` at ``size`` (H, W) pixels.
 
     The canvas is sampled in blocks of ``block`` latents (one block up to 4096 px) with per-block seeds, then
-    decoded seamlessly. Returns the image (H, W, 3) uint8 and the mask (H, W).
+    decoded seamlessly. ``window``: the sampling window in latents (default: the model's training window).
+    Returns the image (H, W, 3) uint8 and the mask (H, W).
     """
     timings = {}
     t0 = time.perf_counter()
@@ -242,7 +243,7 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     t1 = time.perf_counter()
     latents = generate_latents(
         stepper, (model.image_unet.channels, lh, lw), latent_labels, seed=seed, schedule=stepper.schedule,
-        steps=steps, block=block, halo=halo, window=model.window, mode=mode,
+        steps=steps, block=block, halo=halo, window=window or model.window, mode=mode,
         progress=None if progress is None else (lambda done, total: progress("tissue", done, total)),
         cancel=cancel, stats=stats, device=model.device,
     )
