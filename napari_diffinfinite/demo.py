@@ -42,6 +42,9 @@ WIDGET = "DiffInfinite"
 DEMO_PANEL_NAME = "DiffInfinite demo"
 #: Width (px) of the right dock area in demo mode: the guided panel fits, the canvas keeps the rest.
 PANEL_WIDTH = 380
+#: The painted mask's opacity in demo mode: enough to see which class is where, light enough that the generated
+#: tissue under it reads as tissue (the plugin's 0.45 suits painting, not showing).
+DEMO_MASK_OPACITY = 0.2
 LEFT_WIDTH = 240
 #: Most separate generated areas outlined (beyond that, one outline around them all).
 MAX_OUTLINES = 32
@@ -273,6 +276,7 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
     ctrl = open_canvas(viewer, store=store, model=model, model_spec=spec, camera=(rect.centre, 1.0),
                        start=model is not None, load_model=False,
                        scheduler_options={"max_view_tiles": int(chosen.max_view_tiles)})
+    ctrl.labels_layer.opacity = DEMO_MASK_OPACITY
     session = DemoSession(viewer, ctrl, chosen, mask_rect=tuple(rect), model_error=error)
     session.show_synthetic_overlay()
     ctrl.tile_landed.connect(session.update_synthetic_outlines)

@@ -10,6 +10,7 @@ import torch
 
 from napari_diffinfinite import cli
 from napari_diffinfinite.demo import (
+    DEMO_MASK_OPACITY,
     DEMO_PANEL_NAME,
     OVERLAY_TEXT,
     PRESETS,
@@ -19,6 +20,7 @@ from napari_diffinfinite.demo import (
     enter_demo_mode,
 )
 from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for
+from napari_diffinfinite.widgets.canvas_layers import labels_layer_kwargs
 
 
 def _zoom(viewer) -> float:
@@ -66,6 +68,9 @@ def test_demo_mode_opens_generating_with_the_cpu_preset_and_labelled_synthetic(v
     assert list(viewer.window.dock_widgets) == [DEMO_PANEL_NAME]
     assert viewer.window.dock_widgets[DEMO_PANEL_NAME] is session.panel
     assert viewer.layers.selection.active is ctrl.labels_layer
+    # the mask is light enough to show the tissue under it, unlike the painting default
+    assert ctrl.labels_layer.opacity == pytest.approx(DEMO_MASK_OPACITY)
+    assert DEMO_MASK_OPACITY < labels_layer_kwargs(ctrl.store, (0, 0))["opacity"]
     assert "not for diagnosis" in session.panel.disclaimer.value
     assert "Synthetic" in session.panel.disclaimer.value
     assert session.panel.preset.value.startswith("Preset: cpu - 3 steps")
