@@ -75,11 +75,12 @@ def test_a_block_joins_fixed_context_and_keeps_it(embedded):
     right = generate(embedded, mask=mask[:, 512:], steps=25, seed=4, block=64).image
     independent = seam_ratio(np.concatenate([alone.image, right], axis=1), tile=512)
     ratio = seam_ratio(joined.image, tile=512)
-    assert ratio < independent / 3, f"context join {ratio:.2f} vs without context {independent:.2f}"
+    # the seam's excess over a seamless 1.0 is under a third of the excess without context
+    assert ratio - 1 < (independent - 1) / 3, f"context join {ratio:.2f} vs without context {independent:.2f}"
 
 
 @pytest.mark.xfail(strict=True, reason="issue 3 target not met by the embedded model: the context join measures "
-                   "1.43 on this mask (one-block generation of the same mask: 1.16); see the closing note")
+                   "1.25 on this mask (one-block generation of the same mask: 1.21); see the closing note")
 def test_context_join_meets_the_seam_target(embedded):
     ratio = seam_ratio(generate(embedded, mask=mirrored_mask(), steps=25, seed=3, block=64).image, tile=512)
     assert ratio <= 1.10, f"seam ratio across the context join {ratio:.3f}"
