@@ -122,6 +122,19 @@ def new_demo_canvas(model=None, spec=None, *, settings: dict | None = None):
     return store, rect, canvas_layer_data(store, centre_px=rect.centre)
 
 
+def start_generating(store, model, rect, **scheduler_options):
+    """Start generating the tiles around the centre of ``rect`` now, while napari builds the layers (seconds on
+    a small CPU); the canvas controller adopts the scheduler. None without a model or a Qt application (then
+    nobody would show or stop it)."""
+    from qtpy.QtWidgets import QApplication
+
+    if model is None or QApplication.instance() is None:
+        return None
+    from .canvas.scheduler import EarlyStart
+
+    return EarlyStart(store, model, centre_px=rect.centre, **scheduler_options)
+
+
 def demo_canvas() -> list[tuple]:
     """LayerData of a new demo canvas (tissue pyramid + mask window). In napari the canvas is then opened at 1:1
     zoom centred on the mask and generation starts (the model: ``$DIFFINFINITE_MODEL`` or the embedded one).
@@ -130,8 +143,9 @@ def demo_canvas() -> list[tuple]:
 
     model, spec, error = demo_model()
     store, rect, layers = new_demo_canvas(model, spec)
+    early = start_generating(store, model, rect)
     schedule_attach(store.root, store=store, model=model, model_spec=spec, camera=(rect.centre, 1.0),
-                    start=model is not None, load_model=False)
+                    start=model is not None, load_model=False, early=early)
     if error is not None:
         notify_no_model(error)
     return layers

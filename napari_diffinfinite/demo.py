@@ -260,7 +260,7 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
     the room; its "All controls" button docks the full widget; if that widget is docked already the panel is
     tabbed with it), label the canvas synthetic and apply ``preset`` (see :func:`choose_preset`; default: from
     the device). ``fullscreen``: full screen, else maximised. Returns the :class:`DemoSession`."""
-    from ._sample_data import demo_model, new_demo_canvas, notify_no_model
+    from ._sample_data import demo_model, new_demo_canvas, notify_no_model, start_generating
     from .widgets.canvas_controller import open_canvas
     from .widgets.demo_panel import DemoPanel
 
@@ -271,11 +271,12 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
     if model is not None:
         settings = {"steps": chosen.steps_for(model), "omega": chosen.omega_for(model)}
     store, rect, layers = new_demo_canvas(model, spec, settings=settings)
+    options = {"max_view_tiles": int(chosen.max_view_tiles)}
+    early = start_generating(store, model, rect, **options)
     for data, kwargs, kind in layers:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     ctrl = open_canvas(viewer, store=store, model=model, model_spec=spec, camera=(rect.centre, 1.0),
-                       start=model is not None, load_model=False,
-                       scheduler_options={"max_view_tiles": int(chosen.max_view_tiles)})
+                       start=model is not None, load_model=False, early=early, scheduler_options=options)
     ctrl.labels_layer.opacity = DEMO_MASK_OPACITY
     session = DemoSession(viewer, ctrl, chosen, mask_rect=tuple(rect), model_error=error)
     session.show_synthetic_overlay()

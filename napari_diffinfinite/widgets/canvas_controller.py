@@ -72,6 +72,8 @@ from .canvas_view import (
 if TYPE_CHECKING:
     import napari
 
+    from ..canvas.scheduler import EarlyStart
+
 __all__ = [
     "MAX_MASK_SIDE",
     "MAX_REROLL_TILES",
@@ -386,18 +388,24 @@ class CanvasController(QObject):
         return Path(self.store.root)
 
     # ------------------------------------------------------------------ model / scheduler
-    def set_model(self, model, spec: ModelSpec | None = None) -> None:
+    def set_model(self, model, spec: ModelSpec | None = None, *, early: EarlyStart | None = None) -> None:
         """Generate with ``model`` from now on (a new scheduler; the running tile of the old one is abandoned).
+        ``early``: adopt this scheduler, already generating ``model`` on this canvas, instead of a new one.
         Raises ``ValueError`` when the model cannot continue this canvas (other latent channels, fewer classes,
         another model while tiles exist) and ``PermissionError`` for a read-only canvas."""
         from ..canvas.scheduler import TileScheduler
 
         if self.read_only:
             raise PermissionError(f"the canvas {self.folder} is open read-only (another program is writing it)")
-        counts = self.store.status_counts()
-        untouched = counts[STATUS_EMPTY] == sum(counts.values())
-        sched = TileScheduler(self.store, model, on_tile_done=self.tile_landed.emit,
-                              allow_other_model=untouched, **self.scheduler_options)
+        if early is not None:
+            if early.scheduler.store is not self.store or early.scheduler.model is not model:
+                raise ValueError("the early scheduler generates another canvas or model")
+            sched = early.hand_over(self.tile_landed.emit)
+        else:
+            counts = self.store.status_counts()
+            untouched = counts[STATUS_EMPTY] == sum(counts.values())
+            sched = TileScheduler(self.store, model, on_tile_done=self.tile_landed.emit,
+                                  allow_other_model=untouched, **self.scheduler_options)
         sched.add_error_callback(lambda key, exc: self._tile_failed.emit(key, str(exc)))
         old, self.scheduler = self.scheduler, sched
         self.model, self.model_spec = model, spec
@@ -1244,13 +1252,14 @@ def _find_canvas_layers(viewer, folder: Path):
 
 def open_canvas(viewer, folder=None, *, store: CanvasStore | None = None, model=None, model_spec=None,
                 camera: tuple[tuple[float, float], float] | None = None, start: bool = False,
-                load_model: bool = True, **options) -> CanvasController:
+                load_model: bool = True, early: EarlyStart | None = None, **options) -> CanvasController:
     """Show a canvas folder in ``viewer`` and drive it (layers found by their metadata are reused, else added).
 
     The store is opened for writing; if another program holds it, read-only (a notification says so). The
     camera goes to ``camera`` (``(centre_px, zoom)``, zoom in screen px per image px), else to the saved view,
     else to the centre at 1:1. The model is ``model``, else ``model_spec`` (or the canvas's recorded source,
     or the default) loaded in a worker thread; with ``start`` generation starts as soon as it is loaded.
+    ``early``: a scheduler already generating ``model`` on ``store`` (see :class:`EarlyStart`), adopted.
     """
     viewer = _unwrap(viewer)
     if store is None:
@@ -1273,7 +1282,7 @@ def open_canvas(viewer, folder=None, *, store: CanvasStore | None = None, model=
     if store.read_only:
         return ctrl
     if model is not None:
-        ctrl.set_model(model, model_spec)
+        ctrl.set_model(model, model_spec, early=early)
         if start:
             ctrl.start()
     elif load_model:
@@ -1306,20 +1315,21 @@ def schedule_attach(folder, **kwargs) -> None:
         return
 
     def attach():
+        early = kwargs.get("early")
         try:
             import napari
 
             viewer = napari.current_viewer()
-            if viewer is None:
-                return
-            tissue, labels = _find_canvas_layers(viewer, Path(folder))
-            if tissue is None or labels is None:
-                return
-            current = controller_for(viewer)
-            if current is not None and current.tissue_layer is tissue:
+            tissue, labels = (None, None) if viewer is None else _find_canvas_layers(viewer, Path(folder))
+            current = None if viewer is None else controller_for(viewer)
+            if tissue is None or labels is None or (current is not None and current.tissue_layer is tissue):
+                if early is not None:  # nobody will drive the canvas: stop generating it
+                    early.scheduler.stop(timeout=0)
                 return
             open_canvas(viewer, folder, **kwargs)
         except Exception as exc:
+            if early is not None:
+                early.scheduler.stop(timeout=0)
             log.exception("attaching the canvas %s failed", folder)
             notify(f"DiffInfinite: the canvas {folder} is shown but cannot be edited: {exc}", "warning")
 
