@@ -104,8 +104,8 @@ def main(argv=None) -> int:
     for x in np.linspace(view.x0 + view.width * 0.2, view.x0 + view.width * 0.8, 40):
         labels.paint(labels.world_to_data((cy * ctrl.pixel_size, x * ctrl.pixel_size)), 2)
     wait(app, 2.0)
+    wait(app, args.timeout, lambda: idle(ctrl))  # the tiles under the stroke regenerated with context
     save(viewer, app, "demo-paint.png")
-    wait(app, args.timeout, lambda: idle(ctrl))
     # 3. step 3: the pyramid zoomed out to the whole painted mask
     session.panel.overview_button.native.click()
     wait(app, args.timeout, lambda: idle(ctrl))
