@@ -145,3 +145,22 @@ def test_standardised_latents_have_the_target_spread_and_decode_the_same(tmp_pat
     assert torch.allclose(z.std((0, 2, 3), unbiased=False), torch.full((4,), 0.3), rtol=1e-3)
     assert torch.allclose(loaded.decode(z), raw.decode(raw.encode(images)), atol=1e-5)
     assert loaded.config == net.config and loaded.config["latent_target"] == 0.3
+
+
+def test_the_phase_loss_sees_2_px_blocks_and_nothing_else():
+    """A real sample patch against itself made half 2 x 2-blocky (what a pixel-shuffle decoder does when its
+    sub-pixels agree: small steps inside a block, big ones between blocks), against noise and a shift by a whole
+    period (not a pattern, so nearly free)."""
+    import torch.nn.functional as F
+
+    from napari_diffinfinite.training.autoencoder import pixel_phase_l1
+
+    path = sorted((Path(__file__).parents[2] / "shared" / "data" / "diffinfinite-samples" / "patches").glob("*/*.jpg"))[0]
+    with Image.open(path) as im:
+        x = torch.from_numpy(np.asarray(im.convert("RGB"))[:128, :128].copy()).permute(2, 0, 1).float()[None] / 255
+    blocky = 0.5 * x + 0.5 * F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+    assert pixel_phase_l1(x, x) == 0
+    patterned = pixel_phase_l1(blocky, x)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 0.02
+    assert pixel_phase_l1(x + noise, x) < patterned / 3
+    assert pixel_phase_l1(torch.roll(x, 2, dims=-1), x) < patterned / 3

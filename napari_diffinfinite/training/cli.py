@@ -51,6 +51,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="autoencoder: weight of the Fourier-magnitude loss beside L1 (keeps texture sharp)")
     p.add_argument("--texture-weight", type=float, default=0.0,
                    help="autoencoder: weight of the local texture-strength loss (sharper decoder)")
+    p.add_argument("--phase-weight", type=float, default=0.0,
+                   help="autoencoder: weight of the loss against a 2-px (even/odd) pattern in the decoded images")
     p.add_argument("--latent-std", type=float, metavar="STD",
                    help="autoencoder: when done, also write standardised.safetensors whose latents have "
                         "per-channel mean 0 and this std (image models train on it)")
@@ -166,7 +168,8 @@ def run_train(args) -> int:
         if args.what == "autoencoder":
             train_autoencoder(train + unlabelled, held_out, args.out, config, batch=args.batch, crop=args.crop,
                               latent_channels=args.latent_channels, fourier_weight=args.fourier_weight,
-                              texture_weight=args.texture_weight, init_from=args.init_from, latent_std=args.latent_std,
+                              texture_weight=args.texture_weight, phase_weight=args.phase_weight,
+                              init_from=args.init_from, latent_std=args.latent_std,
                               freeze_encoder=args.freeze_encoder)
         elif args.what == "image":
             from .image import train_image_model
