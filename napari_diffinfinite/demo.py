@@ -281,6 +281,7 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
     session = DemoSession(viewer, ctrl, chosen, mask_rect=tuple(rect), model_error=error)
     session.show_synthetic_overlay()
     ctrl.tile_landed.connect(session.update_synthetic_outlines)
+    session.update_synthetic_outlines()  # tiles the early start finished before the connection
     viewer.title = "DiffInfinite demo - synthetic images, not for diagnosis"
 
     old = viewer.window.dock_widgets.get(DEMO_PANEL_NAME)
