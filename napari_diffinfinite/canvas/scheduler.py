@@ -16,7 +16,8 @@ whole-canvas overview never queues millions of full-resolution tiles.
 1. *Latents* (skipped if the tile already has status 1): read the tile's latents plus a ``halo`` (16
    latents) on every side, the labels there, and which neighbours have latents (status >= 1); sample the
    tile with :func:`~napari_diffinfinite.sampling.blocks.generate_block`, the generated neighbours being fixed
-   context, in one window that covers the tile and its halo; the seed is ``block_seed(tile seed, i, j)`` with tile seed = the canvas seed or its re-roll seed.
+   context, in one window that covers the tile and its halo; the seed is ``block_seed(tile seed, i, j)`` with
+   tile seed = the canvas seed or its re-roll seed.
    Write the latents chunk, bump the tile's version, status 1.
 2. *Pixels*: decode the tile with :func:`~napari_diffinfinite.sampling.decode.decode_region` from latents read
    from the store around it (``decoder_margin`` latents for a local decoder, half a tile for the Hann decode).

@@ -1315,7 +1315,7 @@ def schedule_attach(folder, **kwargs) -> None:
         return
 
     def attach():
-        early = kwargs.get("early")
+        attached = False
         try:
             import napari
 
@@ -1323,14 +1323,15 @@ def schedule_attach(folder, **kwargs) -> None:
             tissue, labels = (None, None) if viewer is None else _find_canvas_layers(viewer, Path(folder))
             current = None if viewer is None else controller_for(viewer)
             if tissue is None or labels is None or (current is not None and current.tissue_layer is tissue):
-                if early is not None:  # nobody will drive the canvas: stop generating it
-                    early.scheduler.stop(timeout=0)
                 return
             open_canvas(viewer, folder, **kwargs)
+            attached = True
         except Exception as exc:
-            if early is not None:
-                early.scheduler.stop(timeout=0)
             log.exception("attaching the canvas %s failed", folder)
             notify(f"DiffInfinite: the canvas {folder} is shown but cannot be edited: {exc}", "warning")
+        finally:
+            early = kwargs.get("early")
+            if early is not None and not attached:  # nobody drives the canvas: stop generating it
+                early.scheduler.stop(timeout=0)
 
     QTimer.singleShot(0, attach)
