@@ -522,3 +522,11 @@ def test_hann_decoders_tile_seamlessly_too(tmp_path, tiny_model_dir):
     full = (decode_full(model.autoencoder, lat)[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
     got = store.read_tissue(0, 0, 512, 0, 1024)
     assert np.abs(full.numpy().astype(int) - got.astype(int)).max() <= 1
+
+
+def test_new_canvases_record_the_samplers_lookahead():
+    """The store's default is the sampler's (the store does not import torch, so it keeps its own copy)."""
+    from napari_diffinfinite.canvas.store import DEFAULT_SETTINGS
+    from napari_diffinfinite.sampling.blocks import LOOKAHEAD
+
+    assert DEFAULT_SETTINGS["lookahead"] == LOOKAHEAD

@@ -189,3 +189,62 @@ def test_regenerating_a_block_keeps_everything_else(tiny_net):
                    halo=4, window=16)
     changed = (canvas != before).any(dim=0)
     assert changed[12:, 12:].all() and not changed[:12].any() and not changed[:, :12].any()
+
+
+def test_continue_context_carries_the_miss_on_the_context_into_the_join_only():
+    """The network predicts the context 0.2 too low: next to the join the new latents are lifted by that miss
+    (so they continue the known latents), far from it they stay as predicted, and the context is kept."""
+    from napari_diffinfinite.sampling.context import continue_context
+
+    g = torch.Generator().manual_seed(0)
+    h, w = 16, 32
+    field = torch.linspace(-0.3, 0.3, w).expand(1, 2, h, w).clone()  # one smooth field across the join
+    x_start = field + 0.02 * torch.randn(field.shape, generator=g)
+    known_mask = torch.zeros(1, h, w, dtype=torch.bool)
+    known_mask[:, :, :16] = True
+    known = x_start + 0.2  # the true context: what the network missed by 0.2
+    out = continue_context(x_start, known, known_mask, sigma=2.0)
+    assert torch.equal(out[..., :16], x_start[..., :16])  # context latents come back unchanged
+    lift = (out - x_start).mean(dim=(0, 1, 2))
+    assert 0.7 * 0.2 < float(lift[16]) <= 0.2 + 0.01  # the first new column takes most of the miss
+    assert float(lift[-8:].abs().max()) < 1e-3  # far away (>= 8 latents) nothing changes
+    assert bool((lift[16:-1] >= lift[17:] - 1e-6).all())  # the lift fades with distance
+    step_before = float((x_start[..., 16] - known[..., 15]).mean())  # the offset across the join
+    step_after = float((out[..., 16] - known[..., 15]).mean())
+    assert abs(step_after) < abs(step_before) / 3, (step_before, step_after)
+    # no context anywhere: nothing to carry
+    assert torch.equal(continue_context(x_start, known, torch.zeros_like(known_mask)), x_start)
+
+
+def test_context_region_grows_by_the_halo_on_context_sides_and_by_the_lookahead_elsewhere():
+    from napari_diffinfinite.sampling.blocks import Block, context_region
+
+    done = torch.zeros(64, 64, dtype=torch.bool)
+    block = Block(1, 1, 16, 16, 32, 32)
+    assert context_region(block, done, halo=8, lookahead=0) == (16, 16, 32, 32)
+    assert context_region(block, done, halo=8, lookahead=4) == (12, 12, 36, 36)
+    # the lookahead never leaves the halo (a distributed worker reads only the halo)
+    assert context_region(block, done, halo=8, lookahead=20) == (8, 8, 40, 40)
+    done[:16, 16:32] = True  # the block above is generated: halo there, lookahead on the three other sides
+    assert context_region(block, done, halo=8, lookahead=4) == (8, 12, 36, 36)
+    # the canvas edge bounds both
+    assert context_region(Block(0, 0, 0, 0, 16, 16), torch.zeros(16, 24, dtype=torch.bool), 8, 4) == (0, 0, 16, 20)
+
+
+def test_a_lookahead_is_sampled_and_thrown_away(tiny_net):
+    """With a lookahead the block's latents change (its edge is sampled inside a wider region), everything
+    outside the block stays as it was, and the run is reproducible."""
+    from napari_diffinfinite.sampling.blocks import Block, generate_block
+
+    stepper = ImageStepper(tiny_net, SCHEDULE, cond_scale=4.0)
+    labels = two_class_labels(24, 24)
+    block = Block(0, 0, 0, 0, 12, 12)
+    kwargs = dict(seed=5, schedule=SCHEDULE, steps=3, halo=4, window=16)
+    outs = []
+    for lookahead in (0, 4, 4):
+        canvas = torch.full((4, 24, 24), 7.0)
+        generate_block(stepper, canvas, torch.zeros(24, 24, dtype=torch.bool), labels, block, lookahead=lookahead,
+                       **kwargs)
+        assert bool((canvas[:, 12:] == 7).all()) and bool((canvas[:, :, 12:] == 7).all())
+        outs.append(canvas[:, :12, :12].clone())
+    assert not torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import cosine_schedule
-from ..sampling.blocks import Block, generate_block
+from ..sampling.blocks import LOOKAHEAD, Block, generate_block
 from ..sampling.decode import decode_region, decode_strategy
 from ..sampling.random_patch import Cancelled
 from ..sampling.steppers import ImageStepper
@@ -122,6 +122,7 @@ class TileScheduler:
         self.steps = int(settings.get("steps") or model.default_steps)
         self.omega = float(settings.get("omega", model.default_omega))
         self.halo = int(settings.get("halo", 16))
+        self.lookahead = int(settings.get("lookahead", LOOKAHEAD))
         self.mode = str(settings.get("mode", "batched"))
         # One window over the tile and its context halo: one (tile + 2 halo)^2 forward per step instead of up to
         # 2 x 2 windows of the model's size (1.5x faster per tile with context), and the context steers the whole
@@ -396,7 +397,8 @@ class TileScheduler:
 
         generate_block(
             self.stepper, latents, done, labels if labels.any() else None, block, seed=self.store.tile_seed(key),
-            schedule=self.stepper.schedule, steps=self.steps, halo=self.halo, window=self.window, mode=self.mode,
+            schedule=self.stepper.schedule, steps=self.steps, halo=self.halo, lookahead=self.lookahead,
+            window=self.window, mode=self.mode,
             progress=progress, cancel=lambda: self._should_abort(key, epoch, cancel_gen), device=self.device,
         )
         out = latents[:, block.y0 : block.y1, block.x0 : block.x1].numpy()

@@ -97,6 +97,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "steps": 25,
     "context": None,
     "halo": 16,
+    "lookahead": 8,  # sampling.blocks.LOOKAHEAD, recorded so that a canvas keeps sampling as it began
     "mode": "batched",
     "pixel_size_um": 0.5,
     "num_classes": 5,
@@ -278,7 +279,7 @@ class CanvasStore:
         """A new, empty canvas in ``folder`` (created; it must not exist or be empty unless ``overwrite``).
 
         ``settings`` are recorded in the group attributes over :data:`DEFAULT_SETTINGS` (seed, omega, steps,
-        context, halo, mode, pixel_size_um, num_classes; any other JSON values are kept too).
+        context, halo, lookahead, mode, pixel_size_um, num_classes; any other JSON values are kept too).
         """
         root = Path(folder)
         if root.exists() and not root.is_dir():

@@ -16,7 +16,8 @@ Two samplers over one region, both with optional fixed context (in- and outpaint
     column of windows, so its cost approaches plain tiling as regions grow (1.27x at 4096 px).
 
 Context: where ``known_mask`` is set, the window input is the known latent re-noised to the current time
-(fresh noise every step) and the output keeps the known latent bit-for-bit.
+(fresh noise every step), the stepper's prediction of the clean latents is corrected to continue the known
+ones (:mod:`napari_diffinfinite.sampling.context`), and the output keeps the known latent bit-for-bit.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ class Cancelled(Exception):
 class WindowStepper(Protocol):
     size_multiple: int
 
-    def __call__(self, x: torch.Tensor, cond, t: int, t_next: int, noise: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, cond, t: int, t_next: int, noise: torch.Tensor,
+                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Windows ``x`` at time ``t`` -> ``t_next``. ``context`` (known latents, known mask of each window) is
+        passed only for windows that hold fixed context; a stepper may use it to continue the context."""
 
 
 @dataclass
@@ -146,6 +150,18 @@ def _noised_context(schedule, x_in, known, known_mask_win, t, generator, device)
     return torch.where(known_mask_win.to(device), q_sample(schedule, known, t, noise), x_in)
 
 
+def _window_context(known, known_mask, origins, win, device):
+    """(known latents, known mask) of the windows at ``origins``, for the stepper's context correction
+    (:func:`~napari_diffinfinite.sampling.context.continue_context`); None when no window holds context."""
+    if known is None:
+        return None
+    wh, ww = win
+    masks = torch.stack([known_mask[y0 : y0 + wh, x0 : x0 + ww] for y0, x0 in origins])
+    if not bool(masks.any()):
+        return None
+    return torch.stack([known[:, y0 : y0 + wh, x0 : x0 + ww] for y0, x0 in origins]), masks.to(device)
+
+
 def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mask, progress, cancel, st, device):
     c, h, w = x.shape
     wh, ww = win
@@ -168,7 +184,9 @@ def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mas
         batch = torch.stack([state[:, y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
         labels = None if cond is None else torch.stack([cond[y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
         noise = torch.randn(batch.shape, generator=generator).to(device)
-        out = stepper(batch, labels, t, t_next, noise)
+        context = _window_context(known, known_mask, [(y0, x0) for y0, x0, _, _ in boxes], (wh, ww), device)
+        out = stepper(batch, labels, t, t_next, noise) if context is None else stepper(
+            batch, labels, t, t_next, noise, context=context)
         new = x.clone()
         for (y0, x0, (ay, by), (ax, bx)), o in zip(boxes, out):
             new[:, ay:by, ax:bx] = o[:, ay - y0 : by - y0, ax - x0 : bx - x0]
@@ -209,7 +227,9 @@ def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_ma
                                known_mask[y0 : y0 + wh, x0 : x0 + ww], t, generator, device)
         labels = None if cond is None else cond[y0 : y0 + wh, x0 : x0 + ww][None]
         noise = torch.randn((1, *x_in.shape), generator=generator).to(device)
-        out = stepper(x_in[None], labels, t, t_next, noise)[0]
+        context = _window_context(known, known_mask, [(y0, x0)], (wh, ww), device)
+        out = (stepper(x_in[None], labels, t, t_next, noise) if context is None
+               else stepper(x_in[None], labels, t, t_next, noise, context=context))[0]
         act = active.to(device)
         prev[sl] = torch.where(act, x[sl], prev[sl])
         x[sl] = torch.where(act, out, x[sl])

@@ -19,13 +19,16 @@ import torch
 
 from ..model.diffusion import Schedule, ddim_step, predictions
 from ..model.unet import ImageUnet, MaskUnet
+from .context import CONTEXT_SIGMA, continue_context
 
 
 class ImageStepper:
     """Multi-label guided DDIM step of the mask-conditioned image UNet over a batch of windows."""
 
-    def __init__(self, net: ImageUnet, schedule: Schedule, cond_scale: float, eta: float = 1.0, max_batch: int = 64):
+    def __init__(self, net: ImageUnet, schedule: Schedule, cond_scale: float, eta: float = 1.0, max_batch: int = 64,
+                 context_sigma: float = CONTEXT_SIGMA):
         self.net = net
+        self.context_sigma = context_sigma  # 0: no context correction (for comparisons)
         self.schedule = schedule
         self.cond_scale = float(cond_scale)
         self.eta = eta
@@ -65,18 +68,19 @@ class ImageStepper:
         return guided
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, labels: torch.Tensor, t: int, t_next: int, noise: torch.Tensor) -> torch.Tensor:
-        eps = self.guided_noise(x, labels, t)
-        pred_noise, x_start = predictions(self.schedule, x, torch.full((x.shape[0],), t, device=x.device), eps)
-        return ddim_step(self.schedule, x_start, pred_noise, t, t_next, self.eta, noise)
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, t: int, t_next: int, noise: torch.Tensor,
+                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One step of windows ``x``; ``context`` = (known latents, known mask) of the windows, if any."""
+        return _ddim(self, x, self.guided_noise(x, labels, t), t, t_next, noise, context)
 
 
 class MaskStepper:
     """Guided DDIM step of the mask UNet for one context class over a batch of windows."""
 
     def __init__(self, net: MaskUnet, schedule: Schedule, context: int, cond_scale: float, eta: float = 1.0,
-                 max_batch: int = 64):
+                 max_batch: int = 64, context_sigma: float = CONTEXT_SIGMA):
         self.net = net
+        self.context_sigma = context_sigma
         self.schedule = schedule
         self.context = int(context)
         self.cond_scale = float(cond_scale)
@@ -86,13 +90,20 @@ class MaskStepper:
         self.rows_evaluated = 0
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, labels, t: int, t_next: int, noise: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, labels, t: int, t_next: int, noise: torch.Tensor,
+                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         outs = []
         for i in range(0, x.shape[0], self.max_batch):
             xb = x[i : i + self.max_batch]
             time = torch.full((xb.shape[0],), t, device=x.device, dtype=torch.long)
             outs.append(self.net.forward_with_cond_scale(xb, time, self.context, self.cond_scale))
             self.rows_evaluated += xb.shape[0] * (1 if self.cond_scale == 1 else 2)
-        eps = torch.cat(outs)
-        pred_noise, x_start = predictions(self.schedule, x, torch.full((x.shape[0],), t, device=x.device), eps)
-        return ddim_step(self.schedule, x_start, pred_noise, t, t_next, self.eta, noise)
+        return _ddim(self, x, torch.cat(outs), t, t_next, noise, context)
+
+
+def _ddim(stepper, x, eps, t, t_next, noise, context):
+    """The DDIM step both steppers end with; with context, ``x_start`` first continues the known latents."""
+    pred_noise, x_start = predictions(stepper.schedule, x, torch.full((x.shape[0],), t, device=x.device), eps)
+    if context is not None and stepper.context_sigma:
+        x_start = continue_context(x_start, *context, sigma=stepper.context_sigma)
+    return ddim_step(stepper.schedule, x_start, pred_noise, t, t_next, stepper.eta, noise)
