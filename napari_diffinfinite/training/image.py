@@ -169,11 +169,12 @@ class ImageBatch:
     dropped: torch.Tensor  # (B,) bool: condition dropped at random this step
     index: torch.Tensor  # (B,) patch index
     transform: torch.Tensor  # (B,) dihedral transform
+    weights: torch.Tensor | None = None  # (B, 1, s, s) per-latent loss weights; None: every latent counts
 
 
 def image_batch(
     cache: LatentCache, batch: int, crop: int, cond_drop: float, generator: torch.Generator,
-    per_label: bool = False,
+    per_label: bool = False, null_label0: bool = False,
 ) -> ImageBatch:
     """Random latent crops with their masks; each sample's mask is zeroed with probability ``cond_drop``.
 
@@ -181,14 +182,25 @@ def image_batch(
     ``(mask == label) * label``. That is exactly the row the multi-label sampler feeds the network for that
     label; the reference's mixed masks (class = the largest label present) teach a small network "largest label
     in the neighbourhood" rather than "this pixel's class".
+
+    ``null_label0``: the null condition (a zeroed mask) learns only the latents that are label 0 in the crop
+    (``weights``), i.e. unlabelled tissue, which is what the sampler uses it for (label-0 pixels and the
+    guidance baseline). Otherwise the null learns every class too, and on this data (10% of the patches are
+    wholly "Others", empty white space) a small network's null sample collapses to white, which guidance then
+    amplifies into over-dark, over-blue classes.
     """
     (latents, masks), idx, ks = random_crops((cache.latents, cache.masks), batch, crop, generator)
     masks = masks[:, None]
+    labels = masks
     dropped = torch.rand(batch, generator=generator) < cond_drop
     if per_label:
         masks = torch.stack([_one_label(m, generator) for m in masks])
     masks = torch.where(dropped[:, None, None, None], torch.zeros_like(masks), masks)
-    return ImageBatch(latents, masks, dropped, idx, ks)
+    weights = None
+    if null_label0:
+        null = masks.flatten(1).amax(1) == 0
+        weights = torch.where(null[:, None, None, None], (labels == 0).float(), torch.ones_like(labels, dtype=torch.float))
+    return ImageBatch(latents, masks, dropped, idx, ks, weights)
 
 
 def _one_label(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -213,12 +225,18 @@ def _check_crop(cache: LatentCache, crop: int, multiple: int, what: str = "crop_
             )
 
 
-def noise_loss(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+def noise_loss(pred: torch.Tensor, target: torch.Tensor, loss: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean L1 or squared error; ``weights`` (broadcast over channels) weight each latent of the mean."""
     if loss == "l1":
-        return (pred - target).abs().mean()
-    if loss == "mse":
-        return ((pred - target) ** 2).mean()
-    raise ValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
+        err = (pred - target).abs()
+    elif loss == "mse":
+        err = (pred - target) ** 2
+    else:
+        raise ValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
+    if weights is None:
+        return err.mean()
+    weights = weights.expand_as(err)
+    return (err * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 # ======================================================================================= the trainer
@@ -268,6 +286,8 @@ def train_image_model(
     cond_drop: float = 0.2,
     loss: str = "l1",
     per_label: bool = False,
+    null_label0: bool = False,
+    init_from=None,
     omega: float = 3.0,
     sample_steps: int = 20,
     sample_count: int = 4,
@@ -280,7 +300,8 @@ def train_image_model(
     ``block_per_layer``, ``dropout``); ``channels`` is taken from the autoencoder. The run's
     ``ema.safetensors`` loads with ``load_diffinfinite_checkpoint(path, "image")``; its metadata also records
     the autoencoder (config and sha256), and a run refuses to resume on another autoencoder.
-    ``per_label``: condition each sample on one of its labels (see :func:`image_batch`).
+    ``per_label``, ``null_label0``: see :func:`image_batch`. ``init_from``: start a new run from these image-UNet
+    weights (a run's ``ema.safetensors``, or a bundle's ``image.safetensors``; their config must match).
     The sample grid shows, for up to ``sample_count`` held-out patches: real | mask | generated (guidance
     ``omega``, ``sample_steps`` DDIM steps, on the held-out mask).
     """
@@ -298,6 +319,13 @@ def train_image_model(
 
     torch.manual_seed(config.seed)  # initial weights
     net = ImageUnet(channels=channels, **unet_kwargs).to(device)
+    if init_from is not None and not (Path(out) / "state.json").exists():
+        from ..model.checkpoint import load_diffinfinite_checkpoint
+
+        start = load_diffinfinite_checkpoint(init_from, "image")
+        if start.config != net.config:
+            raise ValueError(f"--init-from {init_from} is a {start.config} network, not the {net.config} asked for")
+        net.load_state_dict(start.state_dict())
     metadata = {
         "diffinfinite.kind": "image",
         "diffinfinite.config": json.dumps(net.config),
@@ -306,7 +334,8 @@ def train_image_model(
     _check_resume(out, metadata, "diffinfinite.autoencoder", "autoencoder")
     config.extra = {**config.extra, "kind": "image", "autoencoder": str(ae_path), "batch": batch,
                     "crop_latents": crop_latents, "cond_drop": cond_drop, "loss": loss,
-                    "per_label": per_label}
+                    "per_label": per_label, "null_label0": null_label0,
+                    "init_from": None if init_from is None else str(init_from)}
     trainer = Trainer(net, Path(out), config, metadata)
     move_optimizer_state(trainer, device)
 
@@ -320,13 +349,14 @@ def train_image_model(
 
     def loss_fn(model: ImageUnet):
         g = step_generator(config.seed, trainer.step)
-        b = image_batch(cache, batch, crop_latents, cond_drop, g, per_label)
+        b = image_batch(cache, batch, crop_latents, cond_drop, g, per_label, null_label0)
         t = torch.randint(0, schedule.timesteps, (batch,), generator=g)
         noise = torch.randn(b.latents.shape, generator=g)
         x_t = q_sample(schedule, b.latents, t, noise)
         pred = model(x_t.to(device), t.to(device), b.masks.to(device))
         null = (b.masks.flatten(1).amax(1) == 0).float().mean()
-        return {"loss": noise_loss(pred, noise.to(device), loss), "null_frac": null}
+        weights = None if b.weights is None else b.weights.to(device)
+        return {"loss": noise_loss(pred, noise.to(device), loss, weights), "null_frac": null}
 
     view = list(held_out[:sample_count]) or list(train_patches[:sample_count])
 
