@@ -23,8 +23,6 @@ from napari_diffinfinite.training.image import (
     encode_patches,
     image_batch,
     latent_labels,
-    noise_loss,
-    random_crops,
     train_image_model,
 )
 from napari_diffinfinite.training.loop import TrainConfig
@@ -162,30 +160,6 @@ def test_per_label_batches_keep_one_label_of_each_crop_as_the_sampler_feeds_it(a
         assert labels == set(torch.cat([m.flatten() for m in cache.masks[i]]).tolist()) - {0}
     plain = image_batch(cache, 400, 8, 0.0, torch.Generator().manual_seed(3))
     assert any(len(set(torch.unique(m).tolist()) - {0}) >= 2 for m in plain.masks)  # the reference's mixed masks
-
-
-def test_label0_null_learns_only_unlabelled_latents(autoencoder_file):
-    """--null-label0: a null sample (dropped or wholly label 0) weighs only the label-0 latents of its crop, a
-    conditioned sample weighs all its latents, and the weighted loss is the mean over the weighted latents."""
-    ae = CompactAutoencoder.load(autoencoder_file)
-    mixed = [sample_patch(i, 64) for i in (3, 5, 21)]
-    cache = encode_patches(mixed, ae, num_classes=5)
-    b = image_batch(cache, 200, 8, 0.5, torch.Generator().manual_seed(4), per_label=True, null_label0=True)
-    null = b.masks.flatten(1).amax(1) == 0
-    assert 0 < int(null.sum()) < 200 and bool(b.dropped.any())
-    (_, crops), _, _ = random_crops((cache.latents, cache.masks), 200, 8, torch.Generator().manual_seed(4))
-    crops = crops[:, None]  # the batch's crops are the first draws of the same generator: their full labels
-    for w, full, is_null in zip(b.weights, crops, null.tolist()):
-        assert torch.equal(w, (full == 0).float() if is_null else torch.ones_like(w))
-    assert any(bool((w == 0).any()) for w in b.weights[null])  # dropped crops with labels lose those latents
-    again = image_batch(cache, 200, 8, 0.5, torch.Generator().manual_seed(4), per_label=True)
-    assert torch.equal(again.masks, b.masks) and again.weights is None  # the same batch, unweighted
-    pred, target = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
-    weights = torch.zeros(2, 1, 2, 2)
-    weights[0, 0, 0, 0] = 1
-    pred[0, 0, 0, 0] = 0.5
-    assert float(noise_loss(pred, target, "l1", weights)) == 0.5
-    assert float(noise_loss(pred, target, "l1")) == (0.5 + 7) / 8
 
 
 def test_image_run_can_start_from_trained_weights(tmp_path, patches, autoencoder_file):

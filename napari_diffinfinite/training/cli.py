@@ -83,9 +83,6 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     net.add_argument("--per-label", action="store_true",
                      help="image: condition each training crop on one of its labels, (mask == label) * label, as "
                           "the multi-label sampler does (the reference conditions on class = max(mask))")
-    net.add_argument("--null-label0", action="store_true",
-                     help="image: the null condition learns only label-0 (unlabelled) latents of its crops, "
-                          "what the sampler uses it for")
     net.add_argument("--loss", choices=["l1", "mse"], default="l1", help="noise-prediction loss (reference: l1)")
     net.add_argument("--omega", type=float, default=3.0, help="guidance weight of the sample grids")
     net.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the sample grids")
@@ -181,7 +178,7 @@ def run_train(args) -> int:
             train_image_model(train + unlabelled, held_out, args.out, config, autoencoder_path=autoencoder,
                               unet_config=unet, batch=args.batch, crop_latents=crop_latents,
                               cond_drop=args.cond_drop, loss=args.loss, per_label=args.per_label,
-                              null_label0=args.null_label0, init_from=args.init_from, omega=args.omega,
+                              init_from=args.init_from, omega=args.omega,
                               sample_steps=args.sample_steps, device=args.device)
         else:
             from .mask import train_mask_model

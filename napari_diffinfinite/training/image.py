@@ -169,12 +169,11 @@ class ImageBatch:
     dropped: torch.Tensor  # (B,) bool: condition dropped at random this step
     index: torch.Tensor  # (B,) patch index
     transform: torch.Tensor  # (B,) dihedral transform
-    weights: torch.Tensor | None = None  # (B, 1, s, s) per-latent loss weights; None: every latent counts
 
 
 def image_batch(
     cache: LatentCache, batch: int, crop: int, cond_drop: float, generator: torch.Generator,
-    per_label: bool = False, null_label0: bool = False,
+    per_label: bool = False,
 ) -> ImageBatch:
     """Random latent crops with their masks; each sample's mask is zeroed with probability ``cond_drop``.
 
@@ -183,24 +182,14 @@ def image_batch(
     label; the reference's mixed masks (class = the largest label present) teach a small network "largest label
     in the neighbourhood" rather than "this pixel's class".
 
-    ``null_label0``: the null condition (a zeroed mask) learns only the latents that are label 0 in the crop
-    (``weights``), i.e. unlabelled tissue, which is what the sampler uses it for (label-0 pixels and the
-    guidance baseline). Otherwise the null learns every class too, and on this data (10% of the patches are
-    wholly "Others", empty white space) a small network's null sample collapses to white, which guidance then
-    amplifies into over-dark, over-blue classes.
     """
     (latents, masks), idx, ks = random_crops((cache.latents, cache.masks), batch, crop, generator)
     masks = masks[:, None]
-    labels = masks
     dropped = torch.rand(batch, generator=generator) < cond_drop
     if per_label:
         masks = torch.stack([_one_label(m, generator) for m in masks])
     masks = torch.where(dropped[:, None, None, None], torch.zeros_like(masks), masks)
-    weights = None
-    if null_label0:
-        null = masks.flatten(1).amax(1) == 0
-        weights = torch.where(null[:, None, None, None], (labels == 0).float(), torch.ones_like(labels, dtype=torch.float))
-    return ImageBatch(latents, masks, dropped, idx, ks, weights)
+    return ImageBatch(latents, masks, dropped, idx, ks)
 
 
 def _one_label(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -225,18 +214,12 @@ def _check_crop(cache: LatentCache, crop: int, multiple: int, what: str = "crop_
             )
 
 
-def noise_loss(pred: torch.Tensor, target: torch.Tensor, loss: str, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean L1 or squared error; ``weights`` (broadcast over channels) weight each latent of the mean."""
+def noise_loss(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "l1":
-        err = (pred - target).abs()
-    elif loss == "mse":
-        err = (pred - target) ** 2
-    else:
-        raise ValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
-    if weights is None:
-        return err.mean()
-    weights = weights.expand_as(err)
-    return (err * weights).sum() / weights.sum().clamp(min=1.0)
+        return (pred - target).abs().mean()
+    if loss == "mse":
+        return ((pred - target) ** 2).mean()
+    raise ValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
 
 
 # ======================================================================================= the trainer
@@ -286,7 +269,6 @@ def train_image_model(
     cond_drop: float = 0.2,
     loss: str = "l1",
     per_label: bool = False,
-    null_label0: bool = False,
     init_from=None,
     omega: float = 3.0,
     sample_steps: int = 20,
@@ -300,7 +282,7 @@ def train_image_model(
     ``block_per_layer``, ``dropout``); ``channels`` is taken from the autoencoder. The run's
     ``ema.safetensors`` loads with ``load_diffinfinite_checkpoint(path, "image")``; its metadata also records
     the autoencoder (config and sha256), and a run refuses to resume on another autoencoder.
-    ``per_label``, ``null_label0``: see :func:`image_batch`. ``init_from``: start a new run from these image-UNet
+    ``per_label``: condition each sample on one of its labels (see :func:`image_batch`). ``init_from``: start a new run from these image-UNet
     weights (a run's ``ema.safetensors``, or a bundle's ``image.safetensors``; their config must match).
     The sample grid shows, for up to ``sample_count`` held-out patches: real | mask | generated (guidance
     ``omega``, ``sample_steps`` DDIM steps, on the held-out mask).
@@ -334,8 +316,7 @@ def train_image_model(
     _check_resume(out, metadata, "diffinfinite.autoencoder", "autoencoder")
     config.extra = {**config.extra, "kind": "image", "autoencoder": str(ae_path), "batch": batch,
                     "crop_latents": crop_latents, "cond_drop": cond_drop, "loss": loss,
-                    "per_label": per_label, "null_label0": null_label0,
-                    "init_from": None if init_from is None else str(init_from)}
+                    "per_label": per_label, "init_from": None if init_from is None else str(init_from)}
     trainer = Trainer(net, Path(out), config, metadata)
     move_optimizer_state(trainer, device)
 
@@ -349,14 +330,13 @@ def train_image_model(
 
     def loss_fn(model: ImageUnet):
         g = step_generator(config.seed, trainer.step)
-        b = image_batch(cache, batch, crop_latents, cond_drop, g, per_label, null_label0)
+        b = image_batch(cache, batch, crop_latents, cond_drop, g, per_label)
         t = torch.randint(0, schedule.timesteps, (batch,), generator=g)
         noise = torch.randn(b.latents.shape, generator=g)
         x_t = q_sample(schedule, b.latents, t, noise)
         pred = model(x_t.to(device), t.to(device), b.masks.to(device))
         null = (b.masks.flatten(1).amax(1) == 0).float().mean()
-        weights = None if b.weights is None else b.weights.to(device)
-        return {"loss": noise_loss(pred, noise.to(device), loss, weights), "null_frac": null}
+        return {"loss": noise_loss(pred, noise.to(device), loss), "null_frac": null}
 
     view = list(held_out[:sample_count]) or list(train_patches[:sample_count])
 
