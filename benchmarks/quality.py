@@ -46,9 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, default=5, help="label set of the masks (default: 5)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--omega", type=float, default=None, help="the image model's guidance (default: the model's)")
     p.add_argument("--size", type=int, default=2048, help="side of the generated-mask images for the seam "
                    "metric (default: %(default)s)")
-    p.add_argument("--class-size", type=int, default=256, help="side of the whole-class images (default: 256)")
+    p.add_argument("--class-size", type=int, help="side of the whole-class images (default: the image model's "
+                   "window, 512 px for the embedded model)")
     p.add_argument("--seam-tile", type=int, default=512, help="tile of the seam metric in px (default: 512)")
     p.add_argument("--out", type=Path, default=Path("report.json"), help="JSON report (default: %(default)s)")
     p.add_argument("--grid", type=Path, default=Path("grid.png"), help="sample grid PNG (default: %(default)s)")
@@ -83,8 +85,8 @@ def main(argv=None) -> int:
     print(f"model {model.name}: {len(patches)} patches in {args.data}, {len(held_out)} held out ({holdout})",
           flush=True)
     try:
-        result = evaluate(model, patches, held_out, seeds=args.seeds, steps=args.steps, size=args.size,
-                          class_size=args.class_size, seam_tile=args.seam_tile)
+        result = evaluate(model, patches, held_out, seeds=args.seeds, steps=args.steps, omega=args.omega,
+                          size=args.size, class_size=args.class_size, seam_tile=args.seam_tile)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -155,8 +155,9 @@ class DiffInfiniteWidget(Container):
         self.load_model_button = PushButton(text="Load model")
         self.model_status = Label(value="no model loaded")
         self.omega = FloatSpinBox(label="Guidance ω", value=3.0, min=0.0, max=20.0, step=0.5)
-        self.omega.tooltip = ("Classifier-free guidance weight omega (the network's scale is omega + 1); 0 = unguided. "
-                              "Applies to tiles generated from now on.")
+        self.omega.tooltip = ("Classifier-free guidance weight omega of the image model (the network's scale is "
+                              "omega + 1); 0 = unguided. Set to the model's default when a model loads. Applies to "
+                              "tiles generated from now on.")
         self.steps = SpinBox(label="Steps", value=50, min=1, max=1000)
         self.steps.tooltip = "DDIM steps; applies to tiles generated from now on"
         self.seed = SpinBox(label="Seed", value=0, min=0, max=MAX_SEED)
@@ -385,6 +386,9 @@ class DiffInfiniteWidget(Container):
             self.loaded_model, self.loaded_spec = model, spec
             self.model_state = "loaded"
             self.model_status.value = f"{model.name}: {model.num_classes} classes on {model.device}"
+            if self.controller is None:  # an open canvas keeps its own settings (see _attach)
+                self.omega.value = float(model.default_omega)
+                self.steps.value = int(model.default_steps)
             if model.num_classes in CLASS_SETS and self.num_classes.value != model.num_classes:
                 self.num_classes.value = model.num_classes
             ctrl = self.controller

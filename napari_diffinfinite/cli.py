@@ -127,7 +127,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     try:
         result = generate(model, mask=mask, size=tuple(args.size) if args.size else None, mask_scale=args.mask_scale,
-                          context=args.context, omega=args.omega, steps=args.steps, seed=args.seed,
+                          context=args.context, omega=args.omega, mask_omega=args.mask_omega, steps=args.steps,
+                          seed=args.seed,
                           mode=args.mode, block=args.block, progress=progress)
     except ValueError as e:
         return _error(EXIT_MASK if mask is not None else EXIT_USAGE, str(e))
@@ -200,7 +201,8 @@ def _bundle(args: argparse.Namespace) -> int:
 
     try:
         folder = bundle_model(args.out, autoencoder=args.autoencoder, image=args.image, mask=args.mask,
-                              name=args.name, default_steps=args.default_steps)
+                              name=args.name, default_steps=args.default_steps, default_omega=args.default_omega,
+                              mask_omega=args.mask_omega)
     except (FileNotFoundError, ValueError, KeyError) as e:
         return _error(EXIT_USAGE, str(e))
     print(f"wrote {folder / 'model.json'}")
@@ -233,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mask-scale", type=int, help="image pixels per mask pixel (e.g. 4 for a 128-px mask per 512 px)")
     gen.add_argument("--out", required=True, help="OUT.ome.tif (pyramidal OME-TIFF) or OUT.png")
     gen.add_argument("--model", default="embedded", help="'embedded' (default) or a model folder")
-    gen.add_argument("--omega", type=float, help="guidance weight (default: the model's, 3)")
+    gen.add_argument("--omega", type=float, help="guidance weight of the image model (default: the model's: 3 for "
+                     "the released DiffInfinite, 0 for the embedded model, see its model card)")
+    gen.add_argument("--mask-omega", type=float, help="guidance weight of the mask model, for generated masks "
+                     "(default: the model's, 3)")
     gen.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--context", default="adeno", help="mask context prompt: adeno or squamous")
@@ -278,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--out", required=True, help="model folder to write (e.g. resources/models/embedded)")
     bundle.add_argument("--name", default="embedded")
     bundle.add_argument("--default-steps", type=int, default=25)
+    bundle.add_argument("--default-omega", type=float, default=3.0, help="the image model's default guidance")
+    bundle.add_argument("--mask-omega", type=float, default=3.0, help="the mask model's default guidance")
     bundle.set_defaults(func=_bundle)
     from .training.cli import add_train_parser
 

@@ -451,7 +451,7 @@ def _decode_block_task(ref: ModelRef, job: CanvasJob, i: int, j: int, hook=None)
 
 
 def _mask_task(ref: ModelRef, canvas: str, size: tuple[int, int], context, seed: int, steps: int,
-               omega: float, mode: str, hook=None) -> dict:
+               omega: float | None, mode: str, hook=None) -> dict:
     """Generate the class mask as :func:`~napari_diffinfinite.generation.generate` does and store it."""
     from .generation import generate_mask
 
@@ -710,7 +710,8 @@ def generate_canvas(
                 _mask_array(canvas, mode="w", shape=(h, w))[...] = labels.astype(np.uint8)
             else:
                 _mask_array(canvas, mode="w", shape=(h, w))
-                client.submit(_mask_task, ref, str(canvas), (h, w), context, seed, steps, omega, mode,
+                # the mask model's own guidance, as generate() uses it (omega guides the image model)
+                client.submit(_mask_task, ref, str(canvas), (h, w), context, seed, steps, None, mode,
                               task_hook, retries=retries, pure=False,
                               key=f"diffinfinite-mask-{token}").result()
             arr = _mask_array(canvas, mode="r")

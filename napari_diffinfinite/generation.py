@@ -64,7 +64,8 @@ class DiffInfiniteModel:
     num_classes: int
     contexts: list[str]
     default_steps: int = 50
-    default_omega: float = 3.0
+    default_omega: float = 3.0  # the image model's guidance
+    default_mask_omega: float = 3.0  # the mask model's guidance (a separate network, tuned separately)
     window: int = 64
     mask_window: int = 16
     mask_px: int = 4
@@ -143,6 +144,7 @@ def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=N
         name=meta.get("name", folder.name), image_unet=image, autoencoder=autoencoder, mask_unet=mask_unet,
         mask_codec=codec, num_classes=image.num_classes, contexts=meta.get("contexts", ["adenocarcinoma"]),
         default_steps=meta.get("default_steps", 25), default_omega=meta.get("default_omega", 3.0),
+        default_mask_omega=meta.get("mask", {}).get("omega", meta.get("default_omega", 3.0)),
         window=meta["image"].get("window", 64), mask_window=meta.get("mask", {}).get("window", 32),
         mask_px=meta.get("mask", {}).get("mask_px", 1), pixel_size_um=meta.get("pixel_size_um", 0.5), device=device,
     )
@@ -186,7 +188,8 @@ def generate_mask(model: DiffInfiniteModel, size: tuple[int, int], *, context="a
                   progress: Progress | None = None, cancel=None) -> np.ndarray:
     """A class mask (H, W) at image resolution for a context prompt, by random-patch sampling of the mask model.
 
-    Labels are decoded correctly (not squashed) and cleaned: class borders become bands of label 0.
+    Labels are decoded correctly (not squashed) and cleaned: class borders become bands of label 0. ``omega``:
+    the mask model's guidance (default: the model's ``default_mask_omega``).
     """
     if model.mask_unet is None:
         raise ValueError(f"model {model.name!r} has no mask model; paint or load a mask instead")
@@ -194,7 +197,8 @@ def generate_mask(model: DiffInfiniteModel, size: tuple[int, int], *, context="a
     h, w = size
     f = model.mask_latent_px
     shape = (model.mask_codec.latent_channels, -(-h // f), -(-w // f))
-    stepper = MaskStepper(model.mask_unet, cosine_schedule(), ctx, (model.default_omega if omega is None else omega) + 1)
+    stepper = MaskStepper(model.mask_unet, cosine_schedule(), ctx,
+                          (model.default_mask_omega if omega is None else omega) + 1)
     latents = sample_region(
         stepper, shape, None, schedule=stepper.schedule, steps=steps or model.default_steps,
         generator=torch.Generator().manual_seed(_mask_generator_seed(seed)), mode=mode, window=model.mask_window,
@@ -208,14 +212,15 @@ def generate_mask(model: DiffInfiniteModel, size: tuple[int, int], *, context="a
 
 @torch.no_grad()
 def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | None = None, mask_scale: int | None = None,
-             context="adenocarcinoma", omega: float | None = None, steps: int | None = None, seed: int = 0,
-             mode: str = "batched", block: int = 512, halo: int = 16, window: int | None = None,
+             context="adenocarcinoma", omega: float | None = None, mask_omega: float | None = None,
+             steps: int | None = None, seed: int = 0, mode: str = "batched", block: int = 512, halo: int = 16, window: int | None = None,
              max_batch: int = 64, progress: Progress | None = None, cancel=None) -> GenerationResult:
     """Synthetic H&E for a painted mask (``mask``, label ids, at image resolution or coarser by ``mask_scale``)
     or, without a mask, for a mask generated for ``context`` at ``size`` (H, W) pixels.
 
     The canvas is sampled in blocks of ``block`` latents (one block up to 4096 px) with per-block seeds, then
     decoded seamlessly. ``window``: the sampling window in latents (default: the model's training window).
+    ``omega`` guides the image model, ``mask_omega`` the mask model (defaults: the model's).
     Returns the image (H, W, 3) uint8 and the mask (H, W).
     """
     timings = {}
@@ -225,7 +230,7 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     if mask is None:
         if size is None:
             raise ValueError("give a mask, or a size (H, W) to generate one")
-        labels = generate_mask(model, size, context=context, seed=seed, steps=steps, omega=omega, mode=mode,
+        labels = generate_mask(model, size, context=context, seed=seed, steps=steps, omega=mask_omega, mode=mode,
                                progress=progress, cancel=cancel)
         timings["mask_s"] = time.perf_counter() - t0
     else:
@@ -259,6 +264,7 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     image = (pixels[:, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     settings = dict(
         model=model.name, seed=seed, omega=omega, steps=steps, mode=mode, block=block,
+        mask_omega=(model.default_mask_omega if mask_omega is None else float(mask_omega)) if mask is None else None,
         context=CONTEXT_DISPLAY.get(model.context_id(context), str(context)) if mask is None else None,
         mask="generated" if mask is None else "given", size=[h, w], pixel_size_um=model.pixel_size_um,
         version=__version__,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from napari_diffinfinite._resources import resource_path
-from napari_diffinfinite.evaluation import image_lab_mean
+from napari_diffinfinite.evaluation import class_dependence, image_lab_mean
 from napari_diffinfinite.generation import generate, load_model
 from napari_diffinfinite.sampling.blocks import LOOKAHEAD
 from napari_diffinfinite.sampling.seams import seam_ratio
@@ -40,7 +40,9 @@ def test_embedded_model_ships_within_budget(embedded):
     assert size <= 40 * 2**20, f"embedded weights are {size / 2**20:.1f} MiB (budget 40 MB)"
     assert {"autoencoder.safetensors", "image.safetensors", "mask.safetensors", "model.json"} <= {
         p.name for p in folder.iterdir()}
-    assert embedded.default_steps >= 25 and embedded.default_omega == 3.0
+    assert embedded.default_steps >= 25
+    # unguided tissue (guidance over-darkens this small model's classes, see the model card), guided masks
+    assert embedded.default_omega == 0.0 and embedded.default_mask_omega == 3.0
 
 
 def sample_mask(i: int) -> np.ndarray:
@@ -57,11 +59,10 @@ def test_tissue_on_real_masks_is_h_and_e_coloured(embedded, index):
 
 
 def test_classes_give_different_tissue(embedded):
-    """Necrosis (2) is pink tissue, "Others" (4) is mostly empty space in this data: far apart in Lab."""
-    means = {label: image_lab_mean(generate(embedded, mask=np.full((256, 256), label), steps=25, seed=0).image)
-             for label in (2, 4)}
-    distance = float(np.linalg.norm(means[2] - means[4]))
-    assert distance > 15, f"classes 2 and 4 give nearly the same colour (Delta E {distance:.1f})"
+    """Issue 4's class dependence at the model's window (512 px): carcinoma, necrosis and stroma masks give
+    colours whose class centroids lie further apart than any class's spread over seeds."""
+    report, _ = class_dependence(embedded, (1, 2, 3), seeds=(0, 1), size=512, steps=25)
+    assert report["pass"], {k: (round(v["distance"], 1), round(v["spread"], 1)) for k, v in report["pairs"].items()}
 
 
 def test_a_block_joins_fixed_context_and_keeps_it(embedded):

@@ -63,3 +63,25 @@ def test_bad_painted_masks_are_rejected_with_locations(tiny):
     bad[4:6, 8:12] = 9
     with pytest.raises(ValueError, match=r"labels \[9\] outside 0..4"):
         generate(tiny, mask=bad)
+
+
+def test_image_and_mask_guidance_are_separate_model_settings(tiny_model_dir, tmp_path):
+    """model.json's default_omega guides the image model and mask.omega the mask model: the image's guidance
+    leaves a generated mask as it is, the mask's changes it, and both are recorded in the settings."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["default_omega"], manifest["mask"]["omega"] = 0.0, 2.0
+    (folder / "model.json").write_text(json.dumps(manifest))
+    model = load_model(folder, device="cpu")
+    assert (model.default_omega, model.default_mask_omega) == (0.0, 2.0)
+    base = generate(model, size=(128, 128), seed=2)
+    assert base.settings["omega"] == 0.0 and base.settings["mask_omega"] == 2.0
+    assert np.array_equal(generate(model, size=(128, 128), seed=2, omega=5.0).mask, base.mask)
+    assert np.array_equal(generate_mask(model, (128, 128), seed=2), base.mask)  # the model's mask guidance
+    assert not np.array_equal(generate_mask(model, (128, 128), seed=2, omega=0.0), base.mask)
+    assert generate(model, mask=base.mask, seed=2).settings["mask_omega"] is None  # a given mask: none used
+    # a manifest without mask.omega keeps the old behaviour: one omega for both networks
+    assert load_model(tiny_model_dir, device="cpu").default_mask_omega == 3.0

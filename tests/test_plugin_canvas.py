@@ -522,3 +522,21 @@ def test_export_the_whole_generated_extent_and_reopen_it_as_a_pyramid(viewer, ti
     assert mask.multiscale and [tuple(s) for s in mask.level_shapes] == [(1024, 1536), (512, 768)]
     assert np.unique(np.asarray(mask.data[0])).tolist() == [3]
     np.testing.assert_allclose(mask.scale[-2:], [0.5, 0.5])
+
+
+def test_loading_a_model_sets_its_guidance_and_steps_when_no_canvas_is_open(viewer, tiny_model_dir, qtbot,
+                                                                          tmp_path):
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["default_omega"] = 0.5
+    (folder / "model.json").write_text(json.dumps(manifest))
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
+    assert (widget.omega.value, widget.steps.value) == (3.0, 50)  # nothing loaded: the released defaults
+    widget.model.value = "user"
+    widget.model_folder.value = folder
+    widget.load_selected_model()
+    qtbot.waitUntil(lambda: widget.model_state == "loaded", timeout=10000)
+    assert (widget.omega.value, widget.steps.value) == (0.5, 3)
