@@ -95,8 +95,8 @@ MASK_CHUNK = 2048
 #: The full-resolution class mask (H, W) uint8, next to the canvas arrays.
 MASK_ARRAY = "mask"
 #: Settings that must match for a re-run to resume an existing canvas.
-JOB_KEYS = ("model_name", "seed", "omega", "steps", "halo", "mode", "block", "image_shape", "mask",
-            "mask_sha1", "context", "decode_tile", "max_batch")
+JOB_KEYS = ("model_name", "seed", "omega", "mask_omega", "steps", "halo", "lookahead", "mode", "block",
+            "image_shape", "mask", "mask_sha1", "context", "decode_tile", "max_batch")
 
 _PRIORITY_SAMPLE = 1 << 30  # sampling tasks (the critical path) before any decode task
 
@@ -211,7 +211,7 @@ def _model_info(ref: ModelRef, context) -> dict:
     info = {
         "name": model.name, "num_classes": int(model.num_classes), "contexts": list(model.contexts),
         "default_steps": int(model.default_steps), "default_omega": float(model.default_omega),
-        "window": int(model.window),
+        "default_mask_omega": float(model.default_mask_omega), "window": int(model.window),
         "downsampling": int(model.downsampling), "latent_channels": int(model.image_unet.channels),
         "pixel_size_um": float(model.pixel_size_um), "has_mask_model": model.mask_unet is not None,
         "decode_strategy": strategy, "device": str(model.device),
@@ -304,6 +304,7 @@ class CanvasJob:
     decode_tile: int
     decode_margin: int | None  # a local decoder's margin (latents); None: the Hann four-grid decode
     downsampling: int
+    lookahead: int = 8  # sampling.blocks.LOOKAHEAD (not imported here: this module loads without torch)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -404,8 +405,8 @@ def _sample_block_task(ref: ModelRef, job: CanvasJob, i: int, j: int, hook=None)
         stepper = ImageStepper(model.image_unet, cosine_schedule(), job.omega + 1, max_batch=job.max_batch)
         with torch.no_grad():
             generate_block(stepper, latents, done, labels, local, seed=job.seed, schedule=stepper.schedule,
-                           steps=job.steps, halo=job.halo, window=job.window, mode=job.mode,
-                           device=model.device)
+                           steps=job.steps, halo=job.halo, lookahead=job.lookahead, window=job.window,
+                           mode=job.mode, device=model.device)
         out = latents[:, local.y0:local.y1, local.x0:local.x1].numpy()
         if not np.isfinite(out).all():
             raise FloatingPointError(f"block ({i}, {j}): latents contain NaN or infinity; not written")
@@ -560,10 +561,11 @@ def _latent_labels(read_rows: Callable[[np.ndarray, np.ndarray], np.ndarray], h:
     return read_rows(ys, xs)
 
 
-def _job_settings(info: dict, *, seed, omega, steps, halo, mode, block, shape, mask_kind, mask_sha1, context,
-                  decode_tile, max_batch, latent_hw) -> dict:
+def _job_settings(info: dict, *, seed, omega, mask_omega, steps, halo, lookahead, mode, block, shape, mask_kind,
+                  mask_sha1, context, decode_tile, max_batch, latent_hw) -> dict:
     return {
-        "seed": int(seed), "omega": float(omega), "steps": int(steps), "halo": int(halo), "mode": mode,
+        "seed": int(seed), "omega": float(omega), "mask_omega": None if mask_omega is None else float(mask_omega),
+        "steps": int(steps), "halo": int(halo), "lookahead": int(lookahead), "mode": mode,
         "block": int(block),
         "image_shape": [int(shape[0]), int(shape[1])], "latent_shape": [int(latent_hw[0]), int(latent_hw[1])],
         "mask": mask_kind, "mask_sha1": mask_sha1, "context": context, "decode_tile": int(decode_tile),
@@ -617,6 +619,7 @@ def generate_canvas(
     mask_scale: int | None = None,
     context="adenocarcinoma",
     omega: float | None = None,
+    mask_omega: float | None = None,
     steps: int | None = None,
     seed: int = 0,
     mode: str = "batched",
@@ -674,6 +677,10 @@ def generate_canvas(
     info = client.submit(_model_info, ref, context if mask is None else None, pure=False,
                          key=f"diffinfinite-info-{uuid.uuid4().hex[:8]}").result()
     omega = info["default_omega"] if omega is None else float(omega)
+    if mask is None:  # the mask model's guidance, recorded only when it generates the mask
+        mask_omega = info["default_mask_omega"] if mask_omega is None else float(mask_omega)
+    else:
+        mask_omega = None
     steps = steps or info["default_steps"]
     d = info["downsampling"]
     if mask is not None:
@@ -694,7 +701,11 @@ def generate_canvas(
     lh, lw = -(-h // d), -(-w // d)
     rows, cols = -(-lh // block), -(-lw // block)
     tile_px = block * d
-    settings = _job_settings(info, seed=seed, omega=omega, steps=steps, halo=halo, mode=mode, block=block,
+    from .sampling.blocks import LOOKAHEAD
+
+    lookahead = min(LOOKAHEAD, halo)  # what generate_block makes of it; recorded, and checked on resume
+    settings = _job_settings(info, seed=seed, omega=omega, mask_omega=mask_omega, steps=steps, halo=halo,
+                             lookahead=lookahead, mode=mode, block=block,
                              shape=(h, w), mask_kind="given" if mask is not None else "generated",
                              mask_sha1=mask_sha1, context=context_display, decode_tile=decode_tile,
                              max_batch=max_batch, latent_hw=(lh, lw))
@@ -710,8 +721,7 @@ def generate_canvas(
                 _mask_array(canvas, mode="w", shape=(h, w))[...] = labels.astype(np.uint8)
             else:
                 _mask_array(canvas, mode="w", shape=(h, w))
-                # the mask model's own guidance, as generate() uses it (omega guides the image model)
-                client.submit(_mask_task, ref, str(canvas), (h, w), context, seed, steps, None, mode,
+                client.submit(_mask_task, ref, str(canvas), (h, w), context, seed, steps, mask_omega, mode,
                               task_hook, retries=retries, pure=False,
                               key=f"diffinfinite-mask-{token}").result()
             arr = _mask_array(canvas, mode="r")
@@ -723,7 +733,7 @@ def generate_canvas(
         job = CanvasJob(canvas=str(canvas), latent_shape=(info["latent_channels"], lh, lw), block=block,
                         halo=halo, seed=int(seed), steps=int(steps), omega=float(omega), mode=mode,
                         window=info["window"], max_batch=int(max_batch), decode_tile=int(decode_tile),
-                        decode_margin=info["decode_margin"], downsampling=d)
+                        decode_margin=info["decode_margin"], downsampling=d, lookahead=lookahead)
         context_deps, decode_deps = block_dependencies(job)
         sample_waiters: dict[tuple[int, int], list] = {k: [] for k in context_deps}
         decode_waiters: dict[tuple[int, int], list] = {k: [] for k in context_deps}
@@ -887,6 +897,7 @@ def generate_batch(
     mask_scale: int | None = None,
     context="adenocarcinoma",
     omega: float | None = None,
+    mask_omega: float | None = None,
     steps: int | None = None,
     mode: str = "batched",
     block: int = 512,
@@ -926,7 +937,7 @@ def generate_batch(
         # once to every worker (not once per task); broadcast, so a dead worker does not take the only copy
         mask_arg = client.scatter(np.asarray(mask), broadcast=True)
     gen_kwargs = {"size": None if size is None else tuple(size), "mask_scale": mask_scale, "context": context,
-                      "omega": omega, "steps": steps, "mode": mode, "block": block}
+                      "omega": omega, "mask_omega": mask_omega, "steps": steps, "mode": mode, "block": block}
     export_kwargs = {"compression": compression, "overwrite": True}
     futures = [
         client.submit(_image_task, ref, str(stem), fmt, k, count, seed + k, run, mask_arg, gen_kwargs,
@@ -1027,7 +1038,8 @@ def run_cli(args, stem: Path, fmt: str) -> int:
                     return _error(EXIT_MASK, str(e))
             size = tuple(args.size) if args.size else None
             common = {"mask": mask, "size": size, "mask_scale": args.mask_scale, "context": args.context,
-                      "omega": args.omega, "steps": args.steps, "seed": args.seed, "mode": args.mode,
+                      "omega": args.omega, "mask_omega": getattr(args, "mask_omega", None), "steps": args.steps,
+                      "seed": args.seed, "mode": args.mode,
                       "block": args.block, "device": args.device, "torch_threads": threads,
                       "progress": progress}
             try:
@@ -1066,6 +1078,7 @@ def run_cli(args, stem: Path, fmt: str) -> int:
     from .io import export_region
 
     gen_settings = {"model": run.settings["model_name"], "seed": args.seed, "omega": run.settings["omega"],
+                    "mask_omega": run.settings.get("mask_omega"),
                     "steps": run.settings["steps"], "mode": args.mode, "block": args.block,
                     "context": run.settings["context"], "mask": run.settings["mask"], "size": list(run.shape),
                     "pixel_size_um": run.settings["pixel_size_um"]}

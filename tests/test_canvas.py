@@ -524,9 +524,22 @@ def test_hann_decoders_tile_seamlessly_too(tmp_path, tiny_model_dir):
     assert np.abs(full.numpy().astype(int) - got.astype(int)).max() <= 1
 
 
-def test_new_canvases_record_the_samplers_lookahead():
-    """The store's default is the sampler's (the store does not import torch, so it keeps its own copy)."""
+def test_new_canvases_record_the_samplers_lookahead(tmp_path, tiny):
+    """The store's and the distributed job's defaults are the sampler's (neither module imports torch, so each
+    keeps its own copy); a canvas made before the lookahead existed keeps sampling without it."""
     from napari_diffinfinite.canvas.store import DEFAULT_SETTINGS
+    from napari_diffinfinite.distributed import CanvasJob
     from napari_diffinfinite.sampling.blocks import LOOKAHEAD
 
-    assert DEFAULT_SETTINGS["lookahead"] == LOOKAHEAD
+    assert DEFAULT_SETTINGS["lookahead"] == LOOKAHEAD == CanvasJob.__dataclass_fields__["lookahead"].default
+    store = CanvasStore.create_for_model(tmp_path / "new", tiny, shape_px=(1024, 1024))
+    assert store.settings["lookahead"] == LOOKAHEAD and TileScheduler(store, tiny).lookahead == LOOKAHEAD
+    store.close()
+    # a canvas written before the setting existed: its attributes lack the key
+    group = zarr.open_group(tmp_path / "new", mode="r+")
+    meta = dict(group.attrs["diffinfinite"])
+    meta["settings"] = {k: v for k, v in meta["settings"].items() if k != "lookahead"}
+    group.attrs["diffinfinite"] = meta
+    old = CanvasStore.open(tmp_path / "new")
+    assert "lookahead" not in old.settings and TileScheduler(old, tiny).lookahead == 0
+    old.close()

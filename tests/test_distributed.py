@@ -235,3 +235,15 @@ def test_cli_count_writes_independent_images(client, tiny_model_dir, tmp_path, c
     assert np.array_equal(images[1], generate(model, size=(64, 96), seed=6).image)  # seed + index
     assert not np.array_equal(images[0], images[1])
     assert (tmp_path / "b_0003_mask.png").exists() and (tmp_path / "b_0003.json").exists()
+
+
+def test_a_generated_mask_uses_the_mask_guidance_as_generate_does(client, tiny_model_dir, tmp_path):
+    """--mask-omega reaches the cluster's mask task: the canvas's mask equals generate()'s with the same
+    mask guidance, and differs from the model's default one."""
+    model = load_model(tiny_model_dir, device="cpu")
+    run = generate_canvas(client, tiny_model_dir, tmp_path / "g", size=(128, 128), seed=SEED, block=BLOCK,
+                          mask_omega=0.0, torch_threads=1)
+    assert run.settings["mask_omega"] == 0.0 and run.settings["lookahead"] == min(8, run.settings["halo"])
+    ours = generate(model, size=(128, 128), seed=SEED, block=BLOCK, mask_omega=0.0)
+    assert np.array_equal(run.image(), ours.image)
+    assert not np.array_equal(ours.mask, generate(model, size=(128, 128), seed=SEED, block=BLOCK).mask)

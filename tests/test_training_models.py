@@ -175,6 +175,13 @@ def test_image_run_can_start_from_trained_weights(tmp_path, patches, autoencoder
         train_image_model(patches[:2], [], tmp_path / "c", TrainConfig(steps=1, sample_every=100),
                           unet_config={**IMAGE_UNET, "dim": 16}, init_from=tmp_path / "a" / "ema.safetensors",
                           **kwargs)
+    # weights trained in another latent space (an autoencoder of other widths) are refused
+    other = tmp_path / "other-ae.safetensors"
+    CompactAutoencoder(widths=(8, 8, 16)).save(other)
+    with pytest.raises(ValueError, match="another autoencoder"):
+        train_image_model(patches[:2], [], tmp_path / "d", TrainConfig(steps=1, sample_every=100),
+                          unet_config=IMAGE_UNET, init_from=tmp_path / "a" / "ema.safetensors",
+                          **{**kwargs, "autoencoder_path": other})
 
 
 # ================================================================================ mask model
@@ -251,6 +258,9 @@ def test_cli_trains_image_and_mask_models(tmp_path, autoencoder_file):
     assert log_steps(tmp_path / "mask") == [1, 2]
     bad = ["train", "mask", "--data", str(data), "--out", str(tmp_path / "bad"), "--dim", "8", "--groups", "3"]
     assert cli_main(bad) == 2  # 3 groups do not divide the widths 8, 16, ...
+    init = ["train", "mask", "--data", str(data), "--out", str(tmp_path / "bad2"), "--init-from",
+            str(tmp_path / "mask" / "ema.safetensors")]
+    assert cli_main(init) == 2 and not (tmp_path / "bad2").exists()  # mask runs start from scratch
 
 
 def test_bundle_assembles_a_loadable_model_folder(tmp_path, tiny_model_dir):

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import cosine_schedule
-from ..sampling.blocks import LOOKAHEAD, Block, generate_block
+from ..sampling.blocks import Block, generate_block
 from ..sampling.decode import decode_region, decode_strategy
 from ..sampling.random_patch import Cancelled
 from ..sampling.steppers import ImageStepper
@@ -122,7 +122,8 @@ class TileScheduler:
         self.steps = int(settings.get("steps") or model.default_steps)
         self.omega = float(settings.get("omega", model.default_omega))
         self.halo = int(settings.get("halo", 16))
-        self.lookahead = int(settings.get("lookahead", LOOKAHEAD))
+        # new canvases record the sampler's lookahead; one made before it existed keeps sampling as it began
+        self.lookahead = int(settings.get("lookahead", 0))
         self.mode = str(settings.get("mode", "batched"))
         # One window over the tile and its context halo: one (tile + 2 halo)^2 forward per step instead of up to
         # 2 x 2 windows of the model's size (1.5x faster per tile with context), and the context steers the whole

@@ -43,8 +43,9 @@ def continue_context(
 
     ``known`` (N, C, H, W) holds the fixed context where ``known_mask`` (N, H, W) is True. The miss
     ``known - x_start`` on the context is extended by normalised Gaussian smoothing (a smooth extrapolation
-    of its low frequencies) and added to the unknown latents with a weight that is 1 at the join and fades
-    over about ``2 * sigma`` latents. Context latents and windows without context come back unchanged; the
+    of its low frequencies) and added to the unknown latents with a weight that is 1 on the context and fades
+    with distance from it (about 0.8, 0.45, 0.2 on the first three new latents beside a straight join with
+    ``sigma`` 2). Context latents and windows without context come back unchanged; the
     result stays within the clip range [-1, 1] of ``x_start``.
     """
     keep = known_mask.to(x_start.device)[:, None]
@@ -54,5 +55,5 @@ def continue_context(
     miss = torch.where(keep, known.to(x_start.device, x_start.dtype) - x_start, torch.zeros_like(x_start))
     reach = _gaussian_blur(weight, sigma)
     extended = _gaussian_blur(miss, sigma) / reach.clamp(min=1e-6)
-    fade = (2 * reach).clamp(max=1.0)  # a straight join has half the kernel on the context: weight 1 there
+    fade = (2 * reach).clamp(max=1.0)  # 1 where half the kernel or more lies on the context
     return torch.where(keep, x_start, (x_start + fade * extended).clamp(-1.0, 1.0))

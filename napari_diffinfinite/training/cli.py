@@ -142,6 +142,9 @@ def run_train(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         autoencoder = args.autoencoder
+    if args.what == "mask" and args.init_from is not None:
+        print("error: --init-from starts autoencoder and image runs; a mask run starts from scratch", file=sys.stderr)
+        return 2
     if args.what in ("image", "mask"):
         unet, crop_latents = _network_settings(args)
         problem = _check_network(unet)

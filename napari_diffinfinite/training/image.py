@@ -243,6 +243,17 @@ def load_training_autoencoder(path) -> tuple[CompactAutoencoder, Path, str]:
     return ae.requires_grad_(False), path, digest
 
 
+def _safetensors_metadata(path) -> dict[str, str]:
+    """The metadata of a safetensors file ({} for other formats)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception:  # noqa: BLE001 - a .pt checkpoint, say: nothing to compare
+        return {}
+
+
 def _check_resume(out: Path, metadata: dict[str, str], key: str, what: str) -> None:
     """A clearer message than the trainer's when one specific setting changed between sessions."""
     state_file = Path(out) / "state.json"
@@ -307,6 +318,10 @@ def train_image_model(
         start = load_diffinfinite_checkpoint(init_from, "image")
         if start.config != net.config:
             raise ValueError(f"--init-from {init_from} is a {start.config} network, not the {net.config} asked for")
+        trained_on = _safetensors_metadata(init_from).get("diffinfinite.autoencoder")
+        if trained_on and json.loads(trained_on).get("config") != ae.config:
+            raise ValueError(f"--init-from {init_from} was trained in the latent space of another autoencoder "
+                             f"({json.loads(trained_on).get('config')}); start from weights trained on {ae_path}")
         net.load_state_dict(start.state_dict())
     metadata = {
         "diffinfinite.kind": "image",
