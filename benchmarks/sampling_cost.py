@@ -25,7 +25,7 @@ class CountingStepper:
 
     size_multiple = 4
 
-    def __call__(self, x, cond, t, t_next, noise):
+    def __call__(self, x, cond, t, t_next, noise, context=None):
         return x
 
 

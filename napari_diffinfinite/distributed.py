@@ -304,7 +304,7 @@ class CanvasJob:
     decode_tile: int
     decode_margin: int | None  # a local decoder's margin (latents); None: the Hann four-grid decode
     downsampling: int
-    lookahead: int = 8  # sampling.blocks.LOOKAHEAD (not imported here: this module loads without torch)
+    lookahead: int  # latents sampled past a block's sides without context (sampling.blocks.LOOKAHEAD)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -213,8 +213,8 @@ def generate_mask(model: DiffInfiniteModel, size: tuple[int, int], *, context="a
 @torch.no_grad()
 def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | None = None, mask_scale: int | None = None,
              context="adenocarcinoma", omega: float | None = None, mask_omega: float | None = None,
-             steps: int | None = None, seed: int = 0, mode: str = "batched", block: int = 512, halo: int = 16, window: int | None = None,
-             max_batch: int = 64, progress: Progress | None = None, cancel=None) -> GenerationResult:
+             steps: int | None = None, seed: int = 0, mode: str = "batched", block: int = 512, halo: int = 16,
+             window: int | None = None, max_batch: int = 64, progress: Progress | None = None, cancel=None) -> GenerationResult:
     """Synthetic H&E for a painted mask (``mask``, label ids, at image resolution or coarser by ``mask_scale``)
     or, without a mask, for a mask generated for ``context`` at ``size`` (H, W) pixels.
 
@@ -230,6 +230,7 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     if mask is None:
         if size is None:
             raise ValueError("give a mask, or a size (H, W) to generate one")
+        mask_omega = model.default_mask_omega if mask_omega is None else float(mask_omega)
         labels = generate_mask(model, size, context=context, seed=seed, steps=steps, omega=mask_omega, mode=mode,
                                progress=progress, cancel=cancel)
         timings["mask_s"] = time.perf_counter() - t0
@@ -264,7 +265,7 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     image = (pixels[:, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     settings = dict(
         model=model.name, seed=seed, omega=omega, steps=steps, mode=mode, block=block,
-        mask_omega=(model.default_mask_omega if mask_omega is None else float(mask_omega)) if mask is None else None,
+        mask_omega=mask_omega if mask is None else None,
         context=CONTEXT_DISPLAY.get(model.context_id(context), str(context)) if mask is None else None,
         mask="generated" if mask is None else "given", size=[h, w], pixel_size_um=model.pixel_size_um,
         version=__version__,

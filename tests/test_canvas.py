@@ -525,13 +525,12 @@ def test_hann_decoders_tile_seamlessly_too(tmp_path, tiny_model_dir):
 
 
 def test_new_canvases_record_the_samplers_lookahead(tmp_path, tiny):
-    """The store's and the distributed job's defaults are the sampler's (neither module imports torch, so each
-    keeps its own copy); a canvas made before the lookahead existed keeps sampling without it."""
+    """The store's default is the sampler's (the store does not import torch, so it keeps its own copy); a
+    canvas made before the lookahead existed keeps sampling without it."""
     from napari_diffinfinite.canvas.store import DEFAULT_SETTINGS
-    from napari_diffinfinite.distributed import CanvasJob
     from napari_diffinfinite.sampling.blocks import LOOKAHEAD
 
-    assert DEFAULT_SETTINGS["lookahead"] == LOOKAHEAD == CanvasJob.__dataclass_fields__["lookahead"].default
+    assert DEFAULT_SETTINGS["lookahead"] == LOOKAHEAD
     store = CanvasStore.create_for_model(tmp_path / "new", tiny, shape_px=(1024, 1024))
     assert store.settings["lookahead"] == LOOKAHEAD and TileScheduler(store, tiny).lookahead == LOOKAHEAD
     store.close()

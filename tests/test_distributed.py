@@ -129,7 +129,7 @@ def test_wave_widths_ramp_up_plateau_and_down():
 def _job(**changes) -> CanvasJob:
     settings = {"canvas": "", "latent_shape": (4, 45, 47), "block": 16, "halo": 16, "seed": 0, "steps": 3,
                 "omega": 3.0, "mode": "batched", "window": 16, "max_batch": 64, "decode_tile": 16,
-                "decode_margin": 9, "downsampling": 8}
+                "decode_margin": 9, "downsampling": 8, "lookahead": 8}
     return CanvasJob(**{**settings, **changes})
 
 

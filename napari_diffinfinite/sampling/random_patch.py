@@ -41,7 +41,7 @@ class WindowStepper(Protocol):
     def __call__(self, x: torch.Tensor, cond, t: int, t_next: int, noise: torch.Tensor,
                  context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Windows ``x`` at time ``t`` -> ``t_next``. ``context`` (known latents, known mask of each window) is
-        passed only for windows that hold fixed context; a stepper may use it to continue the context."""
+        None unless a window holds fixed context; a stepper may use it to continue the context."""
 
 
 @dataclass
@@ -185,8 +185,7 @@ def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mas
         labels = None if cond is None else torch.stack([cond[y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
         noise = torch.randn(batch.shape, generator=generator).to(device)
         context = _window_context(known, known_mask, [(y0, x0) for y0, x0, _, _ in boxes], (wh, ww), device)
-        out = stepper(batch, labels, t, t_next, noise) if context is None else stepper(
-            batch, labels, t, t_next, noise, context=context)
+        out = stepper(batch, labels, t, t_next, noise, context=context)
         new = x.clone()
         for (y0, x0, (ay, by), (ax, bx)), o in zip(boxes, out):
             new[:, ay:by, ax:bx] = o[:, ay - y0 : by - y0, ax - x0 : bx - x0]
@@ -228,8 +227,7 @@ def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_ma
         labels = None if cond is None else cond[y0 : y0 + wh, x0 : x0 + ww][None]
         noise = torch.randn((1, *x_in.shape), generator=generator).to(device)
         context = _window_context(known, known_mask, [(y0, x0)], (wh, ww), device)
-        out = (stepper(x_in[None], labels, t, t_next, noise) if context is None
-               else stepper(x_in[None], labels, t, t_next, noise, context=context))[0]
+        out = stepper(x_in[None], labels, t, t_next, noise, context=context)[0]
         act = active.to(device)
         prev[sl] = torch.where(act, x[sl], prev[sl])
         x[sl] = torch.where(act, out, x[sl])
