@@ -162,6 +162,39 @@ def test_per_label_batches_keep_one_label_of_each_crop_as_the_sampler_feeds_it(a
     assert any(len(set(torch.unique(m).tolist()) - {0}) >= 2 for m in plain.masks)  # the reference's mixed masks
 
 
+def test_balanced_batches_teach_a_rare_label_as_often_as_the_common_ones(autoencoder_file):
+    ae = CompactAutoencoder.load(autoencoder_file)
+    # carcinoma in every patch, necrosis in one of them (as in the sample data, where it is in 13 of 100)
+    # (34: carcinoma + necrosis, 3: stroma, 0: others, the rest carcinoma only; 21's necrosis is so small that
+    # only some transforms' latent grids hold it)
+    patches = [sample_patch(i, 64) for i in (34, 3, 0, 5, 6, 7, 10, 11, 13, 16, 21)]
+    cache = encode_patches(patches, ae, num_classes=5)
+    assert [i for i, m in enumerate(cache.masks) if (m[0] == 2).any()] == [0]
+    assert 0 < sum(bool((m == 2).any()) for m in cache.masks[10]) < DIHEDRAL
+    n = 600
+    b = image_batch(cache, n, 4, 0.0, torch.Generator().manual_seed(4), per_label=True, balance_labels=True)
+    present = sorted(set(torch.cat([m[0].flatten() for m in cache.masks]).tolist()) - {0})
+    counts = {label: 0 for label in present}
+    for m, i, k in zip(b.masks[:, 0], b.index.tolist(), b.transform.tolist()):
+        (label,) = set(torch.unique(m).tolist()) - {0}  # one label per sample, and it is in the crop
+        counts[label] += 1
+        full = cache.masks[i][k]
+        windows = [(y, x) for y in range(full.shape[0] - 3) for x in range(full.shape[1] - 3)
+                   if torch.equal(m, (full[y : y + 4, x : x + 4] == label) * label)]
+        assert windows  # the crop is a window of that patch in that transform, masked to the label
+    for label in present:  # uniform over labels: binomial sd ~ 0.02 at n = 600
+        assert abs(counts[label] / n - 1 / len(present)) < 0.07, counts
+    plain = image_batch(cache, n, 4, 0.0, torch.Generator().manual_seed(4), per_label=True)
+    plain_necrosis = sum(bool((m == 2).any()) for m in plain.masks)
+    assert counts[2] > 2 * plain_necrosis  # the rare label drawn far more often than crop sampling gives it
+    small = [k for m, i, k in zip(b.masks[:, 0], b.index.tolist(), b.transform.tolist()) if i == 10 and (m == 2).any()]
+    assert small and all((cache.masks[10][k] == 2).any() for k in small)  # only the transforms that hold it
+    again = image_batch(cache, n, 4, 0.0, torch.Generator().manual_seed(4), per_label=True, balance_labels=True)
+    assert torch.equal(again.latents, b.latents) and torch.equal(again.masks, b.masks)
+    with pytest.raises(ValueError, match="balance_labels needs per_label"):
+        image_batch(cache, 4, 4, 0.0, torch.Generator(), balance_labels=True)
+
+
 def test_image_run_can_start_from_trained_weights(tmp_path, patches, autoencoder_file):
     kwargs = dict(autoencoder_path=autoencoder_file, batch=2, crop_latents=4, sample_steps=1, progress=False)
     first = train_image_model(patches[:2], [], tmp_path / "a", TrainConfig(steps=2, sample_every=100),
@@ -250,9 +283,13 @@ def test_cli_trains_image_and_mask_models(tmp_path, autoencoder_file):
     holdout.write_text(json.dumps({"held_out": [SAMPLE_MASKS[2].name.replace("_mask.png", ".jpg")]}))
     common = ["--data", str(data), "--holdout-file", str(holdout), "--steps", "2", "--batch", "2", "--dim", "8",
               "--dim-mults", "1,2", "--groups", "2", "--sample-steps", "1", "--threads", "1"]
-    assert cli_main(["train", "image", "--out", str(tmp_path / "image"), "--autoencoder", str(autoencoder_file),
-                     "--crop-latents", "8", *common]) == 0
+    image = ["train", "image", "--out", str(tmp_path / "image"), "--autoencoder", str(autoencoder_file),
+             "--crop-latents", "8", *common]
+    assert cli_main([*image, "--balance-labels"]) == 2 and not (tmp_path / "image").exists()  # needs --per-label
+    assert cli_main([*image, "--per-label", "--balance-labels"]) == 0
     assert load_diffinfinite_checkpoint(tmp_path / "image" / "ema.safetensors", "image").config["dim"] == 8
+    extra = json.loads((tmp_path / "image" / "state.json").read_text())["config"]["extra"]
+    assert extra["per_label"] and extra["balance_labels"]
     assert cli_main(["train", "mask", "--out", str(tmp_path / "mask"), "--crop-latents", "8", *common]) == 0
     assert json.loads(metadata(tmp_path / "mask" / "ema.safetensors")["diffinfinite.contexts"]) == ["adenocarcinoma"]
     assert log_steps(tmp_path / "mask") == [1, 2]

@@ -83,6 +83,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     net.add_argument("--per-label", action="store_true",
                      help="image: condition each training crop on one of its labels, (mask == label) * label, as "
                           "the multi-label sampler does (the reference conditions on class = max(mask))")
+    net.add_argument("--balance-labels", action="store_true",
+                     help="image, with --per-label: draw each crop's label evenly over the dataset's labels, then a "
+                          "crop that holds it, so rare classes (necrosis) are trained as often as common ones")
     net.add_argument("--loss", choices=["l1", "mse"], default="l1", help="noise-prediction loss (reference: l1)")
     net.add_argument("--omega", type=float, default=3.0, help="guidance weight of the sample grids")
     net.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the sample grids")
@@ -145,6 +148,10 @@ def run_train(args) -> int:
     if args.what == "mask" and args.init_from is not None:
         print("error: --init-from starts autoencoder and image runs; a mask run starts from scratch", file=sys.stderr)
         return 2
+    if args.balance_labels and not (args.what == "image" and args.per_label):
+        print("error: --balance-labels balances the label each image crop is conditioned on; use it with "
+              "'train image --per-label'", file=sys.stderr)
+        return 2
     if args.what in ("image", "mask"):
         unet, crop_latents = _network_settings(args)
         problem = _check_network(unet)
@@ -181,7 +188,7 @@ def run_train(args) -> int:
             train_image_model(train + unlabelled, held_out, args.out, config, autoencoder_path=autoencoder,
                               unet_config=unet, batch=args.batch, crop_latents=crop_latents,
                               cond_drop=args.cond_drop, loss=args.loss, per_label=args.per_label,
-                              init_from=args.init_from, omega=args.omega,
+                              balance_labels=args.balance_labels, init_from=args.init_from, omega=args.omega,
                               sample_steps=args.sample_steps, device=args.device)
         else:
             from .mask import train_mask_model
