@@ -209,6 +209,26 @@ def test_anti_copying_fails_with_a_planted_duplicate():
 # ---- seams and the grid ------------------------------------------------------------------------------------
 
 
+def test_real_data_reference_scores_training_patches_against_held_out_ones():
+    """Real patches in place of generated ones: a class whose held-out colour differs from its training colour
+    misses Delta E by exactly that difference, and a held-out patch that duplicates a training one fails
+    anti-copying."""
+    pink, pale = (200, 120, 160), (235, 215, 225)
+    mask = np.ones((64, 64), np.int64)
+    train = [Patch(f"t{i}.png", noise(i, 64, 64), mask) for i in range(3)]
+    train.append(Patch("t_pink.png", np.broadcast_to(np.array(pink, np.uint8), (64, 64, 3)).copy(), mask * 2))
+    held = [Patch("h_pale.png", np.broadcast_to(np.array(pale, np.uint8), (64, 64, 3)).copy(), mask * 2)]
+    ref = ev.real_data_reference(held, train, labels=(2,), crop=64, thumb=16)
+    expected = ev.delta_e(rgb2lab(np.array([[pale]], np.uint8))[0, 0], rgb2lab(np.array([[pink]], np.uint8))[0, 0])
+    assert ref["per_class"]["2"]["delta_e"] == pytest.approx(expected, abs=0.05) and expected > 8
+    assert ref["anti_copying"]["held_out_to_train"]["n"] == 1 and ref["anti_copying"]["train_to_train"]["n"] == 4
+    assert ref["anti_copying"]["pass"] is True  # a flat pale patch is far from every training patch
+    copied = ev.real_data_reference([Patch("h_copy.png", train[0].image, mask)], train, labels=(1,), crop=64,
+                                    thumb=16)
+    assert copied["anti_copying"]["held_out_to_train"]["min"] == pytest.approx(0, abs=1e-6)
+    assert copied["anti_copying"]["pass"] is False
+
+
 def test_seam_report():
     assert ev.seam_report([flat((90, 90, 90), 64, 64)], tile=32)["pass"]
     striped = noise(2, 64, 64) // 8
@@ -279,8 +299,13 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert r["anti_copying"]["generated_to_train"]["n"] == 6 and r["anti_copying"]["train_to_train"]["n"] == 2
     assert len(r["seams"]["per_image"]) == 2
     assert result.grid.size[1] > 4 * 100  # four class rows
+    ref = r["real_data_reference"]
+    assert set(ref["per_class"]) == {"1", "2", "3", "4"}
+    assert ref["anti_copying"]["held_out_to_train"]["n"] == 2  # the two held-out patches, one crop each
+    worst_real = max(v["delta_e"] for v in ref["per_class"].values())
+    assert r["summary"]["delta_e_max_over_classes"]["real_data"] == pytest.approx(worst_real)
     text = ev.format_report(r)
-    assert "Carcinoma" in text and "anti-copying" in text
+    assert "Carcinoma" in text and "anti-copying" in text and "held-out -> train" in text
     ev.write_report(r, tmp_path / "report.json")
     assert json.loads((tmp_path / "report.json").read_text())["model"] == "tiny-test-model"
 
