@@ -12,6 +12,9 @@ import sys
 
 from . import DISCLAIMER, __version__
 
+#: model.diffusion.SAMPLERS, copied so that parsing arguments does not import torch (a test ties the two)
+SAMPLER_CHOICES = ("ddim", "dpmpp-2m-sde")
+
 PLUGIN = "napari-diffinfinite"
 DEMO_SAMPLE = "demo_canvas"
 WIDGET = "DiffInfinite"
@@ -128,7 +131,7 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         result = generate(model, mask=mask, size=tuple(args.size) if args.size else None, mask_scale=args.mask_scale,
                           context=args.context, omega=args.omega, mask_omega=args.mask_omega, steps=args.steps,
-                          seed=args.seed,
+                          sampler=args.sampler, seed=args.seed,
                           mode=args.mode, block=args.block, progress=progress)
     except ValueError as e:
         return _error(EXIT_MASK if mask is not None else EXIT_USAGE, str(e))
@@ -202,7 +205,7 @@ def _bundle(args: argparse.Namespace) -> int:
     try:
         folder = bundle_model(args.out, autoencoder=args.autoencoder, image=args.image, mask=args.mask,
                               name=args.name, default_steps=args.default_steps, default_omega=args.default_omega,
-                              mask_omega=args.mask_omega)
+                              mask_omega=args.mask_omega, sampler=args.sampler)
     except (FileNotFoundError, ValueError, KeyError) as e:
         return _error(EXIT_USAGE, str(e))
     print(f"wrote {folder / 'model.json'}")
@@ -239,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "the released DiffInfinite, 0 for the embedded model, see its model card)")
     gen.add_argument("--mask-omega", type=float, help="guidance weight of the mask model, for generated masks "
                      "(default: the model's, 3)")
-    gen.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
+    gen.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    gen.add_argument("--sampler", choices=SAMPLER_CHOICES, help="the image model's sampler (default: the model's): ddim is "
+                     "the reference's DDIM (eta 1); dpmpp-2m-sde is DPM-Solver++(2M) SDE, the same steps made second "
+                     "order, sharper at the same cost (the embedded model's)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--context", default="adeno", help="mask context prompt: adeno or squamous")
     gen.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -285,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--default-steps", type=int, default=25)
     bundle.add_argument("--default-omega", type=float, default=3.0, help="the image model's default guidance")
     bundle.add_argument("--mask-omega", type=float, default=3.0, help="the mask model's default guidance")
+    bundle.add_argument("--sampler", choices=SAMPLER_CHOICES, default="ddim", help="the image model's default sampler")
     bundle.set_defaults(func=_bundle)
     from .training.cli import add_train_parser
 

@@ -95,7 +95,7 @@ MASK_CHUNK = 2048
 #: The full-resolution class mask (H, W) uint8, next to the canvas arrays.
 MASK_ARRAY = "mask"
 #: Settings that must match for a re-run to resume an existing canvas.
-JOB_KEYS = ("model_name", "seed", "omega", "mask_omega", "steps", "halo", "lookahead", "mode", "block",
+JOB_KEYS = ("model_name", "seed", "omega", "mask_omega", "steps", "sampler", "halo", "lookahead", "mode", "block",
             "image_shape", "mask", "mask_sha1", "context", "decode_tile", "max_batch")
 
 _PRIORITY_SAMPLE = 1 << 30  # sampling tasks (the critical path) before any decode task
@@ -211,7 +211,7 @@ def _model_info(ref: ModelRef, context) -> dict:
     info = {
         "name": model.name, "num_classes": int(model.num_classes), "contexts": list(model.contexts),
         "default_steps": int(model.default_steps), "default_omega": float(model.default_omega),
-        "default_mask_omega": float(model.default_mask_omega), "window": int(model.window),
+        "default_mask_omega": float(model.default_mask_omega), "sampler": model.sampler, "window": int(model.window),
         "downsampling": int(model.downsampling), "latent_channels": int(model.image_unet.channels),
         "pixel_size_um": float(model.pixel_size_um), "has_mask_model": model.mask_unet is not None,
         "decode_strategy": strategy, "device": str(model.device),
@@ -305,6 +305,7 @@ class CanvasJob:
     decode_margin: int | None  # a local decoder's margin (latents); None: the Hann four-grid decode
     downsampling: int
     lookahead: int  # latents sampled past a block's sides without context (sampling.blocks.LOOKAHEAD)
+    sampler: str  # the image sampler (model.diffusion.SAMPLERS)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -402,7 +403,8 @@ def _sample_block_task(ref: ModelRef, job: CanvasJob, i: int, j: int, hook=None)
         cols = torch.arange(wx0, wx1) // job.block
         done = (rows[:, None] + cols[None, :]) < (i + j)
         local = Block(i, j, y0 - wy0, x0 - wx0, y1 - wy0, x1 - wx0)
-        stepper = ImageStepper(model.image_unet, cosine_schedule(), job.omega + 1, max_batch=job.max_batch)
+        stepper = ImageStepper(model.image_unet, cosine_schedule(), job.omega + 1, max_batch=job.max_batch,
+                               sampler=job.sampler)
         with torch.no_grad():
             generate_block(stepper, latents, done, labels, local, seed=job.seed, schedule=stepper.schedule,
                            steps=job.steps, halo=job.halo, lookahead=job.lookahead, window=job.window,
@@ -561,11 +563,11 @@ def _latent_labels(read_rows: Callable[[np.ndarray, np.ndarray], np.ndarray], h:
     return read_rows(ys, xs)
 
 
-def _job_settings(info: dict, *, seed, omega, mask_omega, steps, halo, lookahead, mode, block, shape, mask_kind,
-                  mask_sha1, context, decode_tile, max_batch, latent_hw) -> dict:
+def _job_settings(info: dict, *, seed, omega, mask_omega, steps, sampler, halo, lookahead, mode, block, shape,
+                  mask_kind, mask_sha1, context, decode_tile, max_batch, latent_hw) -> dict:
     return {
         "seed": int(seed), "omega": float(omega), "mask_omega": None if mask_omega is None else float(mask_omega),
-        "steps": int(steps), "halo": int(halo), "lookahead": int(lookahead), "mode": mode,
+        "steps": int(steps), "sampler": sampler, "halo": int(halo), "lookahead": int(lookahead), "mode": mode,
         "block": int(block),
         "image_shape": [int(shape[0]), int(shape[1])], "latent_shape": [int(latent_hw[0]), int(latent_hw[1])],
         "mask": mask_kind, "mask_sha1": mask_sha1, "context": context, "decode_tile": int(decode_tile),
@@ -621,6 +623,7 @@ def generate_canvas(
     omega: float | None = None,
     mask_omega: float | None = None,
     steps: int | None = None,
+    sampler: str | None = None,
     seed: int = 0,
     mode: str = "batched",
     block: int = 64,
@@ -663,6 +666,7 @@ def generate_canvas(
     """
     from .canvas.grid import Rect
     from .canvas.store import STATUS_LATENTS, STATUS_PIXELS
+    from .model.diffusion import check_sampler
 
     t_start = time.perf_counter()
     if mask is None and size is None:
@@ -682,6 +686,7 @@ def generate_canvas(
     else:
         mask_omega = None
     steps = steps or info["default_steps"]
+    sampler = check_sampler(info["sampler"] if sampler is None else sampler)
     d = info["downsampling"]
     if mask is not None:
         labels = _labels_for(mask, mask_scale, size, info["num_classes"])
@@ -704,7 +709,8 @@ def generate_canvas(
     from .sampling.blocks import LOOKAHEAD
 
     lookahead = min(LOOKAHEAD, halo)  # what generate_block makes of it; recorded, and checked on resume
-    settings = _job_settings(info, seed=seed, omega=omega, mask_omega=mask_omega, steps=steps, halo=halo,
+    settings = _job_settings(info, seed=seed, omega=omega, mask_omega=mask_omega, steps=steps, sampler=sampler,
+                             halo=halo,
                              lookahead=lookahead, mode=mode, block=block,
                              shape=(h, w), mask_kind="given" if mask is not None else "generated",
                              mask_sha1=mask_sha1, context=context_display, decode_tile=decode_tile,
@@ -733,7 +739,8 @@ def generate_canvas(
         job = CanvasJob(canvas=str(canvas), latent_shape=(info["latent_channels"], lh, lw), block=block,
                         halo=halo, seed=int(seed), steps=int(steps), omega=float(omega), mode=mode,
                         window=info["window"], max_batch=int(max_batch), decode_tile=int(decode_tile),
-                        decode_margin=info["decode_margin"], downsampling=d, lookahead=lookahead)
+                        decode_margin=info["decode_margin"], downsampling=d, lookahead=lookahead,
+                        sampler=sampler)
         context_deps, decode_deps = block_dependencies(job)
         sample_waiters: dict[tuple[int, int], list] = {k: [] for k in context_deps}
         decode_waiters: dict[tuple[int, int], list] = {k: [] for k in context_deps}
@@ -899,6 +906,7 @@ def generate_batch(
     omega: float | None = None,
     mask_omega: float | None = None,
     steps: int | None = None,
+    sampler: str | None = None,
     mode: str = "batched",
     block: int = 512,
     compression: str | None = None,
@@ -937,7 +945,8 @@ def generate_batch(
         # once to every worker (not once per task); broadcast, so a dead worker does not take the only copy
         mask_arg = client.scatter(np.asarray(mask), broadcast=True)
     gen_kwargs = {"size": None if size is None else tuple(size), "mask_scale": mask_scale, "context": context,
-                      "omega": omega, "mask_omega": mask_omega, "steps": steps, "mode": mode, "block": block}
+                      "omega": omega, "mask_omega": mask_omega, "steps": steps, "sampler": sampler, "mode": mode,
+                  "block": block}
     export_kwargs = {"compression": compression, "overwrite": True}
     futures = [
         client.submit(_image_task, ref, str(stem), fmt, k, count, seed + k, run, mask_arg, gen_kwargs,

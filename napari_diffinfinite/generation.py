@@ -24,6 +24,7 @@ from .model import (
     CompactAutoencoder,
     ImageUnet,
     MaskUnet,
+    check_sampler,
     cosine_schedule,
     load_diffinfinite_checkpoint,
     select_device,
@@ -66,6 +67,7 @@ class DiffInfiniteModel:
     default_steps: int = 50
     default_omega: float = 3.0  # the image model's guidance
     default_mask_omega: float = 3.0  # the mask model's guidance (a separate network, tuned separately)
+    sampler: str = "ddim"  # the image model's sampler (model.diffusion.SAMPLERS; "ddim" is the reference's)
     window: int = 64
     mask_window: int = 16
     mask_px: int = 4
@@ -145,6 +147,7 @@ def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=N
         mask_codec=codec, num_classes=image.num_classes, contexts=meta.get("contexts", ["adenocarcinoma"]),
         default_steps=meta.get("default_steps", 25), default_omega=meta.get("default_omega", 3.0),
         default_mask_omega=meta.get("mask", {}).get("omega", meta.get("default_omega", 3.0)),
+        sampler=check_sampler(meta["image"].get("sampler", "ddim")),
         window=meta["image"].get("window", 64), mask_window=meta.get("mask", {}).get("window", 32),
         mask_px=meta.get("mask", {}).get("mask_px", 1), pixel_size_um=meta.get("pixel_size_um", 0.5), device=device,
     )
@@ -214,18 +217,21 @@ def generate_mask(model: DiffInfiniteModel, size: tuple[int, int], *, context="a
 def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | None = None, mask_scale: int | None = None,
              context="adenocarcinoma", omega: float | None = None, mask_omega: float | None = None,
              steps: int | None = None, seed: int = 0, mode: str = "batched", block: int = 512, halo: int = 16,
-             window: int | None = None, max_batch: int = 64, progress: Progress | None = None, cancel=None) -> GenerationResult:
+             window: int | None = None, sampler: str | None = None, max_batch: int = 64, progress: Progress | None = None,
+             cancel=None) -> GenerationResult:
     """Synthetic H&E for a painted mask (``mask``, label ids, at image resolution or coarser by ``mask_scale``)
     or, without a mask, for a mask generated for ``context`` at ``size`` (H, W) pixels.
 
     The canvas is sampled in blocks of ``block`` latents (one block up to 4096 px) with per-block seeds, then
     decoded seamlessly. ``window``: the sampling window in latents (default: the model's training window).
-    ``omega`` guides the image model, ``mask_omega`` the mask model (defaults: the model's).
+    ``omega`` guides the image model, ``mask_omega`` the mask model (defaults: the model's). ``sampler``: the
+    image model's (``model.diffusion.SAMPLERS``; default: the model's).
     Returns the image (H, W, 3) uint8 and the mask (H, W).
     """
     timings = {}
     t0 = time.perf_counter()
     omega = model.default_omega if omega is None else float(omega)
+    sampler = check_sampler(model.sampler if sampler is None else sampler)
     steps = steps or model.default_steps
     if mask is None:
         if size is None:
@@ -244,7 +250,7 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     padded = np.pad(labels, ((0, lh * d - h), (0, lw * d - w)), mode="edge")
     # the label at each latent cell's centre, as the trainer builds latent masks
     latent_labels = torch.from_numpy(padded[d // 2 :: d, d // 2 :: d].copy())
-    stepper = ImageStepper(model.image_unet, cosine_schedule(), omega + 1, max_batch=max_batch)
+    stepper = ImageStepper(model.image_unet, cosine_schedule(), omega + 1, max_batch=max_batch, sampler=sampler)
     stats = SamplingStats()
     t1 = time.perf_counter()
     latents = generate_latents(
@@ -264,7 +270,7 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     timings["decode_s"] = time.perf_counter() - t2
     image = (pixels[:, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     settings = dict(
-        model=model.name, seed=seed, omega=omega, steps=steps, mode=mode, block=block,
+        model=model.name, seed=seed, omega=omega, steps=steps, sampler=sampler, mode=mode, block=block,
         mask_omega=mask_omega if mask is None else None,
         context=CONTEXT_DISPLAY.get(model.context_id(context), str(context)) if mask is None else None,
         mask="generated" if mask is None else "given", size=[h, w], pixel_size_um=model.pixel_size_um,

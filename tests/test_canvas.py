@@ -542,3 +542,28 @@ def test_new_canvases_record_the_samplers_lookahead(tmp_path, tiny):
     old = CanvasStore.open(tmp_path / "new")
     assert "lookahead" not in old.settings and TileScheduler(old, tiny).lookahead == 0
     old.close()
+
+
+def test_canvases_keep_the_sampler_they_began_with(tmp_path, tiny):
+    """A canvas records its model's sampler (or any chosen one); one made before samplers were recorded keeps
+    DDIM, and one made without a model (sampler None) takes the generating model's."""
+    from dataclasses import replace
+
+    second = replace(tiny, sampler="dpmpp-2m-sde")
+    store = CanvasStore.create_for_model(tmp_path / "new", second, shape_px=(1024, 1024))
+    assert store.settings["sampler"] == "dpmpp-2m-sde"
+    sched = TileScheduler(store, second)
+    assert sched.sampler == sched.stepper.sampler == "dpmpp-2m-sde"
+    assert TileScheduler(store, tiny).stepper.sampler == "dpmpp-2m-sde"  # the canvas's, whoever generates it
+    store.close()
+    group = zarr.open_group(tmp_path / "new", mode="r+")
+    meta = dict(group.attrs["diffinfinite"])
+    meta["settings"] = {k: v for k, v in meta["settings"].items() if k != "sampler"}
+    group.attrs["diffinfinite"] = meta
+    old = CanvasStore.open(tmp_path / "new")
+    assert TileScheduler(old, second).stepper.sampler == "ddim"
+    old.close()
+    anyone = CanvasStore.create(tmp_path / "anyone", shape_px=(1024, 1024), model_name=None,
+                                latent_channels=int(tiny.image_unet.channels))
+    assert anyone.settings["sampler"] is None and TileScheduler(anyone, second).stepper.sampler == "dpmpp-2m-sde"
+    anyone.close()

@@ -129,7 +129,7 @@ def test_wave_widths_ramp_up_plateau_and_down():
 def _job(**changes) -> CanvasJob:
     settings = {"canvas": "", "latent_shape": (4, 45, 47), "block": 16, "halo": 16, "seed": 0, "steps": 3,
                 "omega": 3.0, "mode": "batched", "window": 16, "max_batch": 64, "decode_tile": 16,
-                "decode_margin": 9, "downsampling": 8, "lookahead": 8}
+                "decode_margin": 9, "downsampling": 8, "lookahead": 8, "sampler": "ddim"}
     return CanvasJob(**{**settings, **changes})
 
 
@@ -166,6 +166,17 @@ def test_canvas_equals_single_process_generate(client, tiny_model_dir, reference
     # a canvas that holds another job is not resumed by mistake
     with pytest.raises(CanvasMismatchError, match="seed"):
         generate_canvas(client, tiny_model_dir, tmp_path / "c", mask=_mask(), seed=SEED + 1, block=BLOCK)
+
+
+def test_canvas_with_the_second_order_sampler_equals_generate(client, tiny_model_dir, tmp_path):
+    model = load_model(tiny_model_dir, device="cpu")
+    expected = generate(model, mask=_mask(), seed=SEED, block=BLOCK, sampler="dpmpp-2m-sde")
+    assert not np.array_equal(expected.image, generate(model, mask=_mask(), seed=SEED, block=BLOCK).image)
+    run = _canvas(client, tiny_model_dir, tmp_path / "c", sampler="dpmpp-2m-sde")
+    assert run.settings["sampler"] == "dpmpp-2m-sde"
+    assert np.array_equal(run.image(), expected.image)  # the per-pixel history survives blocks and workers
+    with pytest.raises(CanvasMismatchError, match="sampler"):  # a canvas sampled one way is not resumed another
+        _canvas(client, tiny_model_dir, tmp_path / "c", sampler="ddim")
 
 
 def test_a_killed_worker_loses_only_its_block(client, tiny_model_dir, reference, tmp_path):

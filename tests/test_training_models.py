@@ -324,10 +324,13 @@ def test_bundle_assembles_a_loadable_model_folder(tmp_path, tiny_model_dir):
             "diffinfinite.contexts": '["adenocarcinoma"]'}
     save_file(load_file(str(mask_file)), str(mask_file), metadata=meta)
     out = bundle_model(tmp_path / "bundle", autoencoder=runs["autoencoder"], image=runs["image"], mask=runs["mask"],
-                       name="bundled", default_steps=4, image_window=16, mask_window=8)
+                       name="bundled", default_steps=4, sampler="dpmpp-2m-sde", image_window=16, mask_window=8)
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["provenance"]["image"]["steps"] == 7 and manifest["contexts"] == ["adenocarcinoma"]
     model = load_model(out, device="cpu")
     assert model.name == "bundled" and model.default_steps == 4 and model.mask_codec.cells_per_latent == 16
+    assert model.sampler == "dpmpp-2m-sde"
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        bundle_model(tmp_path / "bundle", autoencoder=runs["autoencoder"], sampler="euler")
     with pytest.raises(ValueError, match="holds a 'image' network, not the mask"):
         bundle_model(tmp_path / "wrong", autoencoder=runs["autoencoder"], image=runs["image"], mask=runs["image"])

@@ -124,12 +124,16 @@ class TileScheduler:
         self.halo = int(settings.get("halo", 16))
         # new canvases record the sampler's lookahead; one made before it existed keeps sampling as it began
         self.lookahead = int(settings.get("lookahead", 0))
+        # likewise the sampler: canvases from before it was recorded used DDIM; None (made without a model): the
+        # model's
+        self.sampler = settings.get("sampler", "ddim") or model.sampler
         self.mode = str(settings.get("mode", "batched"))
         # One window over the tile and its context halo: one (tile + 2 halo)^2 forward per step instead of up to
         # 2 x 2 windows of the model's size (1.5x faster per tile with context), and the context steers the whole
         # tile at every step. Measured seams across joins are as good or better (benchmarks/context_seams.py).
         self.window = max(int(model.window), self.grid.latent_tile) + 2 * self.halo
-        self.stepper = ImageStepper(model.image_unet, cosine_schedule(), self.omega + 1, max_batch=max_batch)
+        self.stepper = ImageStepper(model.image_unet, cosine_schedule(), self.omega + 1, max_batch=max_batch,
+                                    sampler=self.sampler)
         self.strategy = decode_strategy(model.autoencoder)
         lt = self.grid.latent_tile
         #: latents around a tile that its decode reads

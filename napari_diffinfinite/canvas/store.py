@@ -98,6 +98,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "context": None,
     "halo": 16,
     "lookahead": 8,  # sampling.blocks.LOOKAHEAD, recorded so that a canvas keeps sampling as it began
+    "sampler": None,  # the image sampler (model.diffusion.SAMPLERS); None: the generating model's
     "mode": "batched",
     "pixel_size_um": 0.5,
     "num_classes": 5,
@@ -279,7 +280,7 @@ class CanvasStore:
         """A new, empty canvas in ``folder`` (created; it must not exist or be empty unless ``overwrite``).
 
         ``settings`` are recorded in the group attributes over :data:`DEFAULT_SETTINGS` (seed, omega, steps,
-        context, halo, lookahead, mode, pixel_size_um, num_classes; any other JSON values are kept too).
+        context, halo, lookahead, sampler, mode, pixel_size_um, num_classes; any other JSON values are kept too).
         """
         root = Path(folder)
         if root.exists() and not root.is_dir():
@@ -342,11 +343,12 @@ class CanvasStore:
     @classmethod
     def create_for_model(cls, folder, model, *, shape_px=(DEFAULT_SIDE, DEFAULT_SIDE), tile: int = 512,
                          overwrite: bool = False, **settings) -> CanvasStore:
-        """:meth:`create` with the name, latent channels, downsampling, steps, guidance, classes and pixel size
-        of ``model`` (a :class:`~napari_diffinfinite.generation.DiffInfiniteModel`); ``settings`` override."""
+        """:meth:`create` with the name, latent channels, downsampling, steps, guidance, sampler, classes and pixel
+        size of ``model`` (a :class:`~napari_diffinfinite.generation.DiffInfiniteModel`); ``settings`` override."""
         merged = {
             "steps": model.default_steps,
             "omega": model.default_omega,
+            "sampler": model.sampler,
             "num_classes": model.num_classes,
             "pixel_size_um": model.pixel_size_um,
             "window": model.window,

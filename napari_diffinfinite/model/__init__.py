@@ -14,12 +14,15 @@ from .autoencoder import (
 )
 from .checkpoint import RELEASED_CONFIGS, CheckpointError, load_diffinfinite_checkpoint, save_unet
 from .diffusion import (
+    SAMPLERS,
     Schedule,
+    check_sampler,
     cosine_schedule,
     ddim_step,
     guided_scale,
     inpaint,
     multilabel_ddim_step,
+    multistep_weight,
     predict_noise_from_start,
     predict_start_from_noise,
     predictions,
@@ -46,7 +49,9 @@ __all__ = [
     "ImageUnet",
     "MaskUnet",
     "RELEASED_CONFIGS",
+    "SAMPLERS",
     "Schedule",
+    "check_sampler",
     "cosine_schedule",
     "ddim_step",
     "guide",
@@ -54,6 +59,7 @@ __all__ = [
     "inpaint",
     "load_diffinfinite_checkpoint",
     "multilabel_ddim_step",
+    "multistep_weight",
     "predict_noise_from_start",
     "predict_start_from_noise",
     "predictions",

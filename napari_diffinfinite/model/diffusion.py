@@ -106,6 +106,53 @@ def ddim_step(
     return out
 
 
+#: Image samplers. ``"ddim"``: the reference's DDIM step (eta 1) everywhere. ``"dpmpp-2m-sde"``: the same step
+#: made second order by the last step's ``x_start`` (:func:`multistep_weight`), and a first step from pure noise
+#: that takes ``x_start`` = 0, the mean of standardised latents (:func:`starts_from_mean`).
+SAMPLERS: tuple[str, ...] = ("ddim", "dpmpp-2m-sde")
+
+
+def check_sampler(name: str) -> str:
+    """``name`` if it is one of :data:`SAMPLERS`, else a ValueError that lists them."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return name
+
+
+def half_log_snr(schedule: Schedule, t: int) -> float:
+    """``lambda_t = log(alpha_t / sigma_t)``, the time variable of DPM-Solver (float64)."""
+    a = float(schedule.alphas_cumprod[t].double())
+    return 0.5 * math.log(a / (1.0 - a))
+
+
+def multistep_weight(schedule: Schedule, t_prev: int, t: int, t_next: int) -> float:
+    """Weight ``w`` of ``x_start(t) - x_start(t_prev)`` that, added to the DDIM eta-1 step ``t -> t_next``,
+    makes it the second-order multistep SDE solver DPM-Solver++(2M) SDE (midpoint form; Lu et al. 2022).
+
+    The DDIM eta-1 step is that solver's first-order step. With ``h = lambda(t_next) - lambda(t)`` and
+    ``r = (lambda(t) - lambda(t_prev)) / h``, ``w = alpha_next (1 - exp(-2h)) / (2 r)``. Zero for the last step
+    (``t_next < 0``), whose output is ``x_start`` itself.
+    """
+    if t_next < 0:
+        return 0.0
+    lam_prev, lam, lam_next = (half_log_snr(schedule, u) for u in (t_prev, t, t_next))
+    h = lam_next - lam
+    r = (lam - lam_prev) / h
+    alpha_next = math.sqrt(float(schedule.alphas_cumprod[t_next].double()))
+    return alpha_next * -math.expm1(-2.0 * h) / (2.0 * r)
+
+
+def starts_from_mean(schedule: Schedule, t: int) -> bool:
+    """Whether ``t`` is the schedule's last time, where ``x_start`` is taken as 0 by ``"dpmpp-2m-sde"``.
+
+    There the cosine schedule keeps ``alpha_bar = 2.4e-9`` of the signal: a noise-predicting network's
+    ``x_start`` is its noise error times 2e4, which clipping turns into a saturated +-1 latent that the next
+    steps read as content (it made the embedded model paint "Others" white). At that signal-to-noise ratio the
+    best estimate of ``x_start`` is the data mean, 0 for standardised latents.
+    """
+    return int(t) == schedule.timesteps - 1
+
+
 def label_masks(mask: torch.Tensor) -> list[torch.Tensor]:
     """The labels present in each sample's label map, sorted (``torch.unique`` order)."""
     return [torch.unique(m) for m in mask]

@@ -15,6 +15,11 @@ Two samplers over one region, both with optional fixed context (in- and outpaint
     step run in one batched forward pass. A tiling with a random offset has at most one extra row and
     column of windows, so its cost approaches plain tiling as regions grow (1.27x at 4096 px).
 
+Second order: a stepper whose ``sampler`` is ``"dpmpp-2m-sde"`` (see :mod:`napari_diffinfinite.model.diffusion`)
+keeps its windows' ``x_start`` (``last_x_start``); both samplers keep it per latent pixel and add
+``multistep_weight * (x_start - previous x_start)`` to every step but the first and the last. Windows move
+between steps, so the history lives on the region, not on a window.
+
 Context: where ``known_mask`` is set, the window input is the known latent re-noised to the current time
 (fresh noise every step), the stepper's prediction of the clean latents is corrected to continue the known
 ones (:mod:`napari_diffinfinite.sampling.context`), and the output keeps the known latent bit-for-bit.
@@ -28,7 +33,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from ..model.diffusion import Schedule, q_sample, time_pairs
+from ..model.diffusion import Schedule, multistep_weight, q_sample, time_pairs
 
 
 class Cancelled(Exception):
@@ -162,11 +167,17 @@ def _window_context(known, known_mask, origins, win, device):
     return torch.stack([known[:, y0 : y0 + wh, x0 : x0 + ww] for y0, x0 in origins]), masks.to(device)
 
 
+def _second_order(stepper) -> bool:
+    return getattr(stepper, "sampler", "ddim") == "dpmpp-2m-sde"
+
+
 def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mask, progress, cancel, st, device):
     c, h, w = x.shape
     wh, ww = win
     unknown = ~known_mask
     total = len(pairs) * int(unknown.sum())
+    second_order = _second_order(stepper)
+    prev_start, prev_t = None, None  # x_start of the region at the previous step, and that step's time
     for k, (t, t_next) in enumerate(pairs):
         if cancel is not None and cancel():
             raise Cancelled()
@@ -189,6 +200,13 @@ def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mas
         new = x.clone()
         for (y0, x0, (ay, by), (ax, bx)), o in zip(boxes, out):
             new[:, ay:by, ax:bx] = o[:, ay - y0 : by - y0, ax - x0 : bx - x0]
+        if second_order:
+            start = torch.zeros_like(x)
+            for (y0, x0, (ay, by), (ax, bx)), s0 in zip(boxes, stepper.last_x_start):
+                start[:, ay:by, ax:bx] = s0[:, ay - y0 : by - y0, ax - x0 : bx - x0]
+            if prev_start is not None and t_next >= 0:
+                new = new + multistep_weight(schedule, prev_t, t, t_next) * (start - prev_start)
+            prev_start, prev_t = start, t
         x = torch.where(unknown.to(device), new, x)
         st.window_evals += len(boxes)
         st.rounds += 1
@@ -207,6 +225,11 @@ def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_ma
     prev = x.clone()
     total = n * int(unknown.sum())
     done = 0
+    second_order = _second_order(stepper)
+    # per pixel, the x_start of its last step (all pixels take the same times, so level k's weight is shared)
+    prev_start = torch.zeros_like(x) if second_order else None
+    weights = [0.0] + [multistep_weight(schedule, pairs[k - 1][0], *pairs[k]) for k in range(1, n)] \
+        if second_order else None
     while True:
         if cancel is not None and cancel():
             raise Cancelled()
@@ -229,6 +252,11 @@ def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_ma
         context = _window_context(known, known_mask, [(y0, x0)], (wh, ww), device)
         out = stepper(x_in[None], labels, t, t_next, noise, context=context)[0]
         act = active.to(device)
+        if second_order:
+            start = stepper.last_x_start[0]
+            if weights[level]:
+                out = out + weights[level] * (start - prev_start[sl])
+            prev_start[sl] = torch.where(act, start, prev_start[sl])
         prev[sl] = torch.where(act, x[sl], prev[sl])
         x[sl] = torch.where(act, out, x[sl])
         times[y0 : y0 + wh, x0 : x0 + ww] += active.long()

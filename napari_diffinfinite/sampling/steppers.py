@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.diffusion import Schedule, ddim_step, predictions
+from ..model.diffusion import Schedule, check_sampler, ddim_step, predictions, starts_from_mean
 from ..model.unet import ImageUnet, MaskUnet
 from .context import CONTEXT_SIGMA, continue_context
 
@@ -26,9 +26,12 @@ class ImageStepper:
     """Multi-label guided DDIM step of the mask-conditioned image UNet over a batch of windows."""
 
     def __init__(self, net: ImageUnet, schedule: Schedule, cond_scale: float, eta: float = 1.0, max_batch: int = 64,
-                 context_sigma: float = CONTEXT_SIGMA):
+                 context_sigma: float = CONTEXT_SIGMA, sampler: str = "ddim"):
         self.net = net
         self.context_sigma = context_sigma  # 0: no context correction (for comparisons)
+        #: ``model.diffusion.SAMPLERS``; the region samplers read it to add the second-order term
+        self.sampler = check_sampler(sampler)
+        self.last_x_start: torch.Tensor | None = None  # the windows' x_start of the last call (for that term)
         self.schedule = schedule
         self.cond_scale = float(cond_scale)
         self.eta = eta
@@ -71,6 +74,11 @@ class ImageStepper:
     def __call__(self, x: torch.Tensor, labels: torch.Tensor, t: int, t_next: int, noise: torch.Tensor,
                  context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One step of windows ``x``; ``context`` = (known latents, known mask) of the windows, if any."""
+        if self.sampler != "ddim" and starts_from_mean(self.schedule, t):
+            # x_start = 0 (model.diffusion.starts_from_mean), so the noise is x itself: no network call
+            x_start = torch.zeros_like(x)
+            eps = x / (1 - self.schedule.alphas_cumprod[t].to(x.device)).sqrt()
+            return _ddim(self, x, eps, t, t_next, noise, context, x_start=x_start)
         return _ddim(self, x, self.guided_noise(x, labels, t), t, t_next, noise, context)
 
 
@@ -101,9 +109,14 @@ class MaskStepper:
         return _ddim(self, x, torch.cat(outs), t, t_next, noise, context)
 
 
-def _ddim(stepper, x, eps, t, t_next, noise, context):
-    """The DDIM step both steppers end with; with context, ``x_start`` first continues the known latents."""
-    pred_noise, x_start = predictions(stepper.schedule, x, torch.full((x.shape[0],), t, device=x.device), eps)
+def _ddim(stepper, x, eps, t, t_next, noise, context, x_start=None):
+    """The DDIM step both steppers end with; with context, ``x_start`` first continues the known latents.
+
+    ``x_start``: given instead of predicted from ``eps``. The one used is kept as ``stepper.last_x_start``.
+    """
+    if x_start is None:
+        eps, x_start = predictions(stepper.schedule, x, torch.full((x.shape[0],), t, device=x.device), eps)
     if context is not None and stepper.context_sigma:
         x_start = continue_context(x_start, *context, sigma=stepper.context_sigma)
-    return ddim_step(stepper.schedule, x_start, pred_noise, t, t_next, stepper.eta, noise)
+    stepper.last_x_start = x_start
+    return ddim_step(stepper.schedule, x_start, eps, t, t_next, stepper.eta, noise)

@@ -13,6 +13,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from .._atomic import atomic_copy, atomic_write_text
+from ..model.diffusion import check_sampler
 
 
 def _weights(run_or_file: Path) -> Path:
@@ -38,10 +39,13 @@ def _provenance(path: Path) -> dict:
 
 
 def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", default_steps=25,
-                 default_omega=3.0, mask_omega=3.0, image_window=64, mask_window=32, pixel_size_um=0.5) -> Path:
+                 default_omega=3.0, mask_omega=3.0, sampler="ddim", image_window=64, mask_window=32,
+                 pixel_size_um=0.5) -> Path:
     """Write ``out``/{autoencoder,image,mask}.safetensors and ``model.json``; returns the folder.
 
-    ``default_omega`` is the image model's default guidance, ``mask_omega`` the mask model's."""
+    ``default_omega`` is the image model's default guidance, ``mask_omega`` the mask model's; ``sampler`` the
+    image model's default sampler (``model.diffusion.SAMPLERS``)."""
+    check_sampler(sampler)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"name": name, "default_steps": default_steps, "default_omega": default_omega,
@@ -61,7 +65,7 @@ def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", de
         manifest["provenance"][part] = _provenance(src)
     manifest["autoencoder"] = {"type": "compact", "file": "autoencoder.safetensors"}
     if image is not None:
-        manifest["image"] = {"file": "image.safetensors", "window": image_window}
+        manifest["image"] = {"file": "image.safetensors", "window": image_window, "sampler": sampler}
     if mask is not None:
         meta = _metadata(out / "mask.safetensors")
         manifest["contexts"] = json.loads(meta.get("diffinfinite.contexts", '["adenocarcinoma"]'))
