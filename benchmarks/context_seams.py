@@ -44,10 +44,12 @@ def mirrored(index: int) -> np.ndarray:
     return np.concatenate([mask, mask[:, ::-1]], axis=1)
 
 
-def image(model, mask: np.ndarray, seed: int, *, block: int, sigma: float, lookahead: int, window: int) -> np.ndarray:
+def image(model, mask: np.ndarray, seed: int, *, block: int, sigma: float, lookahead: int, window: int,
+          sampler: str) -> np.ndarray:
     d = model.downsampling
     labels = torch.from_numpy(mask[d // 2 :: d, d // 2 :: d].copy())
-    stepper = ImageStepper(model.image_unet, cosine_schedule(), model.default_omega + 1, context_sigma=sigma)
+    stepper = ImageStepper(model.image_unet, cosine_schedule(), model.default_omega + 1, context_sigma=sigma,
+                           sampler=sampler)
     z = generate_latents(stepper, (model.image_unet.channels, *labels.shape), labels, seed=seed,
                          schedule=stepper.schedule, steps=model.default_steps, block=block, halo=16,
                          lookahead=lookahead, window=window, device=model.device)
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="embedded")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--sampler", help="the image sampler (default: the model's)")
     p.add_argument("--window", type=int, default=96, help="sampling window in latents (96: one window over the "
                    "block and its halo, as the canvas samples; 64: the model's own window)")
     args = p.parse_args(argv)
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
     cases = {"sample mask 0": mirrored(0), "sample mask 3": mirrored(3), "sample mask 5": mirrored(5),
              "uniform necrosis": np.full((512, 1024), 2), "uniform stroma": np.full((512, 1024), 3)}
     lb = model.window
+    sampler = args.sampler or model.sampler
     variants = {
         "shipped join": dict(block=lb, sigma=CONTEXT_SIGMA, lookahead=LOOKAHEAD),
         "no correction": dict(block=lb, sigma=0.0, lookahead=LOOKAHEAD),
@@ -75,7 +79,8 @@ def main(argv=None) -> int:
         "neither": dict(block=lb, sigma=0.0, lookahead=0),
         "one block (no join)": dict(block=2 * lb, sigma=CONTEXT_SIGMA, lookahead=LOOKAHEAD),
     }
-    print(f"model {args.model}, {model.default_steps} steps, window {args.window}, seeds {args.seeds}; seam ratio at "
+    print(f"model {args.model}, {model.default_steps} steps, sampler {sampler}, window {args.window}, seeds {args.seeds}; "
+          "seam ratio at "
           f"x = 512 (target <= 1.10)", flush=True)
     table = {v: {} for v in variants}
     seconds = {v: 0.0 for v in variants}
@@ -84,13 +89,15 @@ def main(argv=None) -> int:
             vals = []
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                vals.append(seam_ratio(image(model, mask, seed, window=args.window, **kw), tile=512))
+                vals.append(seam_ratio(image(model, mask, seed, window=args.window, sampler=sampler, **kw), tile=512))
                 seconds[v] += time.perf_counter() - t0
             table[v][name] = vals
         halves = []
         for seed in args.seeds:
-            left = image(model, mask[:, :512], seed, **variants["one block (no join)"], window=args.window)
-            right = image(model, mask[:, 512:], seed + 1000, **variants["one block (no join)"], window=args.window)
+            left = image(model, mask[:, :512], seed, **variants["one block (no join)"], window=args.window,
+                         sampler=sampler)
+            right = image(model, mask[:, 512:], seed + 1000, **variants["one block (no join)"], window=args.window,
+                          sampler=sampler)
             halves.append(seam_ratio(np.concatenate([left, right], axis=1), tile=512))
         table.setdefault("without context", {})[name] = halves
         print(f"{name:18s} " + "  ".join(f"{v} {np.mean(table[v][name]):.3f}" for v in table), flush=True)

@@ -5,6 +5,9 @@ mask <= 60 s. Each figure is the best of ``--repeat`` runs after one warm-up, an
 
     python benchmarks/embedded_speed.py                 # the embedded model
     python benchmarks/embedded_speed.py --model FOLDER --threads 2
+
+The tile is also timed with the reference's DDIM sampler in the same run, for the ratio of the model's sampler
+to it (the same network calls but one: its first step runs none).
 """
 
 from __future__ import annotations
@@ -43,19 +46,30 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--steps", type=int, help="default: the model's")
     p.add_argument("--omega", type=float, help="default: the model's")
+    p.add_argument("--sampler", help="default: the model's")
     p.add_argument("--big", type=int, default=2048)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
     steps = args.steps or model.default_steps
     omega = model.default_omega if args.omega is None else args.omega
-    print(f"model {model.name}, {steps} steps, omega {omega}, {torch.get_num_threads()} threads, "
+    sampler = args.sampler or model.sampler
+    print(f"model {model.name}, {steps} steps, omega {omega}, sampler {sampler}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
 
-    t_tile, r = timed(lambda: generate(model, mask=tile_mask(512), steps=steps, omega=omega, seed=0), args.repeat)
+    def tile(name):
+        return timed(lambda: generate(model, mask=tile_mask(512), steps=steps, omega=omega, seed=0, sampler=name),
+                     args.repeat)
+
+    t_tile, r = tile(sampler)
     print(f"512 px tile (painted mask): {t_tile:6.2f} s   [tissue {r.seconds['tissue_s']:.2f} s, "
           f"decode {r.seconds['decode_s']:.2f} s, UNet rows {r.stats.extra['unet_rows']}]   target <= 2 s")
-    t_big, r = timed(lambda: generate(model, size=(args.big, args.big), steps=steps, omega=omega, seed=0), 1)
+    if sampler != "ddim":
+        t_ddim, r = tile("ddim")
+        print(f"  the same tile with ddim:  {t_ddim:6.2f} s   [UNet rows {r.stats.extra['unet_rows']}]   "
+              f"{sampler} / ddim = {t_tile / t_ddim:.2f}")
+    t_big, r = timed(lambda: generate(model, size=(args.big, args.big), steps=steps, omega=omega, seed=0,
+                                      sampler=sampler), 1)
     print(f"{args.big} px with generated mask: {t_big:6.2f} s   [mask {r.seconds.get('mask_s', 0):.2f} s, "
           f"tissue {r.seconds['tissue_s']:.2f} s, decode {r.seconds['decode_s']:.2f} s, "
           f"{r.stats.cost_vs_tiling:.2f}x tiling]   target <= 60 s")

@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--omega", type=float, default=None, help="the image model's guidance (default: the model's)")
+    p.add_argument("--sampler", default=None, help="the image model's sampler (default: the model's)")
     p.add_argument("--size", type=int, default=2048, help="side of the generated-mask images for the seam "
                    "metric (default: %(default)s)")
     p.add_argument("--class-size", type=int, help="side of the whole-class images (default: the image model's "
@@ -86,6 +87,7 @@ def main(argv=None) -> int:
           flush=True)
     try:
         result = evaluate(model, patches, held_out, seeds=args.seeds, steps=args.steps, omega=args.omega,
+                          sampler=args.sampler,
                           size=args.size, class_size=args.class_size, seam_tile=args.seam_tile)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -600,7 +600,8 @@ def _log_default(message: str) -> None:
 
 
 def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequence[int] = (0, 1, 2),
-             steps: int | None = None, omega: float | None = None, size: int = 2048, class_size: int | None = None,
+             steps: int | None = None, omega: float | None = None, sampler: str | None = None, size: int = 2048,
+             class_size: int | None = None,
              labels: Sequence[int] = CLASS_LABELS, dependence_labels: Sequence[int] = DEPENDENCE_LABELS,
              crop: int | None = None, thumb: int = 64, erode: int = 4, seam_tile: int = 512,
              log: Callable[[str], None] | None = _log_default) -> EvaluationResult:
@@ -611,9 +612,9 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
     whole-class ``class_size`` image per class of ``dependence_labels`` (class dependence), and one ``size`` x
     ``size`` image with a generated mask (seams, and its ``crop``-px tiles for anti-copying). ``crop`` is the
     training patch size (default: the smallest patch side, at most 512); thumbnails are ``thumb`` px.
-    ``omega``: the image model's guidance (default: the model's). ``class_size`` defaults to the image model's
-    window in pixels (512 for the embedded model): the smallest region the canvas and the CLI sample, so the
-    size users see.
+    ``omega``: the image model's guidance, ``sampler`` its sampler (defaults: the model's). ``class_size``
+    defaults to the image model's window in pixels (512 for the embedded model): the smallest region the canvas
+    and the CLI sample, so the size users see.
     """
     from .generation import generate
 
@@ -625,13 +626,15 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
         raise ValueError("anti-copying needs at least 2 training patches")
     steps = steps or model.default_steps
     omega = model.default_omega if omega is None else float(omega)
+    sampler = model.sampler if sampler is None else sampler
     class_size = class_size or model.window * model.downsampling
     crop = crop or min(512, min(min(p.image.shape[:2]) for p in patches))
     seeds = [int(s) for s in seeds]
     timings: dict[str, float] = {}
     report: dict[str, Any] = {
         "model": model.name,
-        "settings": {"seeds": seeds, "steps": steps, "omega": omega, "mask_omega": model.default_mask_omega,
+        "settings": {"seeds": seeds, "steps": steps, "omega": omega, "sampler": sampler,
+                     "mask_omega": model.default_mask_omega,
                      "size": size,
                      "class_size": class_size, "crop": crop, "thumbnail": thumb, "erode": erode,
                      "held_out": [p.name for p in held], "train_patches": len(train)},
@@ -648,7 +651,7 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
     gen_images, gen_masks, gen_by_patch = [], [], {}
     for i, p in enumerate(held):
         for seed in seeds:
-            image = generate(model, mask=p.mask, seed=seed, steps=steps, omega=omega).image
+            image = generate(model, mask=p.mask, seed=seed, steps=steps, omega=omega, sampler=sampler).image
             gen_images.append(image)
             gen_masks.append(p.mask)
             gen_by_patch.setdefault(p.name, []).append(image)
@@ -663,7 +666,8 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
 
     t = time.perf_counter()
     log(f"class dependence: {len(dependence_labels)} classes x {len(seeds)} seeds, {class_size} px")
-    dep, dep_images = class_dependence(model, dependence_labels, seeds, size=class_size, steps=steps, omega=omega)
+    dep, dep_images = class_dependence(model, dependence_labels, seeds, size=class_size, steps=steps, omega=omega,
+                                       sampler=sampler)
     # the same figure on the real data, for scale: per-patch means of each class's pixels (>= 5% of a patch)
     real_means: dict[int, list[np.ndarray]] = {}
     real_hf: dict[int, list[float]] = {}
@@ -682,7 +686,7 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
     t = time.perf_counter()
     large = []
     for seed in seeds:
-        large.append(generate(model, size=(size, size), seed=seed, steps=steps, omega=omega).image)
+        large.append(generate(model, size=(size, size), seed=seed, steps=steps, omega=omega, sampler=sampler).image)
         log(f"generated a {size} px image with its mask, seed {seed}")
     timings["large_images_s"] = time.perf_counter() - t
     report["seams"] = seam_report(large, tile=seam_tile) if size > seam_tile else None
@@ -716,7 +720,7 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
         rows.append((f"{label} {class_name(label, model.num_classes)}", cells))
     titles = ["held-out real"] + [f"generated, seed {s}" for s in seeds] + ["generated, whole-class mask"]
     grid = sample_grid(rows, titles, title=f"{model.name}: held-out real patch | generated with its mask "
-                                           f"({steps} steps, omega {omega:g})")
+                                           f"({steps} steps, {sampler}, omega {omega:g})")
 
     report["summary"] = _summary(report)
     report["seconds"] = timings
@@ -794,7 +798,9 @@ def _fmt(value, spec: str = ".2f") -> str:
 
 def format_report(report: dict) -> str:
     """The report as a plain-text table."""
-    lines = [f"model {report['model']}  (steps {report['settings']['steps']}, seeds {report['settings']['seeds']})",
+    st = report["settings"]
+    lines = [f"model {report['model']}  (steps {st['steps']}, sampler {st.get('sampler', 'ddim')}, "
+             f"seeds {st['seeds']})",
              "", f"{'criterion':<28} {'value':>9}  {'target':<24} pass  {'real data':>9}"]
     for key, row in report["summary"].items():
         verdict = {True: "yes", False: "NO", None: "-"}[row["pass"]]
