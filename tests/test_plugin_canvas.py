@@ -537,6 +537,29 @@ def test_loading_a_model_sets_its_guidance_and_steps_when_no_canvas_is_open(view
     assert (widget.omega.value, widget.steps.value) == (3.0, 50)  # nothing loaded: the released defaults
     widget.model.value = "user"
     widget.model_folder.value = folder
+    manifest["image"]["sampler"] = "dpmpp-2m-sde"
+    (folder / "model.json").write_text(json.dumps(manifest))
     widget.load_selected_model()
     qtbot.waitUntil(lambda: widget.model_state == "loaded", timeout=10000)
-    assert (widget.omega.value, widget.steps.value) == (0.5, 3)
+    assert (widget.omega.value, widget.steps.value, widget.sampler.value) == (0.5, 3, "dpmpp-2m-sde")
+
+
+def test_the_sampler_shows_the_canvases_and_applies_to_its_next_tiles(viewer, tiny, qtbot, tmp_path):
+    from dataclasses import replace
+
+    from napari_diffinfinite._widget import SAMPLER_CHOICES
+    from napari_diffinfinite.model import SAMPLERS
+
+    assert sorted(v for _, v in SAMPLER_CHOICES) == sorted(SAMPLERS)
+    second = replace(tiny, sampler="dpmpp-2m-sde")
+    store = CanvasStore.create_for_model(tmp_path / "c", second, shape_px=SMALL)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
+    assert widget.sampler.value == "ddim"  # nothing loaded: the reference's
+    ctrl = open_canvas(viewer, store=store, model=second, camera=((2048, 2048), 1.0),
+                       scheduler_options={"max_view_tiles": 1})
+    qtbot.waitUntil(lambda: widget._controller is ctrl, timeout=3000)
+    assert widget.sampler.value == ctrl.sampler == "dpmpp-2m-sde"
+    widget.sampler.value = "ddim"
+    widget._start(ctrl)
+    assert store.settings["sampler"] == "ddim" and ctrl.scheduler.stepper.sampler == "ddim"
+    ctrl.cancel()

@@ -417,15 +417,27 @@ class CanvasController(QObject):
             self.start()
         self.state_changed.emit()
 
-    def apply_settings(self, *, omega: float | None = None, steps: int | None = None) -> bool:
-        """Record new guidance / steps for the tiles generated from now on (tiles already made keep theirs);
-        the scheduler is rebuilt if they changed. Returns whether they changed."""
+    @property
+    def sampler(self) -> str | None:
+        """The image sampler this canvas generates with: its recorded one (DDIM for canvases from before samplers
+        were recorded), else the model's; None while neither is known."""
+        recorded = self.store.settings.get("sampler", "ddim")
+        return recorded or (None if self.model is None else self.model.sampler)
+
+    def apply_settings(self, *, omega: float | None = None, steps: int | None = None,
+                       sampler: str | None = None) -> bool:
+        """Record new guidance / steps / sampler for the tiles generated from now on (tiles already made keep
+        theirs); the scheduler is rebuilt if they changed. Returns whether they changed."""
         changes = {}
         s = self.store.settings
         if omega is not None and float(omega) != float(s.get("omega", 3.0)):
             changes["omega"] = float(omega)
         if steps is not None and int(steps) != int(s.get("steps") or 0):
             changes["steps"] = int(steps)
+        if sampler is not None and sampler != self.sampler:
+            from ..model.diffusion import check_sampler
+
+            changes["sampler"] = check_sampler(sampler)
         if not changes or self.read_only:
             return False
         self.store.update_settings(**changes)
