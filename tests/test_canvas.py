@@ -524,6 +524,15 @@ def test_hann_decoders_tile_seamlessly_too(tmp_path, tiny_model_dir):
     assert np.abs(full.numpy().astype(int) - got.astype(int)).max() <= 1
 
 
+def _forget_setting(folder, key: str) -> CanvasStore:
+    """Reopen the canvas in ``folder`` as one written before ``key`` was recorded (its attributes lack it)."""
+    group = zarr.open_group(folder, mode="r+")
+    meta = dict(group.attrs["diffinfinite"])
+    meta["settings"] = {k: v for k, v in meta["settings"].items() if k != key}
+    group.attrs["diffinfinite"] = meta
+    return CanvasStore.open(folder)
+
+
 def test_new_canvases_record_the_samplers_lookahead(tmp_path, tiny):
     """The store's default is the sampler's (the store does not import torch, so it keeps its own copy); a
     canvas made before the lookahead existed keeps sampling without it."""
@@ -534,12 +543,7 @@ def test_new_canvases_record_the_samplers_lookahead(tmp_path, tiny):
     store = CanvasStore.create_for_model(tmp_path / "new", tiny, shape_px=(1024, 1024))
     assert store.settings["lookahead"] == LOOKAHEAD and TileScheduler(store, tiny).lookahead == LOOKAHEAD
     store.close()
-    # a canvas written before the setting existed: its attributes lack the key
-    group = zarr.open_group(tmp_path / "new", mode="r+")
-    meta = dict(group.attrs["diffinfinite"])
-    meta["settings"] = {k: v for k, v in meta["settings"].items() if k != "lookahead"}
-    group.attrs["diffinfinite"] = meta
-    old = CanvasStore.open(tmp_path / "new")
+    old = _forget_setting(tmp_path / "new", "lookahead")  # a canvas written before the setting existed
     assert "lookahead" not in old.settings and TileScheduler(old, tiny).lookahead == 0
     old.close()
 
@@ -556,11 +560,7 @@ def test_canvases_keep_the_sampler_they_began_with(tmp_path, tiny):
     assert sched.sampler == sched.stepper.sampler == "dpmpp-2m-sde"
     assert TileScheduler(store, tiny).stepper.sampler == "dpmpp-2m-sde"  # the canvas's, whoever generates it
     store.close()
-    group = zarr.open_group(tmp_path / "new", mode="r+")
-    meta = dict(group.attrs["diffinfinite"])
-    meta["settings"] = {k: v for k, v in meta["settings"].items() if k != "sampler"}
-    group.attrs["diffinfinite"] = meta
-    old = CanvasStore.open(tmp_path / "new")
+    old = _forget_setting(tmp_path / "new", "sampler")
     assert TileScheduler(old, second).stepper.sampler == "ddim"
     old.close()
     anyone = CanvasStore.create(tmp_path / "anyone", shape_px=(1024, 1024), model_name=None,

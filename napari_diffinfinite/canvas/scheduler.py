@@ -52,7 +52,7 @@ from ..sampling.decode import decode_region, decode_strategy
 from ..sampling.random_patch import Cancelled
 from ..sampling.steppers import ImageStepper
 from .grid import Rect, TileKey
-from .store import STATUS_EMPTY, STATUS_LATENTS, STATUS_PIXELS, CanvasStore
+from .store import STATUS_EMPTY, STATUS_LATENTS, STATUS_PIXELS, CanvasStore, recorded_sampler
 
 __all__ = ["EarlyStart", "SchedulerStats", "TileScheduler"]
 
@@ -124,9 +124,7 @@ class TileScheduler:
         self.halo = int(settings.get("halo", 16))
         # new canvases record the sampler's lookahead; one made before it existed keeps sampling as it began
         self.lookahead = int(settings.get("lookahead", 0))
-        # likewise the sampler: canvases from before it was recorded used DDIM; None (made without a model): the
-        # model's
-        self.sampler = settings.get("sampler", "ddim") or model.sampler
+        self.sampler = recorded_sampler(settings) or model.sampler
         self.mode = str(settings.get("mode", "batched"))
         # One window over the tile and its context halo: one (tile + 2 halo)^2 forward per step instead of up to
         # 2 x 2 windows of the model's size (1.5x faster per tile with context), and the context steers the whole

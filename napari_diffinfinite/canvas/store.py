@@ -70,6 +70,7 @@ __all__ = [
     "CanvasLockedError",
     "CanvasStore",
     "placeholder_lut",
+    "recorded_sampler",
 ]
 
 FORMAT = "diffinfinite-canvas"
@@ -90,6 +91,12 @@ LABEL_CHUNK = 512
 STATUS_TTL = 1.0
 #: Tissue fill value: white, like an empty slide, in viewers that do not know the status array.
 TISSUE_FILL = 255
+
+def recorded_sampler(settings: Mapping) -> str | None:
+    """The image sampler a canvas's ``settings`` record: DDIM for canvases from before samplers were recorded,
+    None for one made without a model (it takes the generating model's)."""
+    return settings.get("sampler", "ddim")
+
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "seed": 0,

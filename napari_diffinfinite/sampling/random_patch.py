@@ -198,12 +198,12 @@ def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mas
         context = _window_context(known, known_mask, [(y0, x0) for y0, x0, _, _ in boxes], (wh, ww), device)
         out = stepper(batch, labels, t, t_next, noise, context=context)
         new = x.clone()
-        for (y0, x0, (ay, by), (ax, bx)), o in zip(boxes, out):
-            new[:, ay:by, ax:bx] = o[:, ay - y0 : by - y0, ax - x0 : bx - x0]
+        start = torch.zeros_like(x) if second_order else None
+        for b, (y0, x0, (ay, by), (ax, bx)) in enumerate(boxes):
+            new[:, ay:by, ax:bx] = out[b, :, ay - y0 : by - y0, ax - x0 : bx - x0]
+            if second_order:
+                start[:, ay:by, ax:bx] = stepper.last_x_start[b, :, ay - y0 : by - y0, ax - x0 : bx - x0]
         if second_order:
-            start = torch.zeros_like(x)
-            for (y0, x0, (ay, by), (ax, bx)), s0 in zip(boxes, stepper.last_x_start):
-                start[:, ay:by, ax:bx] = s0[:, ay - y0 : by - y0, ax - x0 : bx - x0]
             if prev_start is not None and t_next >= 0:
                 new = new + multistep_weight(schedule, prev_t, t, t_next) * (start - prev_start)
             prev_start, prev_t = start, t

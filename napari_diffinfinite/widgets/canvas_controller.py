@@ -45,7 +45,14 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..canvas.grid import Rect, TileKey, as_rect
-from ..canvas.store import STATUS_EMPTY, STATUS_PIXELS, CanvasLockedError, CanvasStore, RGBLevelArray
+from ..canvas.store import (
+    STATUS_EMPTY,
+    STATUS_PIXELS,
+    CanvasLockedError,
+    CanvasStore,
+    RGBLevelArray,
+    recorded_sampler,
+)
 from .canvas_layers import (
     META_KEY,
     canvas_meta,
@@ -421,8 +428,7 @@ class CanvasController(QObject):
     def sampler(self) -> str | None:
         """The image sampler this canvas generates with: its recorded one (DDIM for canvases from before samplers
         were recorded), else the model's; None while neither is known."""
-        recorded = self.store.settings.get("sampler", "ddim")
-        return recorded or (None if self.model is None else self.model.sampler)
+        return recorded_sampler(self.store.settings) or (None if self.model is None else self.model.sampler)
 
     def apply_settings(self, *, omega: float | None = None, steps: int | None = None,
                        sampler: str | None = None) -> bool:
