@@ -59,6 +59,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path, metavar="SAFETENSORS",
                    help="autoencoder or image: start a new run from these trained weights (e.g. a run's "
                         "ema.safetensors, or a model folder's image.safetensors)")
+    p.add_argument("--adversarial-weight", type=float, default=0.0,
+                   help="autoencoder, with --freeze-encoder: weight of a patch-discriminator (hinge GAN) loss on "
+                        "the decoder, scaled adaptively against the pixel losses (0: off; 0.5 is the LDM recipe's)")
+    p.add_argument("--adversarial-start", type=int, default=0,
+                   help="autoencoder: step from which the adversarial loss is on")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="autoencoder: train only the decoder, so latents (and image models on them) stay valid")
     net = p.add_argument_group(
@@ -94,7 +100,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                           "*label<k>_* is context k, others context 0")
     net.add_argument("--cells-per-latent", type=int, default=16,
                      help="mask: mask pixels per simplex-latent pixel (16: a 512-px mask is a 32x32 latent)")
-    net.add_argument("--device", default="cpu", help="image and mask models: cpu, cuda, cuda:N or mps")
+    net.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription beside other work)")
@@ -169,7 +175,7 @@ def run_train(args) -> int:
     holdout_file = args.holdout_file or (args.out / "holdout.json")
     train, held_out = split_holdout(patches, holdout_file, args.holdout, range(1, args.num_classes))
     config = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, save_every=args.save_every,
-                         sample_every=args.sample_every)
+                         sample_every=args.sample_every, ema_decay=args.ema_decay)
     if args.what == "mask" and unlabelled:
         print("note: unlabelled folders are not used by the mask model (it learns masks)")
         unlabelled = []
@@ -181,7 +187,8 @@ def run_train(args) -> int:
                               latent_channels=args.latent_channels, fourier_weight=args.fourier_weight,
                               texture_weight=args.texture_weight, phase_weight=args.phase_weight,
                               init_from=args.init_from, latent_std=args.latent_std,
-                              freeze_encoder=args.freeze_encoder)
+                              freeze_encoder=args.freeze_encoder, adversarial_weight=args.adversarial_weight,
+                              adversarial_start=args.adversarial_start, device=args.device)
         elif args.what == "image":
             from .image import train_image_model
 

@@ -89,14 +89,6 @@ def render_labels(labels: torch.Tensor, num_classes: int, background=(0.85, 0.85
     return colours[labels.long().clamp(0, num_classes - 1)].permute(0, 3, 1, 2)
 
 
-def move_optimizer_state(trainer: Trainer, device: torch.device) -> None:
-    """Resumed Adam moments are read on the CPU; put them beside their parameters."""
-    for state in trainer.opt.state.values():
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                state[key] = state[key].to(device)
-
-
 def floor_to(n: int, multiple: int) -> int:
     return n - n % multiple
 
@@ -394,7 +386,6 @@ def train_image_model(
                     "crop_latents": crop_latents, "cond_drop": cond_drop, "loss": loss,
                     "per_label": per_label, "balance_labels": balance_labels, "init_from": None if init_from is None else str(init_from)}
     trainer = Trainer(net, Path(out), config, metadata)
-    move_optimizer_state(trainer, device)
 
     num_classes = net.num_classes
     cache = encode_patches(train_patches, ae, num_classes=num_classes, progress=progress)

@@ -2,7 +2,8 @@
 
 State lives in one folder: ``weights.safetensors`` (online weights), ``ema.safetensors`` (the EMA that is
 shipped and sampled), ``optimizer.safetensors`` + ``state.json`` (Adam moments, step, config), ``log.csv``
-(loss per step) and ``samples-<step>.png``. Every file is written to a temp file and renamed, so a run
+(loss per step) and ``samples-<step>.png``; a companion network trained beside the main one (the decoder's
+discriminator) adds ``<name>.safetensors`` and ``<name>-optimizer.safetensors``. Every file is written to a temp file and renamed, so a run
 killed at any moment resumes from its last checkpoint. No pickles.
 """
 
@@ -37,10 +38,37 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # kind-specific settings, saved in state.json
 
 
-class Trainer:
-    """Adam with warmup and cosine decay, gradient clipping, an EMA of the weights, checkpoints in ``out``."""
+def _adam_moments(opt: torch.optim.Optimizer, params) -> dict[str, torch.Tensor]:
+    moments = {}
+    for i, p in enumerate(params):
+        st = opt.state.get(p)
+        if st:
+            moments[f"{i}.exp_avg"] = st["exp_avg"]
+            moments[f"{i}.exp_avg_sq"] = st["exp_avg_sq"]
+    return moments
 
-    def __init__(self, net: nn.Module, out: Path, config: TrainConfig, metadata: dict[str, str]):
+
+def _load_adam_moments(opt: torch.optim.Optimizer, params, path: Path, step: int) -> None:
+    moments = load_file(str(path))
+    for i, p in enumerate(params):
+        if f"{i}.exp_avg" in moments:
+            opt.state[p] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": moments[f"{i}.exp_avg"].to(p.device),
+                "exp_avg_sq": moments[f"{i}.exp_avg_sq"].to(p.device),
+            }
+
+
+class Trainer:
+    """Adam with warmup and cosine decay, gradient clipping, an EMA of the weights, checkpoints in ``out``.
+
+    ``companions``: other networks with their own optimizers that the loss function trains itself (a
+    discriminator); they are saved and resumed with the run, so a resumed adversarial run goes on as it was.
+    """
+
+    def __init__(self, net: nn.Module, out: Path, config: TrainConfig, metadata: dict[str, str],
+                 companions: dict[str, tuple[nn.Module, torch.optim.Optimizer]] | None = None):
+        self.companions = dict(companions or {})
         self.net = net
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -63,15 +91,14 @@ class Trainer:
             )
         self.net.load_state_dict(load_file(str(self.out / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(self.out / "ema.safetensors")))
-        moments = load_file(str(self.out / "optimizer.safetensors"))
-        params = list(self.net.parameters())
-        for i, p in enumerate(params):
-            if f"{i}.exp_avg" in moments:
-                self.opt.state[p] = {
-                    "step": torch.tensor(float(state["step"])),
-                    "exp_avg": moments[f"{i}.exp_avg"],
-                    "exp_avg_sq": moments[f"{i}.exp_avg_sq"],
-                }
+        _load_adam_moments(self.opt, list(self.net.parameters()), self.out / "optimizer.safetensors", state["step"])
+        for name, (module, opt) in self.companions.items():
+            if not (self.out / f"{name}.safetensors").exists():
+                raise ValueError(f"{self.out} has no {name}.safetensors: it was trained without a {name}; "
+                                 "resume with the same settings, or train into a new run folder")
+            module.load_state_dict(load_file(str(self.out / f"{name}.safetensors")))
+            _load_adam_moments(opt, list(module.parameters()), self.out / f"{name}-optimizer.safetensors",
+                               state["step"])
         self.step = state["step"]
         self.elapsed = state.get("elapsed_s", 0.0)
 
@@ -79,13 +106,11 @@ class Trainer:
         meta = {**self.metadata}
         atomic_save_tensors(self.out / "weights.safetensors", self.net.state_dict(), meta)
         atomic_save_tensors(self.out / "ema.safetensors", self.ema.state_dict(), meta)
-        moments = {}
-        for i, p in enumerate(self.net.parameters()):
-            st = self.opt.state.get(p)
-            if st:
-                moments[f"{i}.exp_avg"] = st["exp_avg"]
-                moments[f"{i}.exp_avg_sq"] = st["exp_avg_sq"]
-        atomic_save_tensors(self.out / "optimizer.safetensors", moments)
+        atomic_save_tensors(self.out / "optimizer.safetensors", _adam_moments(self.opt, self.net.parameters()))
+        for name, (module, opt) in self.companions.items():
+            atomic_save_tensors(self.out / f"{name}.safetensors", module.state_dict())
+            atomic_save_tensors(self.out / f"{name}-optimizer.safetensors",
+                                _adam_moments(opt, module.parameters()))
         state = {"step": self.step, "elapsed_s": round(self.elapsed, 1), "metadata": self.metadata,
                  "config": {k: v for k, v in vars(self.config).items()}}
         atomic_write_text(self.out / "state.json", json.dumps(state, indent=1))

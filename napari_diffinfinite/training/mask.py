@@ -31,7 +31,6 @@ from .image import (
     DIHEDRAL,
     dihedral,
     floor_to,
-    move_optimizer_state,
     noise_loss,
     random_crops,
     render_labels,
@@ -177,7 +176,6 @@ def train_mask_model(
     config.extra = {**config.extra, "kind": "mask", "batch": batch, "crop_latents": crop_latents,
                     "cond_drop": cond_drop, "loss": loss}
     trainer = Trainer(net, Path(out), config, metadata)
-    move_optimizer_state(trainer, device)
 
     cache = encode_masks(train_patches, codec, patch_contexts)
     if not len(cache):
