@@ -945,7 +945,7 @@ def generate_batch(
         # once to every worker (not once per task); broadcast, so a dead worker does not take the only copy
         mask_arg = client.scatter(np.asarray(mask), broadcast=True)
     gen_kwargs = {"size": None if size is None else tuple(size), "mask_scale": mask_scale, "context": context,
-                      "omega": omega, "mask_omega": mask_omega, "steps": steps, "sampler": sampler, "mode": mode,
+                  "omega": omega, "mask_omega": mask_omega, "steps": steps, "sampler": sampler, "mode": mode,
                   "block": block}
     export_kwargs = {"compression": compression, "overwrite": True}
     futures = [
@@ -1048,7 +1048,7 @@ def run_cli(args, stem: Path, fmt: str) -> int:
             size = tuple(args.size) if args.size else None
             common = {"mask": mask, "size": size, "mask_scale": args.mask_scale, "context": args.context,
                       "omega": args.omega, "mask_omega": getattr(args, "mask_omega", None), "steps": args.steps,
-                      "seed": args.seed, "mode": args.mode,
+                      "sampler": getattr(args, "sampler", None), "seed": args.seed, "mode": args.mode,
                       "block": args.block, "device": args.device, "torch_threads": threads,
                       "progress": progress}
             try:
@@ -1088,7 +1088,8 @@ def run_cli(args, stem: Path, fmt: str) -> int:
 
     gen_settings = {"model": run.settings["model_name"], "seed": args.seed, "omega": run.settings["omega"],
                     "mask_omega": run.settings.get("mask_omega"),
-                    "steps": run.settings["steps"], "mode": args.mode, "block": args.block,
+                    "steps": run.settings["steps"], "sampler": run.settings["sampler"], "mode": args.mode,
+                    "block": args.block,
                     "context": run.settings["context"], "mask": run.settings["mask"], "size": list(run.shape),
                     "pixel_size_um": run.settings["pixel_size_um"]}
     from . import __version__

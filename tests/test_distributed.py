@@ -3,6 +3,8 @@ the single-process result, survives a killed worker, and a re-run resumes withou
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import sys
@@ -234,6 +236,21 @@ def test_cli_scheduler_matches_the_single_process_cli(client, tiny_model_dir, tm
     assert main(["generate", *common, "--out", str(tmp_path / "x.png"), "--scheduler", "tcp://a:1",
                  "--workers", "2"]) == EXIT_USAGE
     assert main(["generate", *common, "--out", str(tmp_path / "x.png"), "--count", "0"]) == EXIT_USAGE
+
+
+def test_cli_scheduler_keeps_the_sampler_asked_for(client, tiny_model_dir, tmp_path):
+    """--sampler reaches the workers (it was dropped there once) and the sidecar records it."""
+    from napari_diffinfinite.io import export_paths
+
+    common = ["--size", "64", "96", "--model", str(tiny_model_dir), "--seed", "5", "--block", str(BLOCK),
+              "--sampler", "dpmpp-2m-sde", "--quiet"]
+    assert main(["generate", *common, "--out", str(tmp_path / "one.png")]) == EXIT_OK
+    assert main(["generate", *common, "--out", str(tmp_path / "many.png"), "--scheduler",
+                 client.scheduler.address]) == EXIT_OK
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("one", "many"))
+    assert np.array_equal(a, b)
+    sidecar = export_paths(tmp_path / "many", "png")["sidecar"]
+    assert json.loads(sidecar.read_text())["sampler"] == "dpmpp-2m-sde"
 
 
 def test_cli_count_writes_independent_images(client, tiny_model_dir, tmp_path, capsys):
