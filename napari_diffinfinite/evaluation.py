@@ -21,8 +21,21 @@ The measurements and their targets (:data:`TARGETS`):
 - **Seams** (:func:`seam_report`): :func:`~napari_diffinfinite.sampling.seams.seam_ratio` on generated large
   images; target <= 1.10.
 
+And the measurements of issue 15 ("Recognisable tissue"), run by
+``benchmarks/quality.py --nuclear --realism``:
+
+- **Nuclear structure** (:func:`nucleus_blobs`, :func:`nuclear_structure`, :func:`nuclear_report`):
+  haematoxylin-positive area fraction and nucleus-like blob density, whole images and per class, and the share
+  of 128-px cells holding a blob; every training mask through the model, pooled, against the training
+  patches. Target: generated / training within 0.67-1.5 (:data:`NUCLEAR_TARGET`) for the whole images,
+  carcinoma and the cell occupancy. :func:`reconstruction_nuclear`: the same for the autoencoder's
+  reconstructions (the ceiling).
+- **Realism** (:func:`classifier_two_sample`, :func:`realism_report`): the held-out accuracy of a small CNN
+  telling 96-px crops of one image set from another's, split by image; 0.5 = indistinguishable.
+
 Label 0 ("Unknown", also the classifier-free-guidance null class and the class-border band) is never
-evaluated as a class. Pure numpy / scipy / scikit-image / Pillow; torch only to run the model.
+evaluated as a class. Pure numpy / scipy / scikit-image / Pillow; torch only to run the model and the realism
+classifier.
 """
 
 from __future__ import annotations
@@ -41,21 +54,41 @@ from skimage.color import rgb2lab
 from skimage.transform import resize
 
 __all__ = [
+    "C2ST_BATCH",
+    "C2ST_CROP",
+    "C2ST_CROPS_PER_IMAGE",
+    "C2ST_LR",
+    "C2ST_STEPS",
     "CLASS_LABELS",
     "DEPENDENCE_LABELS",
+    "HAEMATOXYLIN_THRESHOLD",
+    "NUCLEAR_TARGET",
+    "NUCLEUS_AREA",
+    "NUCLEUS_MAX_ECCENTRICITY",
+    "NUCLEUS_MIN_SOLIDITY",
+    "NUCLEUS_OPENING_RADIUS",
+    "OCCUPANCY_CELL",
     "SYNTHETIC_NOTE",
     "TARGETS",
     "EvaluationResult",
     "anti_copying",
     "best_crop",
+    "cell_occupancy",
     "class_dependence",
     "class_name",
     "class_region",
     "class_separation",
+    "classifier_accuracy",
+    "classifier_two_sample",
     "compare_classes",
+    "compare_nuclear",
     "delta_e",
     "evaluate",
+    "evenly_spaced",
+    "format_nuclear",
+    "format_realism",
     "format_report",
+    "generate_from_masks",
     "hf_energy",
     "image_crops",
     "lab_stats",
@@ -63,9 +96,15 @@ __all__ = [
     "laplacian_energy",
     "load_holdout",
     "nearest_neighbour_distances",
+    "nuclear_definition",
+    "nuclear_report",
+    "nuclear_structure",
+    "nucleus_blobs",
     "psnr",
     "real_data_reference",
+    "realism_report",
     "reconstruct",
+    "reconstruction_nuclear",
     "reconstruction_psnr",
     "sample_grid",
     "seam_report",
@@ -799,8 +838,8 @@ def _fmt(value, spec: str = ".2f") -> str:
 def format_report(report: dict) -> str:
     """The report as a plain-text table."""
     st = report["settings"]
-    lines = [f"model {report['model']}  (steps {st['steps']}, sampler {st.get('sampler', 'ddim')}, "
-             f"seeds {st['seeds']})",
+    lines = [(f"model {report['model']}  (steps {st['steps']}, sampler {st.get('sampler', 'ddim')}, "
+              f"seeds {st['seeds']})"),
              "", f"{'criterion':<28} {'value':>9}  {'target':<24} pass  {'real data':>9}"]
     for key, row in report["summary"].items():
         verdict = {True: "yes", False: "NO", None: "-"}[row["pass"]]
@@ -874,3 +913,507 @@ def _jsonable(value):
 def write_report(report: dict, path) -> None:
     """The report as JSON (non-finite numbers, e.g. the PSNR of an exact reconstruction, become ``null``)."""
     Path(path).write_text(json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------
+# nuclear structure (issue 15)
+
+#: Haematoxylin threshold on ``skimage.color.rgb2hed``'s H channel: the fixed value of issue 15's definition,
+#: given there as the 95th percentile of the training pixels (the 100 sample patches measure 0.042 here). It
+#: is a constant, not re-estimated per image set, so that real and generated images are cut at one level.
+HAEMATOXYLIN_THRESHOLD = 0.045
+#: Radius (px) of the disk that opens the haematoxylin-positive map: removes speckle and thin fibres.
+NUCLEUS_OPENING_RADIUS = 2
+#: Connected components of the opened map with an area in this range (px, inclusive) ...
+NUCLEUS_AREA = (40, 900)
+#: ... a solidity (area / convex hull area) at least this ...
+NUCLEUS_MIN_SOLIDITY = 0.85
+#: ... and an eccentricity at most this count as nucleus-like blobs (round, filled, nucleus-sized at 0.5
+#: um/px).
+NUCLEUS_MAX_ECCENTRICITY = 0.95
+#: Side (px) of the non-overlapping grid cells of the cell-occupancy figure.
+OCCUPANCY_CELL = 128
+#: The generated / training ratio of the target figures (whole images, carcinoma, cell occupancy) must lie
+#: in here.
+NUCLEAR_TARGET = (0.67, 1.5)
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius * radius
+
+
+def nucleus_blobs(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The haematoxylin-positive map of a uint8 RGB image and the centroids of its nucleus-like blobs.
+
+    Why: nuclei are what makes H&E read as tissue, and they are the dark, round, haematoxylin-stained blobs;
+    a colour or texture statistic does not tell mottled purple texture from cells, this does.
+    ``skimage.color.rgb2hed``'s haematoxylin channel > :data:`HAEMATOXYLIN_THRESHOLD`, opened with a disk of
+    radius :data:`NUCLEUS_OPENING_RADIUS` (skimage's binary opening: the image border does not erode);
+    8-connected components with an area in :data:`NUCLEUS_AREA`, solidity >= :data:`NUCLEUS_MIN_SOLIDITY` and
+    eccentricity <= :data:`NUCLEUS_MAX_ECCENTRICITY` are nucleus-like.
+    Returns ``(positive (H, W) bool, centroids (N, 2) float (row, col))``.
+    """
+    from skimage.color import rgb2hed
+    from skimage.measure import label, regionprops
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"nucleus_blobs needs an (H, W, 3) RGB image, got {image.shape}")
+    haematoxylin = rgb2hed(image)[..., 0]
+    footprint = _disk(NUCLEUS_OPENING_RADIUS)
+    # skimage.morphology.binary_opening (deprecated in 0.26) spelled out: outside the image counts as positive
+    # for the erosion and as negative for the dilation
+    positive = ndimage.binary_erosion(haematoxylin > HAEMATOXYLIN_THRESHOLD, footprint, border_value=1)
+    positive = ndimage.binary_dilation(positive, footprint, border_value=0)
+    lo, hi = NUCLEUS_AREA
+    centroids = [r.centroid for r in regionprops(label(positive, connectivity=2))
+                 if lo <= r.area <= hi and r.solidity >= NUCLEUS_MIN_SOLIDITY
+                 and r.eccentricity <= NUCLEUS_MAX_ECCENTRICITY]
+    return positive, np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
+
+
+def _centroid_pixels(centroids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The pixel (row, col) holding each centroid: rounded to the nearest, clipped to the image."""
+    pixels = np.rint(np.asarray(centroids, dtype=np.float64)).astype(np.int64).reshape(-1, 2)
+    return np.clip(pixels, 0, np.array(shape[:2]) - 1)
+
+
+def cell_occupancy(centroids: np.ndarray, shape: tuple[int, int],
+                   cell: int = OCCUPANCY_CELL) -> tuple[int, int]:
+    """``(cells holding at least one centroid, cells)`` of the non-overlapping ``cell`` x ``cell`` grid from
+    the top-left; a centroid belongs to the cell its (row, col) point falls in, ``floor(coordinate / cell)``
+    (whole cells only; a centroid in the leftover margin counts nowhere).
+
+    Why: pooled densities are dominated by a few dense patches; the share of 128-px cells with a nucleus says
+    whether nuclei are spread over the tissue, as in the training data, or clumped in a few places.
+    """
+    rows, cols = shape[0] // cell, shape[1] // cell
+    if rows == 0 or cols == 0:
+        return 0, 0
+    pixels = np.floor(np.asarray(centroids, dtype=np.float64).reshape(-1, 2) / cell).astype(np.int64)
+    pixels = pixels[(pixels[:, 0] >= 0) & (pixels[:, 1] >= 0) & (pixels[:, 0] < rows) & (pixels[:, 1] < cols)]
+    occupied = np.zeros((rows, cols), dtype=bool)
+    occupied[pixels[:, 0], pixels[:, 1]] = True
+    return int(occupied.sum()), rows * cols
+
+
+def _nuclear_figures(positive: int, pixels: int, blobs: int) -> dict:
+    return {"positive_fraction": positive / pixels if pixels else None,
+            "blobs_per_mpx": blobs / pixels * 1e6 if pixels else None,
+            "pixels": int(pixels), "positive_pixels": int(positive), "blobs": int(blobs)}
+
+
+def nuclear_structure(images, masks=None, labels: Iterable[int] = CLASS_LABELS, *, num_classes: int = 5,
+                      cell: int = OCCUPANCY_CELL) -> dict:
+    """Nuclear structure of an image set (:func:`nucleus_blobs`), pooled over the images.
+
+    Why: an image model's tissue must hold nuclei where the training tissue does, as many and as much; pooling
+    (sums of pixels, of positive pixels and of blobs, not a mean of per-image figures) weighs every pixel
+    alike, so generated images from the training masks compare with the training patches class by class.
+
+    Returns ``{"images", "positive_fraction", "blobs_per_mpx", "pixels", "positive_pixels", "blobs",
+    "cell_occupancy", "cells", "occupied_cells", "per_class": {label: {"name", "positive_fraction",
+    "blobs_per_mpx", "pixels", "positive_pixels", "blobs"}}}``: the haematoxylin-positive area fraction (after
+    the opening) and nucleus-like blobs per megapixel, of the whole images and of each class's pixels (a blob
+    belongs to the class of its centroid's pixel), and the :func:`cell_occupancy` of the whole images. Without
+    ``masks`` there is no ``per_class``. A figure with no pixel to measure is ``None``.
+    """
+    images = [np.asarray(im) for im in images]
+    if masks is None:
+        pairs = [(im, None) for im in images]
+        labels = ()
+    else:
+        pairs = _pairs(images, masks)
+        labels = tuple(int(label) for label in labels)
+    pos = pix = blobs = occupied = cells = 0
+    per = {label: [0, 0, 0] for label in labels}  # positive pixels, pixels, blobs
+    for image, mask in pairs:
+        positive, centroids = nucleus_blobs(image)
+        pos += int(positive.sum())
+        pix += positive.size
+        blobs += len(centroids)
+        o, c = cell_occupancy(centroids, positive.shape, cell)
+        occupied += o
+        cells += c
+        if mask is not None and labels:
+            at = _centroid_pixels(centroids, positive.shape)
+            blob_labels = mask[at[:, 0], at[:, 1]]
+            for label in labels:
+                region = mask == label
+                per[label][0] += int(positive[region].sum())
+                per[label][1] += int(region.sum())
+                per[label][2] += int((blob_labels == label).sum())
+    out = {"images": len(pairs), **_nuclear_figures(pos, pix, blobs),
+           "cell_occupancy": occupied / cells if cells else None, "cells": cells, "occupied_cells": occupied,
+           "cell": cell}
+    if masks is not None:
+        out["per_class"] = {str(label): {"name": class_name(label, num_classes), **_nuclear_figures(*v)}
+                            for label, v in per.items()}
+    return out
+
+
+def _ratio(generated, real):
+    return None if generated is None or real is None or real == 0 else generated / real
+
+
+def compare_nuclear(real: dict, other: dict, target: tuple[float, float] = NUCLEAR_TARGET) -> dict:
+    """Two :func:`nuclear_structure` figures side by side: ``{"real", "generated", "ratio", "pass"}``.
+
+    ``ratio``: other / real for every figure (``None`` where the real one is 0 or missing), as
+    ``{"positive_fraction", "blobs_per_mpx", "cell_occupancy", "per_class": {label: {...}}}``. ``pass``: each
+    target figure of issue 15 (whole images, carcinoma (label 1), cell occupancy) within ``target``, and
+    ``"all"``; ``None`` where there is no ratio.
+    """
+    lo, hi = target
+    keys = ("positive_fraction", "blobs_per_mpx")
+    ratio = {k: _ratio(other.get(k), real.get(k)) for k in (*keys, "cell_occupancy")}
+    real_per = real.get("per_class", {})
+    ratio["per_class"] = {label: {k: _ratio(v.get(k), real_per[label].get(k)) for k in keys}
+                          for label, v in other.get("per_class", {}).items() if label in real_per}
+    checks = {"whole_positive_fraction": ratio["positive_fraction"],
+              "whole_blobs_per_mpx": ratio["blobs_per_mpx"], "cell_occupancy": ratio["cell_occupancy"]}
+    carcinoma = ratio["per_class"].get("1")
+    if carcinoma is not None:
+        checks["carcinoma_positive_fraction"] = carcinoma["positive_fraction"]
+        checks["carcinoma_blobs_per_mpx"] = carcinoma["blobs_per_mpx"]
+    passed = {k: None if v is None else bool(lo <= v <= hi) for k, v in checks.items()}
+    passed["all"] = None if any(v is None for v in passed.values()) else all(passed.values())
+    return {"real": real, "generated": other, "ratio": ratio, "target": list(target), "pass": passed}
+
+
+def evenly_spaced(items: Sequence, limit: int | None) -> list:
+    """At most ``limit`` of ``items``, evenly spaced over the sequence (first and last included), in order;
+    all of them when ``limit`` is ``None`` or not smaller.
+
+    Why: the sample patches are sorted by folder, the 50 sparse omega-0 patches first; the first ``limit`` of
+    them would all be sparse, a spread holds both halves."""
+    items = list(items)
+    if limit is None or limit >= len(items):
+        return items
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if limit == 1:
+        return items[:1]
+    return [items[i] for i in np.linspace(0, len(items) - 1, int(limit)).round().astype(int)]
+
+
+def generate_from_masks(model, patches: Sequence, *, seed0: int = 0, steps: int | None = None,
+                        sampler: str | None = None, omega: float | None = None,
+                        log: Callable[[str], None] | None = None) -> list[np.ndarray]:
+    """One image per patch's mask, as :func:`evaluate` generates from the held-out masks: ``generate(model,
+    mask=patch.mask, seed=seed0 + index, ...)``. ``steps``, ``sampler``, ``omega``: defaults the model's."""
+    from .generation import generate
+
+    steps = steps or model.default_steps
+    omega = model.default_omega if omega is None else float(omega)
+    sampler = model.sampler if sampler is None else sampler
+    images = []
+    for i, p in enumerate(patches):
+        result = generate(model, mask=p.mask, seed=seed0 + i, steps=steps, omega=omega, sampler=sampler)
+        images.append(result.image)
+        if log is not None and ((i + 1) % 10 == 0 or i + 1 == len(patches)):
+            log(f"generated {i + 1}/{len(patches)} images from the masks")
+    return images
+
+
+def nuclear_report(model, train_patches: Sequence, held_patches: Sequence, *, seed0: int = 0,
+                   steps: int | None = None, sampler: str | None = None, omega: float | None = None,
+                   limit: int | None = None, generated: Mapping[str, Sequence[np.ndarray]] | None = None,
+                   log: Callable[[str], None] | None = None) -> dict:
+    """Issue 15's nuclear-structure figures of ``model``: every training mask through the model (one image
+    each, seed ``seed0 + index``; :func:`generate_from_masks`), pooled, against the training patches; the same
+    for the held-out masks. ``limit`` caps the training patches (:func:`evenly_spaced`), for quick runs.
+
+    Why the training masks: the generated set then has the training set's class mix pixel for pixel, so the
+    pooled figures compare like with like; the held-out masks show the same on masks the model never saw.
+    ``generated``: images already generated that way (``{"train": [...], "held_out": [...]}``, in patch
+    order), so a caller that needs them for something else does not generate twice.
+
+    Returns ``{"settings", "definition", "train": compare_nuclear(...), "held_out": compare_nuclear(...)}``.
+    """
+    train = evenly_spaced(train_patches, limit)
+    held = list(held_patches)
+    steps = steps or model.default_steps
+    omega = model.default_omega if omega is None else float(omega)
+    sampler = model.sampler if sampler is None else sampler
+    generated = dict(generated or {})
+    report: dict[str, Any] = {
+        "settings": {"seed0": seed0, "steps": steps, "sampler": sampler, "omega": omega, "limit": limit,
+                     "train_patches": len(train), "held_out_patches": len(held)},
+        "definition": nuclear_definition(),
+    }
+    for key, patches in (("train", train), ("held_out", held)):
+        if not patches:
+            report[key] = None
+            continue
+        images = generated.get(key)
+        if images is None:
+            images = generate_from_masks(model, patches, seed0=seed0, steps=steps, sampler=sampler,
+                                         omega=omega, log=log)
+        images = list(images)[: len(patches)]
+        if len(images) != len(patches):
+            raise ValueError(f"{len(images)} generated images for {len(patches)} {key} masks")
+        masks = [p.mask for p in patches]
+        report[key] = compare_nuclear(nuclear_structure([p.image for p in patches], masks,
+                                                        num_classes=model.num_classes),
+                                      nuclear_structure(images, masks, num_classes=model.num_classes))
+    return report
+
+
+def reconstruction_nuclear(autoencoder, patches: Sequence, *, images: Sequence[np.ndarray] | None = None,
+                           num_classes: int = 5) -> dict:
+    """The nuclear figures of the autoencoder's reconstructions (:func:`reconstruct`) against the patches
+    themselves (:func:`compare_nuclear`).
+
+    Why: the image model generates latents that this decoder turns into pixels, so what the decoder keeps of
+    the nuclei is the ceiling the image model can reach. ``images``: the reconstructions, if already made.
+    """
+    patches = list(patches)
+    if images is None:
+        images = [reconstruct(autoencoder, p.image) for p in patches]
+    masks = [p.mask for p in patches]
+    return compare_nuclear(nuclear_structure([p.image for p in patches], masks, num_classes=num_classes),
+                           nuclear_structure(images, masks, num_classes=num_classes))
+
+
+def nuclear_definition() -> dict:
+    """The constants of the nuclear-structure figures, for the report."""
+    return {"haematoxylin_threshold": HAEMATOXYLIN_THRESHOLD, "opening_radius": NUCLEUS_OPENING_RADIUS,
+            "area_px": list(NUCLEUS_AREA), "min_solidity": NUCLEUS_MIN_SOLIDITY,
+            "max_eccentricity": NUCLEUS_MAX_ECCENTRICITY, "occupancy_cell": OCCUPANCY_CELL,
+            "target_ratio": list(NUCLEAR_TARGET)}
+
+
+def _nuclear_rows(comparison: dict) -> list[tuple[str, Any, Any, Any, bool | None, str]]:
+    """``(figure, real, generated, ratio, pass or None, format)`` rows: the target figures, then every
+    class."""
+    real, gen, ratio, passed = (comparison[k] for k in ("real", "generated", "ratio", "pass"))
+
+    def pair(name, r, g, q, key=None):  # key: the figures' name in ``passed`` (None: no target)
+        ok = (None, None) if key is None else (passed.get(f"{key}_positive_fraction"),
+                                               passed.get(f"{key}_blobs_per_mpx"))
+        return [(f"haematoxylin-positive area, {name}", r["positive_fraction"], g["positive_fraction"],
+                 q["positive_fraction"], ok[0], ".4f"),
+                (f"nucleus-like blobs / Mpx, {name}", r["blobs_per_mpx"], g["blobs_per_mpx"],
+                 q["blobs_per_mpx"], ok[1], ".1f")]
+
+    rows = pair("whole", real, gen, ratio, "whole")
+    per_real, per_gen = real.get("per_class", {}), gen.get("per_class", {})
+    if "1" in per_real:
+        rows += pair(per_real["1"]["name"], per_real["1"], per_gen["1"], ratio["per_class"]["1"], "carcinoma")
+    rows.append((f"{real['cell']} px cells with a blob", real["cell_occupancy"], gen["cell_occupancy"],
+                 ratio["cell_occupancy"], passed.get("cell_occupancy"), ".3f"))
+    for label, r in per_real.items():
+        if label != "1":
+            rows += pair(r["name"], r, per_gen[label], ratio["per_class"][label])
+    return rows
+
+
+def format_nuclear(report: dict, autoencoder: dict | None = None) -> str:
+    """:func:`nuclear_report` as plain-text tables (training masks, held-out masks); with ``autoencoder`` (a
+    :func:`reconstruction_nuclear` of the training patches) its figures and ratio in two more columns."""
+    st = report["settings"]
+    lo, hi = report["definition"]["target_ratio"]
+    lines = [(f"nuclear structure (issue 15): {st['steps']} steps, {st['sampler']}, omega {st['omega']:g}, "
+              f"seed {st['seed0']} + index")]
+    for key, title in (("train", "training masks"), ("held_out", "held-out masks")):
+        comparison = report.get(key)
+        if comparison is None:
+            continue
+        n = comparison["real"]["images"]
+        figure, target = f"figure ({title}, {n} patches)", f"target {lo:g}-{hi:g}"
+        head = f"{figure:<46} {'patches':>9} {'model':>9} {'ratio':>6}  {target:<16}"
+        ae_rows = None
+        if key == "train" and autoencoder is not None:
+            head += f" {'autoencoder':>11} {'ratio':>6}"
+            ae_rows = _nuclear_rows(autoencoder)
+        lines += ["", head]
+        for i, (name, r, g, q, ok, spec) in enumerate(_nuclear_rows(comparison)):
+            verdict = {True: "yes", False: "NO", None: "-"}[ok]
+            line = f"{name:<46} {_fmt(r, spec):>9} {_fmt(g, spec):>9} {_fmt(q):>6}  {verdict:<16}"
+            if ae_rows is not None:
+                line += f" {_fmt(ae_rows[i][2], spec):>11} {_fmt(ae_rows[i][3]):>6}"
+            lines.append(line)
+    lines.append("  (pooled over the patches: a class's figures over that class's pixels; stroma and "
+                 "necrosis hold few nuclei, their ratios are noisy)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------
+# realism: a classifier two-sample test (issue 15)
+
+#: Side (px) of the crops the realism classifier sees.
+C2ST_CROP = 96
+#: Random crops taken from each image, for training and for testing alike.
+C2ST_CROPS_PER_IMAGE = 16
+#: Training steps and batch size of one classifier (about a minute on one CPU thread).
+C2ST_STEPS = 300
+C2ST_BATCH = 32
+#: Adam learning rate of the classifier, at the start: it decays to 0 along a half cosine, so that the final
+#: weights (and the batch-norm statistics) settle; at a constant rate the held-out accuracy of the last step
+#: swings by +-0.15 from one step to the next.
+C2ST_LR = 2e-3
+
+
+def _c2st_net(width: int = 16):
+    """A small CNN: four 3x3 convolution blocks (full resolution first, so fine detail counts), global average
+    pooling, one logit."""
+    from torch import nn
+
+    def block(cin, cout, pool):
+        layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        return layers + ([nn.MaxPool2d(2)] if pool else [])
+
+    return nn.Sequential(*block(3, width, True), *block(width, 2 * width, True),
+                         *block(2 * width, 4 * width, True), *block(4 * width, 4 * width, False),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, 1))
+
+
+def _random_crops(images: Sequence[np.ndarray], crop: int, per_image: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    out = np.empty((len(images) * per_image, crop, crop, 3), dtype=np.uint8)
+    k = 0
+    for image in images:
+        h, w = image.shape[:2]
+        if h < crop or w < crop:
+            raise ValueError(f"an image of {h}x{w} px is smaller than the {crop} px crops")
+        for y, x in zip(rng.integers(0, h - crop + 1, per_image), rng.integers(0, w - crop + 1, per_image)):
+            out[k] = image[y : y + crop, x : x + crop]
+            k += 1
+    return out
+
+
+def _to_tensor(crops: np.ndarray):
+    import torch
+
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
+
+
+def classifier_accuracy(real_images: Sequence[np.ndarray], other_images: Sequence[np.ndarray], seed: int = 0,
+                        *, crop: int = C2ST_CROP, crops_per_image: int = C2ST_CROPS_PER_IMAGE,
+                        steps: int = C2ST_STEPS, batch: int = C2ST_BATCH, lr: float = C2ST_LR) -> float:
+    """One classifier two-sample test: the accuracy of a small CNN (:func:`_c2st_net`) telling ``crop``-px
+    crops of ``other_images`` from crops of ``real_images``, on images it never saw.
+
+    Each set is split by image into halves (a seeded permutation; two sets of the same length share it, so a
+    generated image and the patch of its mask land in the same half); the classifier trains for ``steps`` Adam
+    steps (learning rate ``lr`` decaying to 0 along a half cosine) on batches of ``batch`` crops (half from
+    each set, random flips and 90-degree turns) of the first halves, and is scored on ``crops_per_image``
+    random crops of each image of the second halves. The score is the balanced accuracy (the mean of the two
+    sets' accuracies), so 0.5 is chance whatever the set sizes.
+    Deterministic for a fixed ``seed`` (and torch thread count); torch's global random state is left alone.
+    """
+    import torch
+
+    real = [np.asarray(im) for im in real_images]
+    other = [np.asarray(im) for im in other_images]
+    if len(real) < 2 or len(other) < 2:
+        raise ValueError(f"the classifier test needs >= 2 images per set, got {len(real)} and {len(other)}")
+    rng = np.random.default_rng([int(seed), 15])
+    perm_real = rng.permutation(len(real))
+    perm_other = perm_real if len(other) == len(real) else rng.permutation(len(other))
+
+    def halves(images, perm):
+        half = len(images) // 2
+        return [images[i] for i in perm[:half]], [images[i] for i in perm[half:]]
+
+    (real_train, real_test), (other_train, other_test) = halves(real, perm_real), halves(other, perm_other)
+    train = [_random_crops(real_train, crop, crops_per_image, rng),
+             _random_crops(other_train, crop, crops_per_image, rng)]
+    test = [_random_crops(real_test, crop, crops_per_image, rng),
+            _random_crops(other_test, crop, crops_per_image, rng)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        net = _c2st_net()
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    def decay(step):  # the learning rate's factor: a half cosine, 1 to 0
+        return 0.5 + 0.5 * math.cos(math.pi * step / steps)
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    half = max(1, batch // 2)
+    target = torch.cat([torch.zeros(half), torch.ones(half)])[:, None]
+    net.train()
+    for _ in range(steps):
+        idx = [rng.integers(0, len(t), half) for t in train]
+        x = _to_tensor(np.concatenate([train[0][idx[0]], train[1][idx[1]]]))
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        x = torch.rot90(x, k, dims=(2, 3))
+        if flip:
+            x = torch.flip(x, dims=(3,))
+        loss = loss_fn(net(x), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    net.eval()
+    accuracies = []
+    with torch.no_grad():
+        for label, crops in enumerate(test):
+            logits = torch.cat([net(_to_tensor(crops[i : i + 128]))[:, 0] for i in range(0, len(crops), 128)])
+            accuracies.append(float(((logits > 0) == bool(label)).float().mean()))
+    return float(np.mean(accuracies))
+
+
+def classifier_two_sample(real_images: Sequence[np.ndarray], other_images: Sequence[np.ndarray], *,
+                          seeds: Sequence[int] = (0, 1), **kwargs) -> float:
+    """Realism as a classifier two-sample test: the mean over ``seeds`` of :func:`classifier_accuracy`
+    (held-out balanced accuracy of a small CNN telling crops of ``other_images`` from crops of
+    ``real_images``).
+
+    Why: a classifier finds any difference a human eye might, nuclei, fibres, blur, colour, without our
+    choosing the feature; 0.5 means it cannot tell the sets apart, 1.0 that every crop gives itself away.
+    ``kwargs``: :func:`classifier_accuracy`'s settings (``crop``, ``crops_per_image``, ``steps``, ``batch``).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("classifier_two_sample needs at least one seed")
+    return float(np.mean([classifier_accuracy(real_images, other_images, s, **kwargs) for s in seeds]))
+
+
+def realism_report(train_images: Sequence[np.ndarray], generated: Sequence[np.ndarray] | None = None,
+                   reconstructions: Sequence[np.ndarray] | None = None, *, seeds: Sequence[int] = (0, 1),
+                   log: Callable[[str], None] | None = None, **kwargs) -> dict:
+    """Issue 15's three classifier two-sample tests (:func:`classifier_accuracy` per seed, and their mean):
+    ``generated`` (the model's images, from the training masks) vs the training patches, the autoencoder's
+    ``reconstructions`` vs the training patches, and two halves of the training patches against each other
+    (the even- and odd-indexed ones; a calibration, should be about 0.5). A missing set skips its test.
+    """
+    train = list(train_images)
+    seeds = [int(s) for s in seeds]
+    tests = {"generated_vs_train": (train, generated),
+             "reconstructions_vs_train": (train, reconstructions),
+             "train_half_vs_half": (train[0::2], train[1::2])}
+    settings = {"seeds": seeds, "crop": kwargs.get("crop", C2ST_CROP),
+                "crops_per_image": kwargs.get("crops_per_image", C2ST_CROPS_PER_IMAGE),
+                "steps": kwargs.get("steps", C2ST_STEPS), "batch": kwargs.get("batch", C2ST_BATCH),
+                "train_images": len(train)}
+    out: dict[str, Any] = {"settings": settings}
+    for key, (real, other) in tests.items():
+        if other is None:
+            out[key] = None
+            continue
+        t = time.perf_counter()
+        per_seed = [classifier_accuracy(real, other, s, **kwargs) for s in seeds]
+        out[key] = {"accuracy": float(np.mean(per_seed)), "per_seed": per_seed,
+                    "images": [len(real), len(other)], "seconds": time.perf_counter() - t}
+        if log is not None:
+            log(f"realism {key}: {out[key]['accuracy']:.3f} ({out[key]['seconds']:.0f} s)")
+    return out
+
+
+def format_realism(report: dict) -> str:
+    """:func:`realism_report` as plain text."""
+    st = report["settings"]
+    lines = [(f"realism: classifier two-sample test ({st['crop']} px crops, held-out accuracy, mean of seeds "
+              f"{st['seeds']}; 0.5 = indistinguishable)")]
+    names = {"generated_vs_train": "generated (training masks) vs training patches",
+             "reconstructions_vs_train": "autoencoder reconstructions vs training patches",
+             "train_half_vs_half": "training patches, half vs half"}
+    for key, name in names.items():
+        r = report.get(key)
+        if r is not None:
+            per_seed = ", ".join(f"{a:.3f}" for a in r["per_seed"])
+            lines.append(f"  {name:<50} {r['accuracy']:.3f}  ({per_seed})")
+    return "\n".join(lines)

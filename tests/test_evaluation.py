@@ -329,3 +329,216 @@ def test_quality_script_writes_report_and_grid(tiny_model_dir, tmp_path, capsys)
     assert "criterion" in printed and "wrote" in printed
     assert quality.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "data"),
                          "--holdout-file", str(tmp_path / "missing.json")]) == 2
+
+
+# ---- nuclear structure (issue 15) -------------------------------------------------------------------------
+
+PINK, PURPLE = (240, 180, 210), (90, 40, 140)  # rgb2hed haematoxylin 0 and 0.107: below / above the threshold
+FIXTURE = Path(__file__).parent / "fixtures" / "sample_patches" / "sample_label0_0000_crop128.png"
+
+
+def draw_ellipse(image, cy, cx, ry, rx, color=PURPLE, hole=0.0):
+    """Fill the pixels with ((y-cy)/ry)^2 + ((x-cx)/rx)^2 <= 1 (and, with ``hole`` > 0, outside the ellipse of
+    ``hole`` times the radii: a ring); returns how many were filled."""
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    d = (yy - cy) ** 2 * rx**2 + (xx - cx) ** 2 * ry**2  # integers: no rounding on the rim
+    region = d <= (rx * ry) ** 2
+    if hole > 0:
+        region &= d > hole**2 * (rx * ry) ** 2
+    image[region] = color
+    return int(region.sum())
+
+
+def test_nucleus_blobs_counts_nucleus_sized_round_discs_only():
+    image = flat(PINK, 256, 256)
+    discs = [(30, 30), (30, 200), (100, 100), (200, 200)]  # sorted
+    disc_px = [draw_ellipse(image, y, x, 7, 7) for y, x in discs]
+    assert disc_px == [149] * 4  # 40 <= area <= 900
+    positive, centroids = ev.nucleus_blobs(image)
+    assert positive.sum() == sum(disc_px)  # a digital disc of radius 7 is open for a disk of radius 2
+    figures = ev.nuclear_structure([image])
+    assert figures["blobs"] == 4 and figures["blobs_per_mpx"] == pytest.approx(4 / 256**2 * 1e6)
+    assert figures["positive_fraction"] == pytest.approx(4 * 149 / 256**2)
+    assert "per_class" not in figures
+    # 128-px cells: the four discs sit in three of the four cells (two in the top-left one)
+    assert figures["cells"] == 4 and figures["occupied_cells"] == 3 and figures["cell_occupancy"] == 0.75
+    # shapes that are not nucleus-like: positive, but no blob
+    draw_ellipse(image, 90, 180, 4, 20)  # elongated: eccentricity 0.98 > 0.95
+    draw_ellipse(image, 230, 40, 3, 3)  # a dot of 29 px (25 after the opening) < 40
+    draw_ellipse(image, 160, 150, 12, 12, hole=0.6)  # a ring: solidity < 0.85
+    draw_ellipse(image, 200, 100, 20, 20)  # 1257 px > 900
+    positive, centroids = ev.nucleus_blobs(image)
+    assert sorted(map(tuple, np.round(centroids).astype(int).tolist())) == discs
+    assert positive.sum() > sum(disc_px) + 1257 + 280 + 200
+
+
+def test_the_opening_removes_speckle_and_thin_lines():
+    image = flat(PINK, 64, 64)
+    image[10, :] = PURPLE  # a 1-px fibre
+    image[20:23, 5:60] = PURPLE  # a 3-px one: narrower than the disk of radius 2 (5 px)
+    image[40, 40] = PURPLE
+    positive, centroids = ev.nucleus_blobs(image)
+    assert not positive.any() and centroids.shape == (0, 2)
+    assert ev.nuclear_structure([image])["positive_fraction"] == 0
+
+
+def test_nuclear_structure_per_class_pools_pixels_and_assigns_blobs_by_centroid():
+    a, b = flat(PINK, 128, 128), flat(PINK, 128, 128)
+    draw_ellipse(a, 30, 30, 6, 6)
+    draw_ellipse(a, 30, 100, 6, 6)
+    draw_ellipse(a, 100, 64, 8, 8)  # on the class border below: its centroid's pixel (label 3) decides
+    ma = np.ones((128, 128), np.int64)
+    ma[:, 64:] = 3
+    mb = np.full((128, 128), 4, np.int64)
+    mb[:, :32] = 0  # label 0 pixels count in the whole image only
+    disc6 = draw_ellipse(b, 60, 90, 6, 6)
+    fig = ev.nuclear_structure([a, b], [ma, mb])
+    per = fig["per_class"]
+    assert set(per) == {"1", "2", "3", "4"}
+    assert per["1"]["name"] == "Carcinoma" and per["3"]["name"] == "Tumor stroma"
+    assert (per["1"]["blobs"], per["3"]["blobs"], per["4"]["blobs"], per["2"]["blobs"]) == (1, 2, 1, 0)
+    assert per["1"]["pixels"] == 128 * 64 and per["4"]["pixels"] == 128 * 96
+    assert per["1"]["blobs_per_mpx"] == pytest.approx(1 / (128 * 64) * 1e6)
+    assert per["4"]["positive_fraction"] == pytest.approx(disc6 / (128 * 96))
+    assert per["2"]["pixels"] == 0  # no necrosis: no figure
+    assert per["2"]["positive_fraction"] is None and per["2"]["blobs_per_mpx"] is None
+    assert fig["blobs"] == 4 and fig["pixels"] == 2 * 128 * 128 and fig["cell_occupancy"] == 1.0
+
+
+def test_nuclear_structure_of_the_real_fixture_is_plausible():
+    """128 px of a real (sparse, omega 0) sample patch: pale tissue with a few elongated stromal nuclei."""
+    image = np.array(Image.open(FIXTURE).convert("RGB"))
+    fig = ev.nuclear_structure([image], [np.ones(image.shape[:2], np.int64)])
+    assert 0.0005 < fig["positive_fraction"] < 0.02  # the training set's pooled figure is 0.0275
+    assert fig["per_class"]["1"]["positive_fraction"] == fig["positive_fraction"]
+    assert fig["blobs"] == 0 and fig["cells"] == 1  # its nuclei are elongated: none counts as a round blob
+    # a nucleus-sized purple disc painted on it is found, and only it
+    draw_ellipse(image, 96, 40, 7, 7)
+    _, centroids = ev.nucleus_blobs(image)
+    assert np.round(centroids).astype(int).tolist() == [[96, 40]]
+
+
+def test_compare_nuclear_ratios_and_targets():
+    sparse, dense = flat(PINK, 128, 128), flat(PINK, 128, 128)
+    for y, x in [(20, 20), (20, 100), (100, 20), (100, 100)]:
+        draw_ellipse(dense, y, x, 6, 6)
+    draw_ellipse(sparse, 20, 20, 6, 6)
+    masks = [np.ones((128, 128), np.int64)]
+    real = ev.nuclear_structure([dense], masks)
+    same = ev.compare_nuclear(real, ev.nuclear_structure([dense], masks))
+    assert same["ratio"]["blobs_per_mpx"] == 1 and same["pass"]["all"] is True
+    assert set(same["pass"]) == {"whole_positive_fraction", "whole_blobs_per_mpx", "cell_occupancy",
+                                 "carcinoma_positive_fraction", "carcinoma_blobs_per_mpx", "all"}
+    quarter = ev.compare_nuclear(real, ev.nuclear_structure([sparse], masks))
+    assert quarter["ratio"]["blobs_per_mpx"] == pytest.approx(0.25)
+    assert quarter["ratio"]["per_class"]["1"]["positive_fraction"] == pytest.approx(0.25)
+    assert quarter["pass"]["whole_blobs_per_mpx"] is False and quarter["pass"]["all"] is False
+    assert quarter["ratio"]["per_class"]["2"]["blobs_per_mpx"] is None  # no necrosis, real or generated
+    text = ev.format_nuclear({"settings": {"steps": 2, "sampler": "ddim", "omega": 0.0, "seed0": 0},
+                              "definition": ev.nuclear_definition(), "train": quarter, "held_out": None},
+                             autoencoder=same)
+    assert "Carcinoma" in text and "Necrosis" in text and "autoencoder" in text and "NO" in text
+
+
+def test_nuclear_report_and_reconstructions_on_the_tiny_model(tiny_model_dir):
+    from napari_diffinfinite.generation import generate, load_model
+
+    model = load_model(tiny_model_dir, device="cpu")
+    mask = np.zeros((64, 64), np.int64)
+    mask[:, :30], mask[:, 34:] = 1, 3
+    patches = [Patch(f"p{i}.png", noise(i, 64, 64), mask) for i in range(3)]
+    report = ev.nuclear_report(model, patches, patches[2:], seed0=5, steps=2, limit=2)
+    assert report["train"]["real"]["images"] == 2 and report["held_out"]["real"]["images"] == 1
+    assert report["settings"]["limit"] == 2 and report["settings"]["steps"] == 2
+    used = ev.evenly_spaced(patches, 2)  # the first and the last
+    assert [p.name for p in used] == ["p0.png", "p2.png"]
+    assert report["train"]["real"] == ev.nuclear_structure([p.image for p in used], [p.mask for p in used])
+    # the generate path of evaluate(): one image per mask, seed seed0 + index
+    images = ev.generate_from_masks(model, used, seed0=5, steps=2)
+    assert np.array_equal(images[1], generate(model, mask=mask, seed=6, steps=2).image)
+    again = ev.nuclear_report(model, patches, [], steps=2, limit=2, seed0=5, generated={"train": images})
+    assert again["train"] == report["train"] and again["held_out"] is None
+    rec = ev.reconstruction_nuclear(model.autoencoder, used)
+    assert rec["real"] == report["train"]["real"] and rec["generated"]["images"] == 2
+
+
+def test_evenly_spaced():
+    assert ev.evenly_spaced(range(10), 3) == [0, 4, 9] and ev.evenly_spaced("abc", None) == ["a", "b", "c"]
+    assert ev.evenly_spaced(range(4), 9) == [0, 1, 2, 3] and ev.evenly_spaced(range(4), 1) == [0]
+    assert ev.evenly_spaced(range(100), 20) == sorted(set(ev.evenly_spaced(range(100), 20)))  # no repeats
+
+
+# ---- realism: classifier two-sample test -------------------------------------------------------------------
+
+
+def textures(seed, n=12, size=48):
+    """Random blob textures: smoothed noise, contrast stretched (sharp-ish edges), one per image."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        field = ndimage.gaussian_filter(rng.normal(size=(size, size, 3)), (1.0, 1.0, 0))
+        out.append(np.clip(128 + 400 * field, 0, 255).astype(np.uint8))
+    return out
+
+
+TINY_C2ST = {"crop": 24, "crops_per_image": 8, "steps": 60, "batch": 16}
+
+
+def test_classifier_two_sample_chance_for_one_distribution_and_high_for_blur():
+    a, b = textures(0), textures(1)
+    same = ev.classifier_two_sample(a, b, seeds=(0, 1), **TINY_C2ST)
+    assert same < 0.7
+    blurred = [ndimage.gaussian_filter(im, (1.0, 1.0, 0)) for im in textures(1)]
+    assert ev.classifier_two_sample(a, blurred, seeds=(0, 1), **TINY_C2ST) > 0.9
+
+
+def test_classifier_accuracy_is_deterministic_and_leaves_torch_alone():
+    import torch
+
+    a, b = textures(2, n=6), [ndimage.gaussian_filter(im, (1.0, 1.0, 0)) for im in textures(3, n=6)]
+    settings = {**TINY_C2ST, "steps": 20}
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = ev.classifier_accuracy(a, b, 0, **settings)
+    assert torch.rand(1) == before  # torch's global random state is untouched
+    assert ev.classifier_accuracy(a, b, 0, **settings) == first
+    with pytest.raises(ValueError, match="smaller than"):
+        ev.classifier_accuracy(a, b, 0, **{**settings, "crop": 64})
+    with pytest.raises(ValueError, match=">= 2 images"):
+        ev.classifier_accuracy(a[:1], b, 0, **settings)
+
+
+def test_realism_report_runs_the_three_tests():
+    train = textures(4, n=8)
+    blurred = [ndimage.gaussian_filter(im, (1.0, 1.0, 0)) for im in train]
+    report = ev.realism_report(train, blurred, None, seeds=(0,), **{**TINY_C2ST, "steps": 20})
+    assert report["reconstructions_vs_train"] is None
+    assert report["generated_vs_train"]["images"] == [8, 8]
+    assert report["train_half_vs_half"]["images"] == [4, 4]
+    assert len(report["generated_vs_train"]["per_seed"]) == 1 and report["settings"]["crop"] == 24
+    text = ev.format_realism(report)
+    assert "generated" in text and "half vs half" in text and "reconstructions" not in text
+
+
+def test_quality_script_nuclear_only(tiny_model_dir, tmp_path, capsys):
+    names = write_patches(tmp_path / "data")
+    (tmp_path / "holdout.json").write_text(json.dumps({"held_out": names[:1]}))
+    script = Path(__file__).parents[1] / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality", script)
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    out = tmp_path / "r.json"
+    rc = quality.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "data"), "--holdout-file",
+                       str(tmp_path / "holdout.json"), "--steps", "2", "--nuclear", "--skip-standard",
+                       "--limit", "2", "--out", str(out), "--grid", str(tmp_path / "g.png")])
+    assert rc == 0 and not (tmp_path / "g.png").exists()
+    report = json.loads(out.read_text())
+    assert "summary" not in report and report["nuclear"]["settings"]["limit"] == 2
+    nuclear = report["nuclear"]
+    assert nuclear["train"]["real"]["images"] == 2 and nuclear["held_out"]["real"]["images"] == 1
+    assert report["nuclear"]["autoencoder"]["generated"]["images"] == 2
+    printed = capsys.readouterr().out
+    assert "nuclear structure" in printed and "held-out masks" in printed and "criterion" not in printed
+    with pytest.raises(SystemExit):
+        quality.main(["--skip-standard"])
