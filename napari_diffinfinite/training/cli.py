@@ -64,6 +64,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "the decoder, scaled adaptively against the pixel losses (0: off; 0.5 is the LDM recipe's)")
     p.add_argument("--adversarial-start", type=int, default=0,
                    help="autoencoder: step from which the adversarial loss is on")
+    p.add_argument("--scale-equivariance", type=float, default=0.0,
+                   help="autoencoder: weight of a loss asking the 2x-pooled latents to decode to the 2x-pooled "
+                        "image (smoother latents that a small diffusion prior can model; 0: off)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="autoencoder: train only the decoder, so latents (and image models on them) stay valid")
@@ -188,7 +191,8 @@ def run_train(args) -> int:
                               texture_weight=args.texture_weight, phase_weight=args.phase_weight,
                               init_from=args.init_from, latent_std=args.latent_std,
                               freeze_encoder=args.freeze_encoder, adversarial_weight=args.adversarial_weight,
-                              adversarial_start=args.adversarial_start, device=args.device)
+                              adversarial_start=args.adversarial_start,
+                              scale_equivariance=args.scale_equivariance, device=args.device)
         elif args.what == "image":
             from .image import train_image_model
 
