@@ -13,7 +13,9 @@ Stages (each catches its own errors and out-of-memory, records them and goes on)
   tile (needs diffusers: ``pip install -e .[sd2vae]``).
 - ``generate``: a 2048 px image (``--tiny``: 512 px) with a painted mask through ``generate()``, batched and
   with the reference's one-patch-at-a-time sampler (``mode="faithful"``): both times and their ratio.
-- the headless canvas (tiles per second) is not written yet: recorded as skipped.
+- ``canvas``: the canvas headless (store + scheduler, no napari) on the 1920 x 1080 view at the centre of a
+  new canvas with a painted mask, for ``--canvas-seconds`` (or ``--canvas-tiles``), on the full-size model and
+  on the embedded one (``--tiny``: the embedded one only): first-tile latency and tiles per second.
 
 Peak GPU memory per stage, the GPU's name and the torch / CUDA versions go to ``--out`` (default
 ``gpu_check.json``) as ``{"device", "torch", "cuda", "stages": {NAME: {"status": "ok" | "skipped: WHY" |
@@ -149,17 +151,20 @@ def _painted_mask(size: int) -> np.ndarray:
     return mask
 
 
-def stage_generate(args, device) -> dict:
-    if args.tiny:
-        from napari_diffinfinite.generation import load_model
+def _full_model(args, device) -> DiffInfiniteModel:
+    return DiffInfiniteModel(name="full-size, random weights", image_unet=_unet(args, device),
+                             autoencoder=_vae(args, device), mask_unet=None, mask_codec=None, num_classes=5,
+                             contexts=["adenocarcinoma"], default_steps=50, window=64, device=device)
 
-        model = load_model("embedded", device=device)
-        size = 512
-    else:
-        model = DiffInfiniteModel(name="full-size, random weights", image_unet=_unet(args, device),
-                                  autoencoder=_vae(args, device), mask_unet=None, mask_codec=None, num_classes=5,
-                                  contexts=["adenocarcinoma"], default_steps=50, window=64, device=device)
-        size = 2048
+
+def _embedded(device) -> DiffInfiniteModel:
+    from napari_diffinfinite.generation import load_model
+
+    return load_model("embedded", device=device)
+
+
+def stage_generate(args, device) -> dict:
+    model, size = (_embedded(device), 512) if args.tiny else (_full_model(args, device), 2048)
     mask = _painted_mask(size)
     out: dict = {"size_px": size, "steps": args.steps or model.default_steps}
     for mode in ("batched", "faithful"):
@@ -172,12 +177,45 @@ def stage_generate(args, device) -> dict:
     return out
 
 
+def _canvas_run(model, args) -> dict:
+    """Tiles of the centre 1920 x 1080 view of a new canvas, centre first, until the time or tile budget ends."""
+    import tempfile
+
+    from napari_diffinfinite.canvas import CanvasStore, TileScheduler
+
+    with tempfile.TemporaryDirectory(prefix="gpu-check-canvas-") as tmp:
+        store = CanvasStore.create_for_model(Path(tmp) / "c", model)
+        c = store.grid.height // 2
+        labels = np.ones((1080 // 8 + 64, 1920 // 8 + 64), np.uint8)
+        labels[:, labels.shape[1] // 2 :] = 3
+        store.write_labels((c - 540) // 8 - 32, (c - 960) // 8 - 32, labels)
+        scheduler = TileScheduler(store, model)
+        scheduler.request_tiles(scheduler.request_view(0, (c - 540, c + 540, c - 960, c + 960)))
+        t0 = time.perf_counter()
+        times = []
+        while len(times) < args.canvas_tiles and time.perf_counter() - t0 < args.canvas_seconds:
+            if scheduler.run_next() is None:
+                break
+            _sync(model.device)
+            times.append(time.perf_counter() - t0)
+        store.close()
+    return {"tiles": len(times), "first_tile_s": round(times[0], 2) if times else None,
+            "tiles_per_second": round(len(times) / times[-1], 2) if times else None}
+
+
+def stage_canvas(args, device) -> dict:
+    out = {"embedded": _canvas_run(_embedded(device), args)}
+    if not args.tiny:
+        out["full_size"] = _canvas_run(_full_model(args, device), args)
+    return out
+
+
 STAGES = {
     "unet_step": stage_unet_step,
     "half_precision": stage_half_precision,
     "vae_decode": stage_vae_decode,
     "generate": stage_generate,
-    "canvas": lambda args, device: {"status": "skipped: the headless canvas stage is not written yet (issue 19)"},
+    "canvas": stage_canvas,
 }
 
 
@@ -208,6 +246,8 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, nargs="+", default=[1, 4, 16], help="windows per guided step")
     p.add_argument("--steps", type=int, default=None, help="sampling steps of the generate stage")
     p.add_argument("--repeat", type=int, default=5, help="timed repeats per figure (best is kept)")
+    p.add_argument("--canvas-seconds", type=float, default=60.0, help="time per canvas run (default: 60)")
+    p.add_argument("--canvas-tiles", type=int, default=10**6, help="at most this many tiles per canvas run")
     p.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=list(STAGES))
     p.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     args = p.parse_args(argv)

@@ -19,7 +19,7 @@ def _script():
 def test_tiny_cpu_run_records_every_stage(tmp_path, capsys):
     out = tmp_path / "gpu_check.json"
     rc = _script().main(["--device", "cpu", "--tiny", "--steps", "2", "--repeat", "1", "--windows", "1", "2",
-                         "--out", str(out)])
+                         "--canvas-tiles", "2", "--out", str(out)])
     report = json.loads(out.read_text())
     stages = report["stages"]
     assert rc == 0, {k: v["status"] for k, v in stages.items()}
@@ -29,7 +29,9 @@ def test_tiny_cpu_run_records_every_stage(tmp_path, capsys):
     assert stages["half_precision"]["status"] == "skipped: no CUDA"
     assert stages["vae_decode"]["status"] == "ok" and stages["vae_decode"]["ms"] > 0
     assert stages["generate"]["batched_s"] > 0 and stages["generate"]["faithful_s"] > 0
-    assert stages["canvas"]["status"].startswith("skipped")
+    canvas = stages["canvas"]["embedded"]
+    assert stages["canvas"]["status"] == "ok" and canvas["tiles"] == 2 and 0 < canvas["first_tile_s"]
+    assert canvas["tiles_per_second"] > 0
     assert report["torch"] and report["cuda"] is None
     assert "wrote" in capsys.readouterr().out
 
@@ -38,10 +40,11 @@ def test_a_failing_stage_is_recorded_and_sets_the_exit_status(tmp_path):
     script = _script()
     script.STAGES["unet_step"] = lambda args, device: 1 / 0  # a stage that raises: the run goes on
     out = tmp_path / "r.json"
-    assert script.main(["--device", "cpu", "--tiny", "--stages", "unet_step", "canvas", "--out", str(out)]) == 1
+    assert script.main(["--device", "cpu", "--tiny", "--stages", "unet_step", "half_precision", "--out",
+                        str(out)]) == 1
     stages = json.loads(out.read_text())["stages"]
     assert stages["unet_step"]["status"].startswith("failed: ZeroDivisionError")
-    assert stages["canvas"]["status"].startswith("skipped")
+    assert stages["half_precision"]["status"] == "skipped: no CUDA"
 
 
 def test_no_cuda_is_a_clear_error(tmp_path, capsys):
