@@ -56,22 +56,38 @@ def probe(model, patches, times, seed: int = 0) -> dict:
         image_corr.append(neighbour_correlation(image.mean(0, keepdim=True), f))
     z = torch.stack(latents)
     mean, var = z.mean((0, 2, 3), keepdim=True), z.var((0, 2, 3), keepdim=True)
-    out = {"latent_lag1": float(np.mean([neighbour_correlation(x, 1) for x in latents])),
-           "image_lag": float(np.mean(image_corr)), "downsampling": f, "rows": []}
+    out = {
+        "latent_lag1": float(np.mean([neighbour_correlation(x, 1) for x in latents])),
+        "image_lag": float(np.mean(image_corr)),
+        "downsampling": f,
+        "rows": [],
+    }
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for t in times:
             a = schedule.alphas_cumprod[t].float()
             noise = torch.randn(z.shape, generator=g)
             x_t = a.sqrt() * z + (1 - a).sqrt() * noise
-            eps = torch.cat([stepper.guided_noise(x_t[i : i + 1].to(model.device), labels[i][None], t).cpu()
-                             for i in range(len(z))])
+            eps = torch.cat(
+                [
+                    stepper.guided_noise(x_t[i : i + 1].to(model.device), labels[i][None], t).cpu()
+                    for i in range(len(z))
+                ]
+            )
             x0_net = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-            # the MMSE linear estimate of z from x_t, per channel: mean + cov(z, x_t) / var(x_t) * (x_t - E x_t)
+            # the MMSE linear estimate of z from x_t, per channel:
+            # mean + cov(z, x_t) / var(x_t) * (x_t - E x_t)
             x0_wiener = mean + a.sqrt() * var / (a * var + (1 - a)) * (x_t - a.sqrt() * mean)
             mse_net, mse_w = float(((x0_net - z) ** 2).mean()), float(((x0_wiener - z) ** 2).mean())
-            out["rows"].append({"t": int(t), "noise_std": float((1 - a).sqrt()), "mse_net": mse_net,
-                                "mse_wiener": mse_w, "gain": 1 - mse_net / mse_w})
+            out["rows"].append(
+                {
+                    "t": int(t),
+                    "noise_std": float((1 - a).sqrt()),
+                    "mse_net": mse_net,
+                    "mse_wiener": mse_w,
+                    "gain": 1 - mse_net / mse_w,
+                }
+            )
     return out
 
 
@@ -79,7 +95,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="a model folder (default: the embedded model)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="labelled patches (default: %(default)s)")
-    p.add_argument("--holdout-file", type=Path, help="held-out names (default: the model folder's holdout.json)")
+    p.add_argument(
+        "--holdout-file", type=Path, help="held-out names (default: the model folder's holdout.json)"
+    )
     p.add_argument("--limit", type=int, default=12, help="training patches used, evenly spaced (default: 12)")
     p.add_argument("--times", type=int, nargs="+", default=[10, 50, 100, 200, 400, 700])
     p.add_argument("--threads", type=int, default=0)
@@ -97,11 +115,16 @@ def main(argv=None) -> int:
     patches = evenly_spaced(train, args.limit)
     report = probe(model, patches, args.times)
     print(f"model {model.name}: {len(patches)} training patches, omega {model.default_omega}")
-    print(f"neighbour correlation: latents (1 latent apart) {report['latent_lag1']:.2f}, "
-          f"image ({report['downsampling']} px apart) {report['image_lag']:.2f}")
+    print(
+        f"neighbour correlation: latents (1 latent apart) {report['latent_lag1']:.2f}, "
+        f"image ({report['downsampling']} px apart) {report['image_lag']:.2f}"
+    )
     print(f"{'t':>5} {'noise std':>9} {'x0 MSE net':>11} {'Wiener':>9} {'gain':>6}")
     for r in report["rows"]:
-        print(f"{r['t']:>5} {r['noise_std']:>9.3f} {r['mse_net']:>11.5f} {r['mse_wiener']:>9.5f} {r['gain']:>6.2f}")
+        print(
+            f"{r['t']:>5} {r['noise_std']:>9.3f} {r['mse_net']:>11.5f} "
+            f"{r['mse_wiener']:>9.5f} {r['gain']:>6.2f}"
+        )
     return 0
 
 

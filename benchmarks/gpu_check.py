@@ -1,7 +1,7 @@
 """One command that proves and times the full-size DiffInfinite path on a GPU (issue 19), stage by stage.
 
-    python benchmarks/gpu_check.py                        # on a CUDA machine: full-size networks, random weights
-    python benchmarks/gpu_check.py --device cpu --tiny    # the same stages with tiny networks (the test runs it)
+    python benchmarks/gpu_check.py                       # CUDA: full-size networks, random weights
+    python benchmarks/gpu_check.py --device cpu --tiny   # the same stages, tiny networks (the test runs it)
 
 Stages (each catches its own errors and out-of-memory, records them and goes on):
 - ``unet_step``: one guided step of the image UNet at 64 x 64 latents (null row + 2 label rows per window) in
@@ -19,13 +19,15 @@ Stages (each catches its own errors and out-of-memory, records them and goes on)
 
 Peak GPU memory per stage, the GPU's name and the torch / CUDA versions go to ``--out`` (default
 ``gpu_check.json``) as ``{"device", "torch", "cuda", "stages": {NAME: {"status": "ok" | "skipped: WHY" |
-"failed: WHY", ...}}}``, and a table is printed. Exit status 1 when a stage failed. Targets on an H100/H200-class
-GPU (issue 19): a guided step <= 10 ms in bf16, a 2048 px image <= 10 s, batched >= 5x faithful.
+"failed: WHY", ...}}}``, and a table is printed. Exit status 1 when a stage failed. Targets on an
+H100/H200-class GPU (issue 19): a guided step <= 10 ms in bf16, a 2048 px image <= 10 s, batched >= 5x
+faithful.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -44,8 +46,14 @@ from napari_diffinfinite.model.unet import ImageUnet
 #: Largest relative error (L2 of the difference / L2 of the fp32 output) of a half-precision UNet output.
 HALF_TOLERANCE = {"bf16": 0.05, "fp16": 0.02}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TINY_UNET = {"dim": 16, "num_classes": 5, "dim_mults": (1, 2, 4), "channels": 4, "resnet_block_groups": 4,
-             "block_per_layer": 1}
+TINY_UNET = {
+    "dim": 16,
+    "num_classes": 5,
+    "dim_mults": (1, 2, 4),
+    "channels": 4,
+    "resnet_block_groups": 4,
+    "block_per_layer": 1,
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -72,6 +80,11 @@ def _unet(args, device: torch.device) -> ImageUnet:
     return for_inference(ImageUnet(**config), device)
 
 
+def _in_dtype(net: ImageUnet, dtype: torch.dtype) -> ImageUnet:
+    """A copy of ``net`` with its weights in ``dtype`` (the fp32 original stays the reference)."""
+    return copy.deepcopy(net).to(dtype)
+
+
 def _rows(net: ImageUnet, windows: int, side: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch of one guided step: per window a null row and two label rows (labels 1 and 3)."""
     g = torch.Generator().manual_seed(1)
@@ -91,12 +104,10 @@ def stage_unet_step(args, device) -> dict:
         if name != "fp32" and device.type != "cuda":
             out["ms"][name] = "skipped: no CUDA"
             continue
-        copy = ImageUnet(**net.config).to(device).eval()
-        copy.load_state_dict(net.state_dict())
-        copy = copy.to(dtype)
-        variants = {"eager": copy}
+        typed = _in_dtype(net, dtype)
+        variants = {"eager": typed}
         if args.compile:
-            variants["compiled"] = torch.compile(copy)
+            variants["compiled"] = torch.compile(typed)
         for label, fn in variants.items():
             for windows in args.windows:
                 x, t, m = _rows(net, windows, side, device)
@@ -115,9 +126,7 @@ def stage_half_precision(args, device) -> dict:
         ref = net(x, t, m).float()
         errors = {}
         for name in ("bf16", "fp16"):
-            half = ImageUnet(**net.config).to(device).eval()
-            half.load_state_dict(net.state_dict())
-            out = half.to(DTYPES[name])(x.to(DTYPES[name]), t, m).float()
+            out = _in_dtype(net, DTYPES[name])(x.to(DTYPES[name]), t, m).float()
             errors[name] = float((out - ref).norm() / ref.norm())
     bad = {k: v for k, v in errors.items() if not v <= HALF_TOLERANCE[k]}
     result = {"relative_error": errors, "tolerance": HALF_TOLERANCE}
@@ -152,9 +161,18 @@ def _painted_mask(size: int) -> np.ndarray:
 
 
 def _full_model(args, device) -> DiffInfiniteModel:
-    return DiffInfiniteModel(name="full-size, random weights", image_unet=_unet(args, device),
-                             autoencoder=_vae(args, device), mask_unet=None, mask_codec=None, num_classes=5,
-                             contexts=["adenocarcinoma"], default_steps=50, window=64, device=device)
+    return DiffInfiniteModel(
+        name="full-size, random weights",
+        image_unet=_unet(args, device),
+        autoencoder=_vae(args, device),
+        mask_unet=None,
+        mask_codec=None,
+        num_classes=5,
+        contexts=["adenocarcinoma"],
+        default_steps=50,
+        window=64,
+        device=device,
+    )
 
 
 def _embedded(device) -> DiffInfiniteModel:
@@ -178,7 +196,8 @@ def stage_generate(args, device) -> dict:
 
 
 def _canvas_run(model, args) -> dict:
-    """Tiles of the centre 1920 x 1080 view of a new canvas, centre first, until the time or tile budget ends."""
+    """Tiles of the centre 1920 x 1080 view of a new canvas, centre first, until the time or tile budget
+    ends."""
     import tempfile
 
     from napari_diffinfinite.canvas import CanvasStore, TileScheduler
@@ -199,8 +218,11 @@ def _canvas_run(model, args) -> dict:
             _sync(model.device)
             times.append(time.perf_counter() - t0)
         store.close()
-    return {"tiles": len(times), "first_tile_s": round(times[0], 2) if times else None,
-            "tiles_per_second": round(len(times) / times[-1], 2) if times else None}
+    return {
+        "tiles": len(times),
+        "first_tile_s": round(times[0], 2) if times else None,
+        "tiles_per_second": round(len(times) / times[-1], 2) if times else None,
+    }
 
 
 def stage_canvas(args, device) -> dict:
@@ -241,7 +263,9 @@ def run_stage(fn, args, device) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="torch device (default: cuda)")
-    p.add_argument("--tiny", action="store_true", help="tiny networks, 512 px image: a CPU check of the script")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny networks, 512 px image: a CPU check of the script"
+    )
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd UNets (slow to compile)")
     p.add_argument("--windows", type=int, nargs="+", default=[1, 4, 16], help="windows per guided step")
     p.add_argument("--steps", type=int, default=None, help="sampling steps of the generate stage")
@@ -255,8 +279,15 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device here; run with --device cpu --tiny to check the script on a CPU")
         return 2
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-              or "cpu", "torch": torch.__version__, "cuda": torch.version.cuda, "tiny": args.tiny, "stages": {}}
+    report = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "tiny": args.tiny,
+        "stages": {},
+    }
     for name in args.stages:
         report["stages"][name] = result = run_stage(STAGES[name], args, device)
         figures = {k: v for k, v in result.items() if k not in ("status", "traceback")}

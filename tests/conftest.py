@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 GOLDEN = FIXTURES / "golden"
 MANIFESTS = FIXTURES / "manifests"
 
@@ -45,6 +47,20 @@ torch.set_num_threads(1)
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def benchmark_script():
+    """A loader of ``benchmarks/<name>.py`` as a fresh module (the scripts are not a package), so tests call
+    their ``main`` and functions and a test that patches one module leaves the others alone."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def write_tiny_model(folder: Path, *, contexts=("adenocarcinoma",)) -> Path:

@@ -3,7 +3,6 @@ tiny model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -310,12 +309,10 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["model"] == "tiny-test-model"
 
 
-def test_quality_script_writes_report_and_grid(tiny_model_dir, tmp_path, capsys):
+def test_quality_script_writes_report_and_grid(tiny_model_dir, tmp_path, capsys, benchmark_script):
     names = write_patches(tmp_path / "data")
     (tmp_path / "holdout.json").write_text(json.dumps({"held_out": names[:1]}))
-    spec = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "benchmarks" / "quality.py")
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
+    quality = benchmark_script("quality")
     out, grid = tmp_path / "r.json", tmp_path / "g.png"
     rc = quality.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "data"), "--holdout-file",
                        str(tmp_path / "holdout.json"), "--seeds", "3", "--steps", "2", "--size", "64",
@@ -521,13 +518,10 @@ def test_realism_report_runs_the_three_tests():
     assert "generated" in text and "half vs half" in text and "reconstructions" not in text
 
 
-def test_quality_script_nuclear_only(tiny_model_dir, tmp_path, capsys):
+def test_quality_script_nuclear_only(tiny_model_dir, tmp_path, capsys, benchmark_script):
     names = write_patches(tmp_path / "data")
     (tmp_path / "holdout.json").write_text(json.dumps({"held_out": names[:1]}))
-    script = Path(__file__).parents[1] / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("quality", script)
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
+    quality = benchmark_script("quality")
     out = tmp_path / "r.json"
     rc = quality.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "data"), "--holdout-file",
                        str(tmp_path / "holdout.json"), "--steps", "2", "--nuclear", "--skip-standard",

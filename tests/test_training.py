@@ -132,14 +132,15 @@ def test_decoder_finetune_keeps_the_encoder_and_its_latents(tmp_path):
 
 
 def test_adversarial_decoder_finetune_keeps_latents_and_resumes_its_discriminator(tmp_path):
-    """--adversarial-weight: the encoder stays frozen, the discriminator is saved with the run and resumed from
-    it (a resumed run goes on with the same discriminator), and the log keeps one set of columns."""
+    """--adversarial-weight: the encoder stays frozen, the discriminator is saved with the run and resumed
+    from it (a resumed run goes on with the same discriminator), and the log keeps one set of columns."""
     from safetensors.torch import load_file
 
     patches = [Patch(f"p{i}", np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8),
                      np.zeros((32, 32), np.int64)) for i in range(4)]
     kwargs = dict(batch=2, crop=32, widths=(8, 8, 8), progress=False)
-    base = train_autoencoder(patches, patches[:1], tmp_path / "base", TrainConfig(steps=1, sample_every=99), **kwargs)
+    base = train_autoencoder(patches, patches[:1], tmp_path / "base", TrainConfig(steps=1, sample_every=99),
+                             **kwargs)
     base.save(tmp_path / "base.safetensors")
     run = tmp_path / "gan"
     adv = dict(init_from=tmp_path / "base.safetensors", freeze_encoder=True, adversarial_weight=0.5,
@@ -147,7 +148,8 @@ def test_adversarial_decoder_finetune_keeps_latents_and_resumes_its_discriminato
     train_autoencoder(patches, patches[:1], run, TrainConfig(steps=3, save_every=3, sample_every=99), **adv)
     first = load_file(str(run / "discriminator.safetensors"))
     assert (run / "discriminator-optimizer.safetensors").exists()
-    tuned = train_autoencoder(patches, patches[:1], run, TrainConfig(steps=4, save_every=4, sample_every=99), **adv)
+    tuned = train_autoencoder(patches, patches[:1], run, TrainConfig(steps=4, save_every=4, sample_every=99),
+                              **adv)
     images = torch.rand(1, 3, 32, 32)
     assert torch.equal(tuned.encode(images), base.encode(images))
     second = load_file(str(run / "discriminator.safetensors"))
@@ -155,7 +157,8 @@ def test_adversarial_decoder_finetune_keeps_latents_and_resumes_its_discriminato
     with open(run / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    assert float(rows[0]["gan_scale"]) == 0 and all(float(r["gan_scale"]) > 0 for r in rows[1:])
+    assert float(rows[0]["gan_scale"]) == 0
+    assert all(float(r["gan_scale"]) > 0 for r in rows[1:])
     with pytest.raises(ValueError, match="--freeze-encoder"):
         train_autoencoder(patches, patches[:1], tmp_path / "x", TrainConfig(steps=1), adversarial_weight=0.5,
                           **kwargs)

@@ -73,7 +73,8 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, layers + 1):
             out = width * min(2**i, 8)
             stride = 2 if i < layers else 1
-            blocks += [nn.Conv2d(ch, out, 4, stride=stride, padding=1), nn.GroupNorm(8, out), nn.LeakyReLU(0.2)]
+            conv = nn.Conv2d(ch, out, 4, stride=stride, padding=1)
+            blocks += [conv, nn.GroupNorm(8, out), nn.LeakyReLU(0.2)]
             ch = out
         blocks.append(nn.Conv2d(ch, 1, 4, padding=1))
         self.net = nn.Sequential(*blocks)
@@ -86,7 +87,8 @@ def hinge_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tenso
     return 0.5 * (F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean())
 
 
-def adaptive_adversarial_weight(rec_loss: torch.Tensor, gen_loss: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+def adaptive_adversarial_weight(rec_loss: torch.Tensor, gen_loss: torch.Tensor,
+                                last: torch.Tensor) -> torch.Tensor:
     """Scale that gives the adversarial gradient at the decoder's last layer the norm of the reconstruction
     gradient there (as in the LDM autoencoder recipe): the GAN term neither drowns nor vanishes, whatever the
     two losses' scales."""
@@ -98,11 +100,11 @@ def adaptive_adversarial_weight(rec_loss: torch.Tensor, gen_loss: torch.Tensor, 
 def scale_equivariance_l1(decoder, z: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """L1 between the decoding of the 2x-pooled latents and the 2x-pooled image.
 
-    Why: the latents of an unregularised autoencoder are nearly white (neighbouring latents correlate 0.35 where
-    the image correlates 0.51), so a small diffusion prior cannot tell their fine detail from noise and samples
-    coloured grain. Asking that a coarser latent decode to the coarser image moves the image's coarse content
-    into the latents' low frequencies, where a prior can model it (the scale-equivariance regulariser of
-    Skorokhodov et al. 2025, "Improving the diffusability of autoencoders")."""
+    Why: the latents of an unregularised autoencoder are nearly white (neighbouring latents correlate 0.35
+    where the image correlates 0.51), so a small diffusion prior cannot tell their fine detail from noise and
+    samples coloured grain. Asking that a coarser latent decode to the coarser image moves the image's coarse
+    content into the latents' low frequencies, where a prior can model it (the scale-equivariance regulariser
+    of Skorokhodov et al. 2025, "Improving the diffusability of autoencoders")."""
     return (decoder(F.avg_pool2d(z, 2)) - F.avg_pool2d(images, 2)).abs().mean()
 
 
@@ -162,13 +164,14 @@ def train_autoencoder(
     its 2-px pattern (``phase_weight``, :func:`pixel_phase_l1`).
     ``latent_std``: when training is done, also write ``standardised.safetensors``: the EMA network whose
     latents have per-channel mean 0 and this std on the training patches (what image models train on).
-    ``adversarial_weight`` (needs ``freeze_encoder``): from step ``adversarial_start`` on, add a hinge GAN loss
-    against a :class:`PatchDiscriminator`, scaled by :func:`adaptive_adversarial_weight` times this weight.
+    ``adversarial_weight`` (needs ``freeze_encoder``): from step ``adversarial_start`` on, add a hinge GAN
+    loss against a :class:`PatchDiscriminator`, scaled by :func:`adaptive_adversarial_weight` times this
+    weight.
     ``scale_equivariance``: weight of :func:`scale_equivariance_l1` (smoother latents for the prior).
     """
     if adversarial_weight and not freeze_encoder:
-        raise ValueError("the adversarial loss trains the decoder alone: use it with --freeze-encoder, so that "
-                         "the latents (and image models trained on them) stay valid")
+        raise ValueError("the adversarial loss trains the decoder alone: use it with --freeze-encoder, so "
+                         "that the latents (and image models trained on them) stay valid")
     device = torch.device(device)
     random.seed(config.seed)
     torch.manual_seed(config.seed)

@@ -60,13 +60,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="autoencoder or image: start a new run from these trained weights (e.g. a run's "
                         "ema.safetensors, or a model folder's image.safetensors)")
     p.add_argument("--adversarial-weight", type=float, default=0.0,
-                   help="autoencoder, with --freeze-encoder: weight of a patch-discriminator (hinge GAN) loss on "
-                        "the decoder, scaled adaptively against the pixel losses (0: off; 0.5 is the LDM recipe's)")
+                   help="autoencoder, with --freeze-encoder: weight of a patch-discriminator (hinge GAN) "
+                        "loss on the decoder, scaled adaptively against the pixel losses (0: off; 0.5 is the "
+                        "LDM recipe's)")
     p.add_argument("--adversarial-start", type=int, default=0,
                    help="autoencoder: step from which the adversarial loss is on")
     p.add_argument("--scale-equivariance", type=float, default=0.0,
-                   help="autoencoder: weight of a loss asking the 2x-pooled latents to decode to the 2x-pooled "
-                        "image (smoother latents that a small diffusion prior can model; 0: off)")
+                   help="autoencoder: weight of a loss asking the 2x-pooled latents to decode to the "
+                        "2x-pooled image (smoother latents that a small diffusion prior can model; 0: off)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="autoencoder: train only the decoder, so latents (and image models on them) stay valid")

@@ -3,8 +3,8 @@
 State lives in one folder: ``weights.safetensors`` (online weights), ``ema.safetensors`` (the EMA that is
 shipped and sampled), ``optimizer.safetensors`` + ``state.json`` (Adam moments, step, config), ``log.csv``
 (loss per step) and ``samples-<step>.png``; a companion network trained beside the main one (the decoder's
-discriminator) adds ``<name>.safetensors`` and ``<name>-optimizer.safetensors``. Every file is written to a temp file and renamed, so a run
-killed at any moment resumes from its last checkpoint. No pickles.
+discriminator) adds ``<name>.safetensors`` and ``<name>-optimizer.safetensors``. Every file is written to a
+temp file and renamed, so a run killed at any moment resumes from its last checkpoint. No pickles.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ class Trainer:
             )
         self.net.load_state_dict(load_file(str(self.out / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(self.out / "ema.safetensors")))
-        _load_adam_moments(self.opt, list(self.net.parameters()), self.out / "optimizer.safetensors", state["step"])
+        _load_adam_moments(self.opt, list(self.net.parameters()), self.out / "optimizer.safetensors",
+                           state["step"])
         for name, (module, opt) in self.companions.items():
             if not (self.out / f"{name}.safetensors").exists():
                 raise ValueError(f"{self.out} has no {name}.safetensors: it was trained without a {name}; "
@@ -106,7 +107,8 @@ class Trainer:
         meta = {**self.metadata}
         atomic_save_tensors(self.out / "weights.safetensors", self.net.state_dict(), meta)
         atomic_save_tensors(self.out / "ema.safetensors", self.ema.state_dict(), meta)
-        atomic_save_tensors(self.out / "optimizer.safetensors", _adam_moments(self.opt, self.net.parameters()))
+        moments = _adam_moments(self.opt, self.net.parameters())
+        atomic_save_tensors(self.out / "optimizer.safetensors", moments)
         for name, (module, opt) in self.companions.items():
             atomic_save_tensors(self.out / f"{name}.safetensors", module.state_dict())
             atomic_save_tensors(self.out / f"{name}-optimizer.safetensors",
