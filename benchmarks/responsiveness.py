@@ -117,7 +117,7 @@ def run_phase(app, viewer, labels_layer, seconds: float, pan_every: float, centr
     beat.start()
     pans.start()
     paints.start()
-    loop.exec_()
+    loop.exec()
     pans.stop()
     paints.stop()
     return beat.stop()

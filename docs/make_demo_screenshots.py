@@ -74,9 +74,6 @@ def main(argv=None) -> int:
         os.environ["DIFFINFINITE_MODEL"] = args.model
 
     import napari
-    from napari._qt import qt_main_window
-
-    qt_main_window.SHOW_QT_WARNING = False  # napari's PyQt5 deprecation toast is not part of the demo
     from qtpy.QtWidgets import QApplication
 
     from napari_diffinfinite.demo import enter_demo_mode

@@ -37,7 +37,19 @@ def setup_demo(viewer, *, preset: str | None = None, fullscreen: bool = False):
     return enter_demo_mode(viewer, preset=preset, fullscreen=fullscreen)
 
 
+def _qt_binding() -> str | None:
+    """The Qt binding napari will use (``PyQt6``, ``PyQt5``, ...), or None when none is installed."""
+    try:
+        import qtpy
+    except ImportError:  # qtpy.QtBindingsNotFoundError
+        return None
+    return qtpy.API_NAME
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if _qt_binding() is None:
+        return _error(EXIT_USAGE, "napari needs a Qt binding and none is installed: "
+                                  "pip install 'napari-diffinfinite[pyqt6]' (or [pyqt5])")
     import napari
 
     viewer = napari.Viewer(title="DiffInfinite demo")
@@ -53,6 +65,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"napari-diffinfinite {__version__}")
     print(f"python {sys.version.split()[0]}")
     print(f"torch {torch.__version__}")
+    print(f"Qt binding {_qt_binding() or 'none (pip install napari-diffinfinite[pyqt6])'}")
     print(f"device {selected_device()}")
     print(DISCLAIMER)
     return 0

@@ -127,3 +127,15 @@ def napari_app_calls(make_napari_viewer, monkeypatch):
     monkeypatch.setattr(napari, "Viewer", viewer_factory)
     monkeypatch.setattr(napari, "run", lambda *a, **k: runs.append(True))
     return viewers, runs
+
+
+# Tests that drive napari or Qt. CI runs the whole suite on the default binding (PyQt6) and these again on
+# PyQt5 and on the napari pre-release (`pytest -m napari`, see .ci/run).
+_NAPARI_FIXTURES = {"make_napari_viewer", "qtbot", "viewer", "napari_app_calls"}
+_NAPARI_MODULES = {"test_plugin_logic", "test_sample_data"}  # reader, writer, demo sample
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _NAPARI_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in _NAPARI_MODULES:
+            item.add_marker(pytest.mark.napari)

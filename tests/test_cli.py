@@ -20,7 +20,34 @@ def test_info_prints_versions_and_device(capsys):
     assert f"torch {torch.__version__}" in out
     device_line = next(line for line in out.splitlines() if line.startswith("device "))
     assert device_line.split()[1].split(":")[0] in {"cpu", "cuda", "mps"}
+    assert next(line for line in out.splitlines() if line.startswith("Qt binding ")).split()[2] in {
+        "PyQt6", "PyQt5", "PySide6", "PySide2"}
     assert "not for diagnosis" in out
+
+
+_WITHOUT_QT = r"""
+import importlib.abc, sys
+class HideQt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"PyQt5", "PyQt6", "PySide2", "PySide6"}:
+            raise ImportError(f"No module named {name!r} (hidden by the test)")
+sys.meta_path.insert(0, HideQt())
+from napari_diffinfinite import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_demo_without_a_qt_binding_says_which_extra_to_install():
+    """The plugin requires no binding (napari users have one); where none is installed, say how to get one."""
+    demo = subprocess.run([sys.executable, "-c", _WITHOUT_QT, "demo"], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert demo.returncode == 2, demo.stderr
+    assert "pip install 'napari-diffinfinite[pyqt6]'" in demo.stderr
+    assert "Traceback" not in demo.stderr
+    info = subprocess.run([sys.executable, "-c", _WITHOUT_QT, "info"], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert info.returncode == 0, info.stderr
+    assert "Qt binding none" in info.stdout
 
 
 def test_a_command_is_required(capsys):

@@ -21,7 +21,7 @@ PACKAGE_DIR = REPO / "napari_diffinfinite"
 RESOURCES_DIR = REPO / "resources"
 # Not part of the distribution; left out of the copy the wheel is built from.
 _BUILD_IGNORE = shutil.ignore_patterns(
-    ".git", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".venv", "venv*", ".pytest_cache", "tests"
+    ".git", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".venv*", "venv*", ".pytest_cache", "tests"
 )
 
 
@@ -128,6 +128,29 @@ def test_wheel_contains_every_subpackage_and_resource(wheel):
     assert "napari-diffinfinite = napari_diffinfinite:napari.yaml" in text
     assert "diffinfinite = napari_diffinfinite.cli:main" in text
 
+
+
+_QT_BINDINGS = {"pyqt5", "pyqt6", "pyside2", "pyside6"}
+
+
+def test_wheel_requires_no_qt_binding_but_offers_both_as_extras(wheel):
+    """A plain install must not pull a second Qt binding next to the user's napari; the extras give one."""
+    (metadata,) = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA")]
+    lines = zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+    requires = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
+
+    def name(req: str) -> str:
+        return req.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+
+    plain = {name(r) for r in requires if "extra ==" not in r}
+    assert not plain & _QT_BINDINGS, f"a plain install pulls a Qt binding: {sorted(plain & _QT_BINDINGS)}"
+    assert {"qtpy", "napari"} <= plain
+    napari_req = next(r for r in requires if name(r) == "napari")
+    assert "<0.11" in napari_req and ">=0.9.2" in napari_req, napari_req
+    extras = {(name(r), r.split("extra ==")[1].strip(" '\"")) for r in requires if "extra ==" in r}
+    assert ("pyqt6", "pyqt6") in extras and ("pyqt5", "pyqt5") in extras, sorted(extras)
+    pyqt6 = next(r for r in requires if name(r) == "pyqt6")
+    assert ">=6.7" in pyqt6, "napari 0.10 needs Qt >= 6.7"
 
 _PROBE = r"""
 import json, sys

@@ -15,7 +15,7 @@ def test_readme_starts_with_the_two_commands():
     commands = _readme_commands()
     assert set(commands) == {"1", "2"}
     assert commands["1"].endswith("diffinfinite demo")
-    assert "pip install -e .[test]" in commands["2"] and "pytest" in commands["2"]
+    assert "pip install -e .[test,pyqt6]" in commands["2"] and "pytest" in commands["2"]
 
 
 def test_ci_runs_readme_command_2_verbatim():

@@ -64,7 +64,7 @@ def _start(qtbot, widget, *, real_folder, model_dir, csv_path, rater="dr-a"):
     widget.seed.setValue(7)
     widget.n_trials.setValue(4)
     widget.results_csv.setText(str(csv_path))
-    qtbot.mouseClick(widget.start_button, Qt.LeftButton)
+    qtbot.mouseClick(widget.start_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: widget.pages.currentWidget() is widget.rater_page, timeout=60000)
 
 
@@ -77,7 +77,7 @@ def test_survey_widget_runs_a_blinded_survey_by_keyboard(make_napari_viewer, qtb
     assert viewer.window.dock_widgets["DiffInfinite Survey (napari-diffinfinite)"] is widget
     assert DISCLAIMER in widget.disclaimer.text()
     # the organiser step: folder or generation; missing inputs are explained, nothing starts
-    qtbot.mouseClick(widget.start_button, Qt.LeftButton)
+    qtbot.mouseClick(widget.start_button, Qt.MouseButton.LeftButton)
     assert "real patches" in widget.organiser_status.text()
     assert widget.pages.currentWidget() is widget.organiser_page
 
@@ -116,16 +116,16 @@ def test_survey_widget_runs_a_blinded_survey_by_keyboard(make_napari_viewer, qtb
         says_synthetic, confidence = plan[i]
         if i == 0:
             # Enter before choosing saves nothing and says why
-            qtbot.keyClick(widget, Qt.Key_Return)
+            qtbot.keyClick(widget, Qt.Key.Key_Return)
             assert "Choose real or synthetic" in widget.hint.text()
             assert not csv_path.exists()
-            qtbot.keyClick(widget, Qt.Key_S if says_synthetic else Qt.Key_R)
+            qtbot.keyClick(widget, Qt.Key.Key_S if says_synthetic else Qt.Key.Key_R)
             qtbot.keyClicks(widget, str(confidence))
             assert widget.next_button.isEnabled()
             # typing in the comment box writes text, not answers; Enter there confirms
             qtbot.keyClicks(widget.comment, "s5 stays a comment")
             assert widget._confidence == confidence
-            qtbot.keyClick(widget.comment, Qt.Key_Return)
+            qtbot.keyClick(widget.comment, Qt.Key.Key_Return)
         elif i == 1:
             # keys on the viewer canvas (the patch layer's keymap comes first in napari's chain)
             handler.press_key("S" if says_synthetic else "R")
@@ -133,12 +133,12 @@ def test_survey_widget_runs_a_blinded_survey_by_keyboard(make_napari_viewer, qtb
             handler.press_key("Enter")
         elif i == 2:
             qtbot.keyClicks(widget, ("s" if says_synthetic else "r") + "3")
-            qtbot.keyClick(widget, Qt.Key_2)  # changed their mind: the last key wins
-            qtbot.keyClick(widget, Qt.Key_Space)
+            qtbot.keyClick(widget, Qt.Key.Key_2)  # changed their mind: the last key wins
+            qtbot.keyClick(widget, Qt.Key.Key_Space)
         else:
-            qtbot.keyClick(widget, Qt.Key_S if says_synthetic else Qt.Key_R)
-            qtbot.keyClick(widget, Qt.Key_1)
-            qtbot.keyClick(widget, Qt.Key_Enter)
+            qtbot.keyClick(widget, Qt.Key.Key_S if says_synthetic else Qt.Key.Key_R)
+            qtbot.keyClick(widget, Qt.Key.Key_1)
+            qtbot.keyClick(widget, Qt.Key.Key_Enter)
         # written at once, one row per answer
         assert len(read_rows(csv_path)) == i + 1
 
@@ -170,8 +170,8 @@ def test_survey_widget_runs_a_blinded_survey_by_keyboard(make_napari_viewer, qtb
     assert PATCH_LAYER_NAME not in [layer.name for layer in viewer.layers]
     assert other.visible
     # keys do nothing once finished
-    qtbot.keyClick(widget, Qt.Key_S)
-    qtbot.keyClick(widget, Qt.Key_Return)
+    qtbot.keyClick(widget, Qt.Key.Key_S)
+    qtbot.keyClick(widget, Qt.Key.Key_Return)
     assert len(read_rows(csv_path)) == 4
 
 
@@ -184,7 +184,7 @@ def test_survey_widget_resumes_where_the_rater_stopped(make_napari_viewer, qtbot
     _start(qtbot, widget, real_folder=real_folder, model_dir=tiny_model_dir, csv_path=csv_path, rater="dr-b")
     first_ids = [t.patch.patch_id for t in widget.session.trials]
     qtbot.keyClicks(widget, "r3")
-    qtbot.keyClick(widget, Qt.Key_Return)
+    qtbot.keyClick(widget, Qt.Key.Key_Return)
     assert len(read_rows(csv_path)) == 1
     # "crash": a new widget, same rater and CSV
     widget2 = SurveyWidget(viewer)
@@ -200,7 +200,7 @@ def test_survey_widget_reports_a_bad_folder_and_stays_with_the_organiser(make_na
     widget.real_folder.setText(str(tmp_path / "missing"))
     widget.synthetic_folder.setText(str(tmp_path))
     widget.rater_id.setText("x")
-    qtbot.mouseClick(widget.start_button, Qt.LeftButton)
+    qtbot.mouseClick(widget.start_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: "Cannot start" in widget.organiser_status.text(), timeout=20000)
     assert "missing is not a folder" in widget.organiser_status.text()
     assert widget.pages.currentWidget() is widget.organiser_page and widget.session is None

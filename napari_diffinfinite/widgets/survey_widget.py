@@ -51,9 +51,17 @@ SHORTCUTS = (
 )
 CONFIDENCE_WORDS = {1: "guessing", 2: "unsure", 3: "fair", 4: "fairly sure", 5: "certain"}
 SOURCE_FOLDER, SOURCE_GENERATE = "folder", "generate"
-_KEY_ANSWERS = {Qt.Key_R: False, Qt.Key_S: True}
-_KEY_CONFIDENCE = {Qt.Key_1: 1, Qt.Key_2: 2, Qt.Key_3: 3, Qt.Key_4: 4, Qt.Key_5: 5}
-_KEY_CONFIRM = (Qt.Key_Return, Qt.Key_Enter, Qt.Key_Space)
+
+
+def _key_code(key) -> int:
+    """A Qt key as an int under every binding: PyQt6's ``Qt.Key`` members are enums, not ints, and
+    ``QKeyEvent.key()`` returns an int."""
+    return int(getattr(key, "value", key))
+
+
+_KEY_ANSWERS = {_key_code(Qt.Key.Key_R): False, _key_code(Qt.Key.Key_S): True}
+_KEY_CONFIDENCE = {_key_code(getattr(Qt.Key, f"Key_{n}")): n for n in range(1, 6)}
+_KEY_CONFIRM = {_key_code(k) for k in (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space)}
 
 
 def _path_row(edit: QLineEdit, browse) -> QWidget:
@@ -83,7 +91,7 @@ class SurveyWidget(QWidget):
         self._hidden_layers: list = []
         self._answer: bool | None = None  # True = synthetic
         self._confidence: int | None = None
-        self.setFocusPolicy(Qt.StrongFocus)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
 
         layout = QVBoxLayout(self)
         title = QLabel("<b>DiffInfinite Survey</b>: real or synthetic?")
@@ -186,7 +194,7 @@ class SurveyWidget(QWidget):
         self._answer_group = QButtonGroup(self)
         for button in (self.real_button, self.synthetic_button):
             button.setCheckable(True)
-            button.setFocusPolicy(Qt.NoFocus)  # Space confirms; it must not click a focused button
+            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # Space confirms; it must not click a focused button
             self._answer_group.addButton(button)
             row.addWidget(button)
         self.real_button.clicked.connect(lambda: self.set_answer(False))
@@ -200,7 +208,7 @@ class SurveyWidget(QWidget):
         for value in range(1, 6):
             button = QPushButton(str(value))
             button.setCheckable(True)
-            button.setFocusPolicy(Qt.NoFocus)
+            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             button.setToolTip(f"{value}: {CONFIDENCE_WORDS[value]} (key {value})")
             button.clicked.connect(lambda _checked=False, v=value: self.set_confidence(v))
             self._confidence_group.addButton(button)
@@ -210,15 +218,15 @@ class SurveyWidget(QWidget):
 
         self.comment = QLineEdit()
         self.comment.setPlaceholderText("comment (optional)")
-        self.comment.setFocusPolicy(Qt.ClickFocus)
+        self.comment.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         layout.addWidget(self.comment)
         row = QHBoxLayout()
         self.next_button = QPushButton("Next (Enter)")
-        self.next_button.setFocusPolicy(Qt.NoFocus)
+        self.next_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.next_button.clicked.connect(self.confirm)
         row.addWidget(self.next_button)
         view_button = QPushButton("Reset view")
-        view_button.setFocusPolicy(Qt.NoFocus)
+        view_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         view_button.clicked.connect(self._reset_view)
         row.addWidget(view_button)
         layout.addLayout(row)
@@ -236,11 +244,11 @@ class SurveyWidget(QWidget):
         layout = QVBoxLayout(page)
         layout.addWidget(QLabel("<b>Survey finished - results</b>"))
         self.summary_text = QLabel("")
-        self.summary_text.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.summary_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.summary_text.setWordWrap(True)
         layout.addWidget(self.summary_text)
         self.histogram_label = QLabel()
-        self.histogram_label.setAlignment(Qt.AlignCenter)
+        self.histogram_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         layout.addWidget(self.histogram_label)
         self.results_label = QLabel("")
         self.results_label.setWordWrap(True)
@@ -437,7 +445,7 @@ class SurveyWidget(QWidget):
 
     def keyPressEvent(self, event) -> None:
         if self.pages.currentWidget() is self.rater_page:
-            key = event.key()
+            key = _key_code(event.key())
             if key in _KEY_ANSWERS:
                 self.set_answer(_KEY_ANSWERS[key])
                 return
@@ -447,7 +455,7 @@ class SurveyWidget(QWidget):
             if key in _KEY_CONFIRM:
                 self.confirm()
                 return
-            if key == Qt.Key_Escape:
+            if key == _key_code(Qt.Key.Key_Escape):
                 self.setFocus()
                 return
         super().keyPressEvent(event)
@@ -469,7 +477,8 @@ class SurveyWidget(QWidget):
         self.histogram = confidence_histogram(summary)
         pixmap = QPixmap()
         pixmap.loadFromData(self.histogram.png(), "PNG")
-        self.histogram_label.setPixmap(pixmap.scaledToWidth(min(pixmap.width(), 420), Qt.SmoothTransformation))
+        width = min(pixmap.width(), 420)
+        self.histogram_label.setPixmap(pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation))
         self.results_label.setText(f"Answers saved in {self.session.config.results_csv}")
         self.pages.setCurrentWidget(self.summary_page)
 
