@@ -68,6 +68,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--scale-equivariance", type=float, default=0.0,
                    help="autoencoder: weight of a loss asking the 2x-pooled latents to decode to the "
                         "2x-pooled image (smoother latents that a small diffusion prior can model; 0: off)")
+    p.add_argument("--latent-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="autoencoder: decode the latents plus Gaussian noise of this std (raw latents lie "
+                        "in [-1, 1]), so that detail below it is not used and a prior's residual noise is "
+                        "harmless (0: off)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="autoencoder: train only the decoder, so latents (and image models on them) stay valid")
@@ -193,7 +197,8 @@ def run_train(args) -> int:
                               init_from=args.init_from, latent_std=args.latent_std,
                               freeze_encoder=args.freeze_encoder, adversarial_weight=args.adversarial_weight,
                               adversarial_start=args.adversarial_start,
-                              scale_equivariance=args.scale_equivariance, device=args.device)
+                              scale_equivariance=args.scale_equivariance, latent_noise=args.latent_noise,
+                              device=args.device)
         elif args.what == "image":
             from .image import train_image_model
 
