@@ -60,9 +60,10 @@ def demo_mask() -> list[tuple]:
 
 def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | None = None):
     """A new canvas in ``folder`` with the demo mask painted in its middle (at latent scale: the label at the
-    centre of every 8 x 8 px cell). With ``model`` the canvas is made for it (latent channels, steps, guidance,
-    classes); without, with the default geometry (4 latent channels, 5 classes) and no model name, so that any
-    model with that geometry can generate it later. Returns ``(store, mask rectangle in level-0 px)``."""
+    centre of every 8 x 8 px cell). With ``model`` (loaded, or its ``ModelManifest``) the canvas is made for
+    it (latent channels, steps, guidance, classes); without, with the default geometry (4 latent channels,
+    5 classes) and no model name, so that any model with that geometry can generate it later. Returns
+    ``(store, mask rectangle in level-0 px)``."""
     from .canvas.grid import DEFAULT_SIDE, Rect
     from .canvas.store import CanvasStore
     from .widgets.canvas_view import latent_labels
@@ -139,8 +140,23 @@ def demo_canvas() -> list[tuple]:
     """LayerData of a new demo canvas (tissue pyramid + mask window). In napari the canvas is then opened at 1:1
     zoom centred on the mask and generation starts (the model: ``$DIFFINFINITE_MODEL`` or the embedded one).
     Without a model the mask is shown and a notification says how to pick one."""
-    from .widgets.canvas_controller import schedule_attach
+    from qtpy.QtWidgets import QApplication
 
+    from .model_manifest import read_manifest
+    from .widgets.canvas_controller import schedule_attach
+    from .widgets.canvas_models import ModelSpec, cached_model, default_model_source
+
+    spec = ModelSpec(default_model_source())
+    if QApplication.instance() is not None and cached_model(spec) is None:
+        manifest = read_manifest(spec.source)
+        if manifest is not None:
+            # not loaded yet: the canvas from the model's manifest now, the model (and torch) in a worker
+            # thread once napari has built the layers (a load beside the build slows both: one GIL, 2 cores),
+            # so that opening does not freeze napari; generation starts when the model is in
+            store, rect, layers = new_demo_canvas(manifest, spec)
+            schedule_attach(store.root, store=store, model=None, model_spec=spec, camera=(rect.centre, 1.0),
+                            start=True, load_model=True)
+            return layers
     model, spec, error = demo_model()
     store, rect, layers = new_demo_canvas(model, spec)
     early = start_generating(store, model, rect)

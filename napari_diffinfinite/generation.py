@@ -30,6 +30,7 @@ from .model import (
     select_device,
 )
 from .model.device import for_inference
+from .model_manifest import MANIFEST_DEFAULTS, embedded_folder
 from .sampling.blocks import block_seed, generate_latents
 from .sampling.decode import decode_full
 from .sampling.masks import (
@@ -79,6 +80,10 @@ class DiffInfiniteModel:
         return int(self.autoencoder.downsampling)
 
     @property
+    def latent_channels(self) -> int:
+        return int(self.image_unet.channels)
+
+    @property
     def mask_latent_px(self) -> int:
         """Image pixels per mask-latent pixel."""
         return self.mask_px * int(self.mask_codec.cells_per_latent)
@@ -100,12 +105,6 @@ class DiffInfiniteModel:
         return value
 
 
-def _embedded_dir() -> Path:
-    from ._resources import resource_path
-
-    return resource_path("models") / "embedded"
-
-
 def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=None, mask_checkpoint=None,
                num_classes: int = 5, vae=None, allow_download: bool = False) -> DiffInfiniteModel:
     """A model bundle by name or folder.
@@ -119,7 +118,7 @@ def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=N
     device = select_device(device)
     if str(spec) == "diffinfinite":
         return _load_released(image_checkpoint, mask_checkpoint, num_classes, vae, allow_download, device)
-    folder = _embedded_dir() if str(spec) == "embedded" else Path(spec)
+    folder = embedded_folder() if str(spec) == "embedded" else Path(spec)
     manifest = folder / "model.json"
     if not manifest.is_file():
         if str(spec) == "embedded":
@@ -142,14 +141,17 @@ def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=N
         mask_unet = for_inference(load_diffinfinite_checkpoint(folder / meta["mask"]["file"], "mask"), device)
         c = meta["mask"]["codec"]
         codec = SimplexMaskCodec(c["num_labels"], c["cells_per_latent"])
+    d = MANIFEST_DEFAULTS
     return DiffInfiniteModel(
         name=meta.get("name", folder.name), image_unet=image, autoencoder=autoencoder, mask_unet=mask_unet,
         mask_codec=codec, num_classes=image.num_classes, contexts=meta.get("contexts", ["adenocarcinoma"]),
-        default_steps=meta.get("default_steps", 25), default_omega=meta.get("default_omega", 3.0),
-        default_mask_omega=meta.get("mask", {}).get("omega", meta.get("default_omega", 3.0)),
-        sampler=check_sampler(meta["image"].get("sampler", "ddim")),
-        window=meta["image"].get("window", 64), mask_window=meta.get("mask", {}).get("window", 32),
-        mask_px=meta.get("mask", {}).get("mask_px", 1), pixel_size_um=meta.get("pixel_size_um", 0.5), device=device,
+        default_steps=meta.get("default_steps", d["default_steps"]),
+        default_omega=meta.get("default_omega", d["default_omega"]),
+        default_mask_omega=meta.get("mask", {}).get("omega", meta.get("default_omega", d["default_omega"])),
+        sampler=check_sampler(meta["image"].get("sampler", d["sampler"])),
+        window=meta["image"].get("window", d["window"]), mask_window=meta.get("mask", {}).get("window", 32),
+        mask_px=meta.get("mask", {}).get("mask_px", 1),
+        pixel_size_um=meta.get("pixel_size_um", d["pixel_size_um"]), device=device,
     )
 
 

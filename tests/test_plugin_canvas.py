@@ -89,6 +89,35 @@ def test_demo_canvas_opens_at_1to1_on_the_mask_and_generates(viewer, tiny, qtbot
     assert mask.selected_label == 3
 
 
+def test_demo_canvas_opens_before_its_model_is_loaded(viewer, tiny_model_dir, qtbot, monkeypatch):
+    """A model not loaded yet: the layers come at once from the model's manifest, the model loads in a worker
+    thread while napari's event loop runs, then the view generates (opening froze napari for 3.7-4.4 s while
+    the model and torch loaded on the GUI thread)."""
+    import threading
+
+    from napari_diffinfinite import generation
+
+    monkeypatch.setenv(canvas_models.MODEL_ENV, str(tiny_model_dir))
+    canvas_models.clear_cache()
+    loads = []
+    real_load_model = generation.load_model
+
+    def load_model(*args, **kwargs):  # the real loader, noting the thread it runs on
+        loads.append(threading.current_thread())
+        return real_load_model(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "load_model", load_model)
+    tissue, mask = viewer.open_sample(PLUGIN, "demo_canvas")
+    assert loads == []  # nothing loaded while napari built the layers
+    qtbot.waitUntil(lambda: controller_for(viewer) is not None, timeout=5000)
+    ctrl = controller_for(viewer)
+    assert ctrl.tissue_layer is tissue and ctrl.labels_layer is mask
+    assert ctrl.store.model_name == "tiny-test-model" and ctrl.store.latent_channels == 4
+    qtbot.waitUntil(lambda: ctrl.model is not None and ctrl.generating, timeout=20000)
+    assert len(loads) == 1 and loads[0] is not threading.main_thread()
+    qtbot.waitUntil(lambda: len(ctrl.landed) >= 1, timeout=20000)
+
+
 def test_sample_list_starts_with_the_demo_canvas():
     import npe2
 
@@ -237,7 +266,7 @@ def test_bad_inputs_give_notifications_not_tracebacks(viewer, tiny, tiny_model_d
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
     # an installation without the embedded model: a notification, the widget keeps working
     monkeypatch.delenv(canvas_models.MODEL_ENV, raising=False)
-    monkeypatch.setattr(generation, "_embedded_dir", lambda: tmp_path / "no-embedded-model")
+    monkeypatch.setattr(generation, "embedded_folder", lambda: tmp_path / "no-embedded-model")
     canvas_models.clear_cache()  # an earlier test may have loaded the real embedded model
     widget.model.value = "embedded"
     widget.load_selected_model()

@@ -33,3 +33,38 @@ def test_demo_mask_layer_data():
     assert kwargs["metadata"]["disclaimer"] == DISCLAIMER
     assert "not for diagnosis" in DISCLAIMER
     assert kwargs["metadata"]["diffinfinite"]["class_set"] == "5"
+
+
+def test_the_manifest_says_what_the_loaded_model_says(tiny_model_dir):
+    """The canvas of a model not loaded yet is made from its manifest: it must equal the loaded model's."""
+    import dataclasses
+
+    from napari_diffinfinite.generation import load_model
+    from napari_diffinfinite.model import CompactAutoencoder
+    from napari_diffinfinite.model_manifest import COMPACT_DOWNSAMPLING, read_manifest
+
+    assert COMPACT_DOWNSAMPLING == CompactAutoencoder.downsampling
+    for source in ("embedded", str(tiny_model_dir)):
+        manifest, model = read_manifest(source), load_model(source)
+        for field in dataclasses.fields(manifest):
+            assert getattr(manifest, field.name) == getattr(model, field.name), (source, field.name)
+    assert read_manifest("diffinfinite") is None  # the released checkpoints: known once loaded
+    assert read_manifest(tiny_model_dir.parent) is None  # not a model folder
+
+
+def test_the_demo_canvas_is_made_from_the_manifest_without_importing_torch(tmp_path):
+    """Importing torch is most of the 3-4 s that opening the demo froze napari for."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_diffinfinite._sample_data import create_demo_canvas\n"
+        "from napari_diffinfinite.model_manifest import read_manifest\n"
+        f"store, rect = create_demo_canvas({str(tmp_path / 'c')!r}, read_manifest('embedded'))\n"
+        "print(store.model_name, store.latent_channels, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["embedded", "8", "False"]

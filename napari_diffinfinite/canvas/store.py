@@ -350,8 +350,10 @@ class CanvasStore:
     @classmethod
     def create_for_model(cls, folder, model, *, shape_px=(DEFAULT_SIDE, DEFAULT_SIDE), tile: int = 512,
                          overwrite: bool = False, **settings) -> CanvasStore:
-        """:meth:`create` with the name, latent channels, downsampling, steps, guidance, sampler, classes and pixel
-        size of ``model`` (a :class:`~napari_diffinfinite.generation.DiffInfiniteModel`); ``settings`` override."""
+        """:meth:`create` with the name, latent channels, downsampling, steps, guidance, sampler, classes and
+        pixel size of ``model`` (a :class:`~napari_diffinfinite.generation.DiffInfiniteModel`, or the
+        :class:`~napari_diffinfinite.model_manifest.ModelManifest` of one not loaded yet); ``settings``
+        override."""
         merged = {
             "steps": model.default_steps,
             "omega": model.default_omega,
@@ -362,7 +364,7 @@ class CanvasStore:
         }
         merged.update(settings)
         return cls.create(folder, shape_px=shape_px, model_name=model.name, settings=merged,
-                          latent_channels=int(model.image_unet.channels), downsampling=model.downsampling,
+                          latent_channels=int(model.latent_channels), downsampling=model.downsampling,
                           tile=tile, overwrite=overwrite)
 
     @classmethod

@@ -27,6 +27,7 @@ MODEL_ENV = "DIFFINFINITE_MODEL"
 
 _lock = threading.Lock()
 _cache: dict[tuple, object] = {}
+_load_lock = threading.Lock()  # one load at a time: a prefetch and the canvas that asks next share one load
 
 
 def default_model_source() -> str:
@@ -76,24 +77,26 @@ def get_model(spec: ModelSpec | str | os.PathLike | None = None):
         spec = ModelSpec(default_model_source())
     elif not isinstance(spec, ModelSpec):
         spec = ModelSpec(spec)
-    with _lock:
-        model = _cache.get(spec.key)
-    if model is not None:
-        return model
-    from ..generation import load_model
+    with _load_lock:
+        with _lock:
+            model = _cache.get(spec.key)
+        if model is not None:
+            return model
+        from ..generation import load_model
 
-    if spec.source == "diffinfinite":
-        if spec.image_checkpoint is None:
-            raise ValueError("choose the DiffInfinite image checkpoint (image_gen*/model-*.pt) first")
-        model = load_model("diffinfinite", device=spec.device, image_checkpoint=spec.image_checkpoint,
-                           mask_checkpoint=spec.mask_checkpoint, num_classes=spec.num_classes, vae=spec.vae)
-    else:
-        model = load_model(spec.source, device=spec.device)
-    model.image_unet.eval()
-    if model.mask_unet is not None:
-        model.mask_unet.eval()
-    with _lock:
-        return _cache.setdefault(spec.key, model)
+        if spec.source == "diffinfinite":
+            if spec.image_checkpoint is None:
+                raise ValueError("choose the DiffInfinite image checkpoint (image_gen*/model-*.pt) first")
+            model = load_model("diffinfinite", device=spec.device, image_checkpoint=spec.image_checkpoint,
+                               mask_checkpoint=spec.mask_checkpoint, num_classes=spec.num_classes,
+                               vae=spec.vae)
+        else:
+            model = load_model(spec.source, device=spec.device)
+        model.image_unet.eval()
+        if model.mask_unet is not None:
+            model.mask_unet.eval()
+        with _lock:
+            return _cache.setdefault(spec.key, model)
 
 
 def clear_cache() -> None:
