@@ -1,0 +1,102 @@
+"""Does opening the demo canvas freeze napari? (issue 16: it did, 3.7-4.4 s.)
+
+Each repeat is a fresh process, as a user's first open is: nothing imported beyond napari, the model not loaded.
+A 10 ms QTimer heartbeat runs in napari's event loop; the gap between two beats beyond 10 ms is how long the GUI
+was frozen. Per repeat: the longest stall of the idle viewer (3 s before opening, the baseline of the same
+process), the longest stall from ``File > Open Sample > DiffInfinite demo canvas`` until the first tile lands,
+the time ``open_sample`` took and the first tile's latency. Prints each repeat and the medians.
+
+    xvfb-run -a python benchmarks/demo_open.py                    # the embedded model, 3 repeats
+    xvfb-run -a python benchmarks/demo_open.py --model FOLDER --repeats 5
+
+To compare with an earlier version in the same run, check it out (``git worktree add /tmp/old REV``) and run
+this script from outside the repository with ``PYTHONPATH=/tmp/old`` (from inside, ``python -c`` puts the
+current folder first on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ONE_OPEN = r"""
+import json, sys, time
+import napari
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+
+viewer = napari.Viewer(title="DiffInfinite demo open")
+viewer.window.resize(1400, 900)
+app = QApplication.instance()
+gaps, last = [], [time.perf_counter()]
+
+def beat():
+    now = time.perf_counter()
+    gaps.append((now - last[0] - 0.01, now))
+    last[0] = now
+
+def spin(seconds, until=lambda: False):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end and not until():
+        app.processEvents()
+        time.sleep(0.002)
+
+spin(2.0)
+timer = QTimer()
+timer.setInterval(10)
+timer.timeout.connect(beat)
+last[0] = time.perf_counter()
+timer.start()
+spin(3.0)
+idle = max(g for g, _ in gaps)
+t0 = time.perf_counter()
+gaps.clear()
+last[0] = t0
+viewer.open_sample("napari-diffinfinite", "demo_canvas")
+opened = time.perf_counter() - t0
+from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for
+
+spin(float(sys.argv[1]), lambda: controller_for(viewer) is not None and bool(controller_for(viewer).landed))
+ctrl = controller_for(viewer)
+first = time.perf_counter() - t0 if ctrl is not None and ctrl.landed else None
+stall = max(max(g for g, _ in gaps), opened - 0.01)  # open_sample itself runs without beats
+print(json.dumps({"idle_max_stall_ms": round(idle * 1000), "open_max_stall_ms": round(stall * 1000),
+                  "open_sample_s": round(opened, 2), "first_tile_s": None if first is None else round(first, 2)}))
+close_all_controllers()
+viewer.close()
+"""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="embedded", help="'embedded' or a model folder")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the first tile")
+    args = parser.parse_args(argv)
+    env = {**os.environ, "DIFFINFINITE_MODEL": "" if args.model == "embedded" else args.model}
+    runs = []
+    for i in range(args.repeats):
+        proc = subprocess.run([sys.executable, "-c", ONE_OPEN, str(args.timeout)], env=env, check=False,
+                              capture_output=True, text=True, timeout=args.timeout + 120)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"repeat {i + 1}: {runs[-1]}", flush=True)
+        time.sleep(1)
+    keys = ("idle_max_stall_ms", "open_max_stall_ms", "open_sample_s", "first_tile_s")
+    medians = {k: statistics.median(r[k] for r in runs if r[k] is not None) for k in keys}
+    print(json.dumps({"model": args.model, "repeats": args.repeats, "median": medians}))
+    print(f"opening froze napari {medians['open_max_stall_ms']:.0f} ms at most (idle viewer "
+          f"{medians['idle_max_stall_ms']:.0f} ms; target: idle + 100 ms); first tile "
+          f"{medians['first_tile_s']:.1f} s after the open")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
