@@ -120,6 +120,7 @@ class DemoSession:
         self.preset = preset
         self.mask_rect = mask_rect
         self.model_error = model_error
+        self.loading_model = False  # the model loads in a worker thread (see _load_demo_model)
         self.panel = None
         self.synthetic_layer = None
         self.exports: list[dict] = []
@@ -260,17 +261,32 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
     the room; its "All controls" button docks the full widget; if that widget is docked already the panel is
     tabbed with it), label the canvas synthetic and apply ``preset`` (see :func:`choose_preset`; default: from
     the device). ``fullscreen``: full screen, else maximised. Returns the :class:`DemoSession`."""
+    from qtpy.QtWidgets import QApplication
+
     from ._sample_data import demo_model, new_demo_canvas, notify_no_model, start_generating
+    from .model_manifest import read_manifest
     from .widgets.canvas_controller import open_canvas
+    from .widgets.canvas_models import ModelSpec, cached_model, default_model_source
     from .widgets.demo_panel import DemoPanel
 
     viewer = getattr(viewer, "__wrapped__", viewer)
-    model, spec, error = demo_model()
-    chosen = choose_preset(preset, device=getattr(model, "device", None))
-    settings = {}
-    if model is not None:
-        settings = {"steps": chosen.steps_for(model), "omega": chosen.omega_for(model)}
-    store, rect, layers = new_demo_canvas(model, spec, settings=settings)
+    spec = ModelSpec(default_model_source())
+    manifest = None
+    if cached_model(spec) is None and QApplication.instance() is not None:
+        manifest = read_manifest(spec.source)
+    if manifest is not None:
+        # the model (and torch) load in a worker thread once napari's event loop runs, so the window never
+        # freezes; "auto" is the CPU preset until the model's device is known (see _load_demo_model)
+        model, error = None, None
+        chosen = choose_preset("cpu" if preset in (None, "auto") else preset)
+        settings = {"steps": chosen.steps_for(manifest), "omega": chosen.omega_for(manifest)}
+    else:
+        model, spec, error = demo_model()
+        chosen = choose_preset(preset, device=getattr(model, "device", None))
+        settings = {}
+        if model is not None:
+            settings = {"steps": chosen.steps_for(model), "omega": chosen.omega_for(model)}
+    store, rect, layers = new_demo_canvas(model or manifest, spec, settings=settings)
     options = {"max_view_tiles": int(chosen.max_view_tiles)}
     early = start_generating(store, model, rect, **options)
     for data, kwargs, kind in layers:
@@ -279,6 +295,9 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
                        start=model is not None, load_model=False, early=early, scheduler_options=options)
     ctrl.labels_layer.opacity = DEMO_MASK_OPACITY
     session = DemoSession(viewer, ctrl, chosen, mask_rect=tuple(rect), model_error=error)
+    if manifest is not None:
+        session.loading_model = True
+        _load_demo_model(session, spec, auto=preset in (None, "auto"))
     session.show_synthetic_overlay()
     ctrl.tile_landed.connect(session.update_synthetic_outlines)
     session.update_synthetic_outlines()  # tiles the early start finished before the connection
@@ -294,6 +313,43 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
     if error is not None:
         notify_no_model(error)
     return session
+
+
+def _load_demo_model(session: DemoSession, spec, *, auto: bool) -> None:
+    """Load the demo's model in a worker thread, started once the event loop runs (a load beside napari
+    building its window slows both: one GIL, few cores); then apply the preset of its device (``auto``) and
+    start generating. A failure is a notification; the canvas keeps showing its mask."""
+    from qtpy.QtCore import QTimer
+
+    from ._sample_data import notify_no_model
+    from .widgets.canvas_controller import load_model_in_thread
+    from .widgets.canvas_models import model_error_message
+
+    ctrl = session.controller
+
+    def loaded(model):
+        session.loading_model = False
+        if ctrl.closed:
+            return
+        chosen = choose_preset(None, device=model.device) if auto else session.preset
+        session.preset = chosen
+        ctrl.scheduler_options["max_view_tiles"] = int(chosen.max_view_tiles)
+        ctrl.apply_settings(steps=chosen.steps_for(model), omega=chosen.omega_for(model))
+        try:
+            ctrl.set_model(model, spec)
+            ctrl.start()
+        except (ValueError, PermissionError) as exc:
+            session.model_error = str(exc)
+            notify_no_model(str(exc))
+        if session.panel is not None:
+            session.panel.show_preset()
+
+    def failed(exc):
+        session.loading_model = False
+        session.model_error = model_error_message(exc, spec)
+        notify_no_model(session.model_error)
+
+    QTimer.singleShot(0, lambda: ctrl._keep(load_model_in_thread(spec, loaded, failed)))
 
 
 def _fill_screen(dock, fullscreen: bool) -> None:

@@ -46,6 +46,42 @@ def test_presets_follow_the_device_and_can_be_named():
     assert cpu.steps_for(model) == 3
 
 
+def test_demo_mode_opens_before_its_model_is_loaded(viewer, tiny_model_dir, qtbot, monkeypatch):
+    """A model not loaded yet: the canvas, the panel and the overlay come at once (from the model's manifest),
+    the model loads in a worker thread once the event loop runs, then the device's preset applies and the view
+    generates."""
+    import threading
+
+    from napari_diffinfinite import generation
+    from napari_diffinfinite.widgets import canvas_models
+
+    monkeypatch.setenv(canvas_models.MODEL_ENV, str(tiny_model_dir))
+    canvas_models.clear_cache()
+    loads = []
+    real_load_model = generation.load_model
+
+    def load_model(*args, **kwargs):  # the real loader, noting the thread it runs on
+        loads.append(threading.current_thread())
+        return real_load_model(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "load_model", load_model)
+    session = enter_demo_mode(viewer)
+    ctrl = session.controller
+    assert loads == [] and ctrl.model is None and session.loading_model
+    assert ctrl.store.model_name == "tiny-test-model" and ctrl.labels_layer.opacity == DEMO_MASK_OPACITY
+    session.panel.poll()
+    assert session.panel.progress.value == "loading the model ..."
+    qtbot.waitUntil(lambda: ctrl.model is not None and ctrl.generating, timeout=20000)
+    assert len(loads) == 1 and loads[0] is not threading.main_thread() and not session.loading_model
+    assert session.preset is PRESETS["cpu"]  # auto: this machine's device
+    assert ctrl.store.settings["steps"] == 3 and ctrl.scheduler.steps == 3
+    assert ctrl.scheduler.max_view_tiles == PRESETS["cpu"].max_view_tiles
+    assert session.panel.preset.value.startswith("Preset: cpu - 3 steps")
+    qtbot.waitUntil(lambda: len(ctrl.landed) >= 1, timeout=20000)
+    session.panel.poll()
+    assert "tiles done" in session.panel.progress.value
+
+
 def test_demo_mode_opens_generating_with_the_cpu_preset_and_labelled_synthetic(viewer, tiny, qtbot):
     from napari_diffinfinite.model.device import select_device
 

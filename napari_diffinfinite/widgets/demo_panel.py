@@ -33,10 +33,9 @@ class DemoPanel(Container):
         self.disclaimer = Label(value=DISCLAIMER_TEXT)
         self.disclaimer.native.setWordWrap(True)
         self.disclaimer.native.setStyleSheet("color: #ffd400; font-weight: bold;")
-        p = session.preset
-        self.preset = Label(value=f"Preset: {p.name} - {self._preset_text()}")
+        self.preset = Label()
         self.preset.native.setWordWrap(True)
-        self.preset.tooltip = p.description
+        self.show_preset()
 
         # 1 paint
         classes = class_set(ctrl.store.num_classes) if ctrl.store.num_classes in (5, 10) else None
@@ -88,6 +87,12 @@ class DemoPanel(Container):
         self._timer.start()
         self.poll()
 
+    def show_preset(self) -> None:
+        """The preset line (again once the model is loaded: ``auto`` follows its device)."""
+        p = self.session.preset
+        self.preset.value = f"Preset: {p.name} - {self._preset_text()}"
+        self.preset.tooltip = p.description
+
     def _preset_text(self) -> str:
         s = self.session.controller.store.settings
         steps = s.get("steps") if self.session.controller.model is not None else None
@@ -116,7 +121,8 @@ class DemoPanel(Container):
             self.progress.value = "the demo canvas was closed"
             return
         if ctrl.scheduler is None:
-            self.progress.value = "no model: choose one in the DiffInfinite widget"
+            self.progress.value = ("loading the model ..." if self.session.loading_model
+                                   else "no model: choose one in the DiffInfinite widget")
             return
         done, running, queued = self.session.progress()
         total = done + running + queued
