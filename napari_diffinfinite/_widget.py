@@ -148,10 +148,11 @@ class DiffInfiniteWidget(Container):
         self.num_classes = ComboBox(label="Classes", choices=[(s.title, n) for n, s in CLASS_SETS.items()], value=5)
         self.num_classes.enabled = False
 
-        from .cli import selected_device
+        from .model.device import select_device
 
         self.device = ComboBox(
-            label="Device", choices=[(f"auto ({selected_device()})", "auto")] + [(d, d) for d in available_devices()],
+            label="Device",
+            choices=[(f"auto ({select_device()})", "auto")] + [(d, d) for d in available_devices()],
             value="auto",
         )
         self.load_model_button = PushButton(text="Load model")

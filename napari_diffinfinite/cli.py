@@ -11,6 +11,17 @@ import argparse
 import sys
 
 from . import DISCLAIMER, __version__
+from .exit_codes import (
+    EXIT_CANCELLED,
+    EXIT_CODES_HELP,
+    EXIT_MASK,
+    EXIT_MEMORY,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    report_error,
+)
 
 #: model.diffusion.SAMPLERS, copied so that parsing arguments does not import torch (a test ties the two)
 SAMPLER_CHOICES = ("ddim", "dpmpp-2m-sde")
@@ -48,7 +59,7 @@ def _qt_binding() -> str | None:
 
 def _demo(args: argparse.Namespace) -> int:
     if _qt_binding() is None:
-        return _error(EXIT_USAGE, "napari needs a Qt binding and none is installed: "
+        return report_error(EXIT_USAGE, "napari needs a Qt binding and none is installed: "
                                   "pip install 'napari-diffinfinite[pyqt6]' (or [pyqt5])")
     import napari
 
@@ -71,17 +82,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-# Exit codes a script can rely on (also listed in `diffinfinite generate --help`).
-EXIT_OK, EXIT_USAGE, EXIT_MASK, EXIT_MODEL, EXIT_MEMORY, EXIT_OUTPUT, EXIT_CANCELLED = 0, 2, 3, 4, 5, 6, 130
-EXIT_CODES_HELP = (
-    "exit codes: 0 done; 2 bad arguments; 3 unreadable or invalid mask; 4 model not available; "
-    "5 out of memory; 6 output exists or cannot be written; 130 interrupted"
-)
-
-
-def _error(code: int, message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
 
 
 def _stem(out):
@@ -101,21 +101,21 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         stem, fmt = _stem(args.out)
     except ValueError as e:
-        return _error(EXIT_USAGE, str(e))
+        return report_error(EXIT_USAGE, str(e))
     if (args.size is None) == (args.mask is None):
-        return _error(EXIT_USAGE, "give either --size H W or --mask MASK.png")
+        return report_error(EXIT_USAGE, "give either --size H W or --mask MASK.png")
     if args.scheduler or args.workers is not None or args.count != 1 or args.canvas:
         try:  # on a dask.distributed cluster: napari_diffinfinite.distributed
             from .distributed import run_cli
         except ImportError as e:
-            return _error(EXIT_USAGE, f"{e}; --scheduler, --workers, --count and --canvas need dask.distributed: "
-                                      "pip install 'napari-diffinfinite[distributed]'")
+            return report_error(EXIT_USAGE, f"{e}; --scheduler, --workers, --count and --canvas need "
+                                            "dask.distributed: pip install 'napari-diffinfinite[distributed]'")
         return run_cli(args, stem, fmt)
     from .io import export_paths
 
     existing = [p for p in export_paths(stem, fmt).values() if p is not None and p.exists()]
     if existing and not args.overwrite:
-        return _error(EXIT_OUTPUT, f"{existing[0]} exists; pass --overwrite to replace it")
+        return report_error(EXIT_OUTPUT, f"{existing[0]} exists; pass --overwrite to replace it")
     from .generation import generate, load_model
     from .model import CheckpointError, DeviceUnavailableError
     from .sampling.masks import MaskError, load_label_image
@@ -123,13 +123,13 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model, device=args.device)
     except (FileNotFoundError, CheckpointError, DeviceUnavailableError, ValueError) as e:
-        return _error(EXIT_MODEL, str(e))
+        return report_error(EXIT_MODEL, str(e))
     mask = None
     if args.mask is not None:
         try:
             mask = load_label_image(args.mask, model.num_classes)
         except (FileNotFoundError, MaskError, ValueError) as e:
-            return _error(EXIT_MASK, str(e))
+            return report_error(EXIT_MASK, str(e))
     from tqdm import tqdm
 
     bars: dict = {}
@@ -147,11 +147,12 @@ def _generate(args: argparse.Namespace) -> int:
                           sampler=args.sampler, seed=args.seed,
                           mode=args.mode, block=args.block, progress=progress)
     except ValueError as e:
-        return _error(EXIT_MASK if mask is not None else EXIT_USAGE, str(e))
+        return report_error(EXIT_MASK if mask is not None else EXIT_USAGE, str(e))
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        return _error(EXIT_MEMORY, f"out of memory ({e}); use smaller blocks (--block 128) or --device cpu")
+        return report_error(EXIT_MEMORY,
+                            f"out of memory ({e}); use smaller blocks (--block 128) or --device cpu")
     except KeyboardInterrupt:
-        return _error(EXIT_CANCELLED, "interrupted; nothing was written")
+        return report_error(EXIT_CANCELLED, "interrupted; nothing was written")
     finally:
         for bar in bars.values():
             bar.close()
@@ -163,7 +164,7 @@ def _generate(args: argparse.Namespace) -> int:
                                 compression=args.compression, pixel_size_um=model.pixel_size_um,
                                 overwrite=args.overwrite)
     except (OSError, ValueError) as e:
-        return _error(EXIT_OUTPUT, str(e))
+        return report_error(EXIT_OUTPUT, str(e))
     if not args.quiet:
         for path in written.values():
             if path is not None:
@@ -176,18 +177,18 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .canvas.export import MissingTilesError, export_canvas
     from .canvas.store import CanvasStore
+    from .io.canvas_export import MissingTilesError, export_canvas
 
     try:
         stem, fmt = _stem(args.out)
     except ValueError as e:
-        return _error(EXIT_USAGE, str(e))
+        return report_error(EXIT_USAGE, str(e))
     y0, x0, y1, x1 = args.region
     try:
         store = CanvasStore.open(args.canvas, mode="r+" if args.generate_missing else "r")
     except (FileNotFoundError, ValueError, OSError) as e:
-        return _error(EXIT_USAGE, f"cannot open canvas {args.canvas}: {e}")
+        return report_error(EXIT_USAGE, f"cannot open canvas {args.canvas}: {e}")
     scheduler = None
     if args.generate_missing:
         from .canvas.scheduler import TileScheduler
@@ -196,12 +197,12 @@ def _export(args: argparse.Namespace) -> int:
         try:
             scheduler = TileScheduler(store, load_model(args.model, device=args.device))
         except (FileNotFoundError, ValueError) as e:
-            return _error(EXIT_MODEL, str(e))
+            return report_error(EXIT_MODEL, str(e))
     try:
         written = export_canvas(store, (y0, y1, x0, x1), stem, fmt=fmt, compression=args.compression,
                                 overwrite=args.overwrite, scheduler=scheduler)
     except (MissingTilesError, FileExistsError, OSError, ValueError) as e:
-        return _error(EXIT_OUTPUT, str(e))
+        return report_error(EXIT_OUTPUT, str(e))
     finally:
         store.close()
     if not args.quiet:
@@ -220,7 +221,7 @@ def _bundle(args: argparse.Namespace) -> int:
                               name=args.name, default_steps=args.default_steps, default_omega=args.default_omega,
                               mask_omega=args.mask_omega, sampler=args.sampler)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        return _error(EXIT_USAGE, str(e))
+        return report_error(EXIT_USAGE, str(e))
     print(f"wrote {folder / 'model.json'}")
     return EXIT_OK
 

@@ -980,7 +980,7 @@ def generate_batch(
 def run_cli(args, stem: Path, fmt: str) -> int:
     """``diffinfinite generate`` with ``--scheduler`` / ``--workers`` / ``--count`` / ``--canvas``."""
     from . import DISCLAIMER
-    from .cli import (
+    from .exit_codes import (
         EXIT_CANCELLED,
         EXIT_MASK,
         EXIT_MEMORY,
@@ -988,8 +988,8 @@ def run_cli(args, stem: Path, fmt: str) -> int:
         EXIT_OK,
         EXIT_OUTPUT,
         EXIT_USAGE,
-        _error,
     )
+    from .exit_codes import report_error as _error
 
     if args.scheduler and args.workers:
         return _error(EXIT_USAGE, "give either --scheduler ADDRESS (an existing cluster) or --workers N "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_diffinfinite.canvas.export import MissingTilesError, export_canvas
+from napari_diffinfinite.io.canvas_export import MissingTilesError, export_canvas
 from napari_diffinfinite.canvas.grid import Rect
 from napari_diffinfinite.canvas.scheduler import TileScheduler
 from napari_diffinfinite.canvas.store import CanvasStore

@@ -193,3 +193,40 @@ def test_installed_wheel_finds_its_resources(installed, tmp_path):
     assert found["sample_keys"] == ["demo_canvas", "demo_mask"]  # the demo canvas first
     assert found["mask_shape"] == [2560, 2560]
     assert found["mask_labels"] == [0, 1, 3, 4]
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of the modules ``path`` imports, at any depth (function-level imports too)."""
+    import ast
+
+    module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    if path.name == "__init__.py":
+        module = package = module[: -len(".__init__")]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join([*base, node.module] if node.module else base)
+            names.add(target)
+            names.update(f"{target}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_layers_import_one_way():
+    """The canvas knows nothing of export files, widgets, napari or Qt; only the command line's own modules
+    import it (issue 16 found cli <-> distributed, canvas -> io and _widget -> cli)."""
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        names = _imports(path)
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith("napari_diffinfinite/canvas/"):
+            above = {n for n in names if n.split(".")[0] in {"napari", "qtpy", "superqt", "magicgui"}
+                     or n.startswith(("napari_diffinfinite.io", "napari_diffinfinite.widgets",
+                                      "napari_diffinfinite._widget", "napari_diffinfinite.cli",
+                                      "napari_diffinfinite.distributed"))}
+            assert not above, f"{rel} imports a layer above the canvas: {sorted(above)}"
+        if rel not in {"napari_diffinfinite/cli.py", "napari_diffinfinite/__main__.py"}:
+            cli = {n for n in names if n == "napari_diffinfinite.cli" or n.startswith("napari_diffinfinite.cli.")}
+            assert not cli, f"{rel} imports the command line"

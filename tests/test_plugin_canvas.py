@@ -312,7 +312,7 @@ def test_bad_inputs_give_notifications_not_tracebacks(viewer, tiny, tiny_model_d
 # ---------------------------------------------------------------------------------------------- selection tools
 def test_masks_reroll_and_export_of_a_drawn_selection(viewer, tiny, qtbot, tmp_path, monkeypatch):
     from napari_diffinfinite import generation
-    from napari_diffinfinite.canvas.export import MissingTilesError
+    from napari_diffinfinite.io.canvas_export import MissingTilesError
 
     store = CanvasStore.create_for_model(tmp_path / "c", tiny, shape_px=SMALL, seed=1)
     store.write_labels(0, 0, np.ones((64, 64), np.uint8))  # tile (0, 0) painted; the rest unlabelled

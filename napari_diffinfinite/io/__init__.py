@@ -6,6 +6,8 @@
 - :func:`write_sidecar`: the generation settings as JSON.
 - :func:`export_region`: image + mask + sidecar together, all or nothing.
 - :func:`read_pyramid`, :func:`read_export_info`: reopen an export lazily (e.g. as a napari multiscale layer).
+- :mod:`.canvas_export`: a region of a canvas store, streamed tile by tile (``diffinfinite export``, the
+  viewer).
 
 Every writer is atomic (temporary file next to the target, fsync, rename), refuses to overwrite unless asked,
 and raises plain exceptions with messages fit for a command line. The metadata marks the files as synthetic;

@@ -1,5 +1,6 @@
 """Export of a canvas region from the viewer (the current view, a drawn rectangle, or everything generated)
-through :func:`napari_diffinfinite.canvas.export.export_canvas` (the function ``diffinfinite export`` uses).
+through :func:`napari_diffinfinite.io.canvas_export.export_canvas` (the function ``diffinfinite export``
+uses).
 No Qt: the controller runs this in a worker thread and passes ``progress`` / ``cancel``.
 
 What this adds for the viewer: a size limit, a vectorised check of the missing tiles that names them
@@ -14,9 +15,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..canvas import export as _canvas_export
 from ..canvas.grid import Rect, TileKey, as_rect
 from ..canvas.store import STATUS_PIXELS, CanvasStore
+from ..io import canvas_export as _canvas_export
 
 __all__ = [
     "MAX_EXPORT_TILES",
@@ -63,7 +64,8 @@ def export_canvas_region(store: CanvasStore, stem_path: str | os.PathLike, rect_
                          progress: Callable[[int, int], None] | None = None,
                          cancel: Callable[[], bool] | None = None) -> dict:
     """Write the tissue and mask of level-0 rectangle ``rect_px`` of ``store``: ``<stem>.ome.tif`` +
-    ``<stem>_mask.ome.tif`` + ``<stem>.json`` (or PNGs), via :func:`~napari_diffinfinite.canvas.export.export_canvas`.
+    ``<stem>_mask.ome.tif`` + ``<stem>.json`` (or PNGs), via
+    :func:`~napari_diffinfinite.io.canvas_export.export_canvas`.
     Raises :class:`MissingTilesError` (with the tiles) if a tile in the region is not generated, ``ValueError`` for
     an empty or too large region, and what the export raises (``FileExistsError``, ``ExportCancelled``,
     ``OSError``)."""

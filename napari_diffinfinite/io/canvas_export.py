@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import export_region
-from .grid import Rect
-from .store import CanvasStore
+from ..canvas.grid import Rect
+from ..canvas.store import CanvasStore
+from .sidecar import export_region
 
 
 class MissingTilesError(ValueError):
