@@ -13,7 +13,8 @@ pyramidal OME-TIFFs our exporter writes.
 built-in one too - and npe2 has no priority between plugins: ``viewer.open(folder)`` raises
 ``MultipleReaderError`` and drag and drop asks which plugin to use, unless napari's reader preferences
 (``napari.settings.get_settings().plugins.extension2reader``, fnmatch patterns -> plugin) name one. Its own
-reader dialog records a folder choice there as the folder's path plus ``/``. :func:`remember_reader` does the
+reader dialog records a folder choice there as the folder's path plus ``/``.
+:func:`~napari_diffinfinite.widgets.reader_preferences.remember_reader` does the
 same for every canvas this plugin creates or opens, and for every OME-TIFF the viewer exports, so those open with
 this reader when dropped or passed to ``viewer.open`` without ``plugin=``; entries of ours whose path no longer
 exists are dropped at the same time (temporary canvases do not pile up). A canvas never opened here (made by
@@ -23,15 +24,13 @@ a script, or copied from elsewhere) gets napari's dialog once: choose "DiffInfin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from . import DISCLAIMER
+from .widgets.reader_preferences import PLUGIN_NAME
 
-__all__ = ["PLUGIN_NAME", "get_reader", "is_canvas_folder", "is_diffinfinite_export", "read_canvas", "read_export",
-           "remember_reader"]
-
-PLUGIN_NAME = "napari-diffinfinite"
+__all__ = ["PLUGIN_NAME", "get_reader", "is_canvas_folder", "is_diffinfinite_export", "read_canvas",
+           "read_export"]
 
 _OME_SUFFIXES = (".ome.tif", ".ome.tiff")
 
@@ -55,34 +54,6 @@ def is_canvas_folder(path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(attrs.get(ATTRS_KEY), dict) and attrs[ATTRS_KEY].get("format") == FORMAT
-
-
-def _preference_pattern(path) -> str:
-    real = os.path.realpath(os.fspath(path))
-    return real + os.sep if os.path.isdir(real) else real
-
-
-def remember_reader(path) -> bool:
-    """Make napari open ``path`` (a canvas folder or one of our exports) with this plugin's reader, through
-    napari's reader preferences (module docstring); our entries for paths that no longer exist are dropped.
-    Returns whether the preferences changed. Never raises (a napari without settings, a read-only settings file:
-    the user is asked instead)."""
-    try:
-        from napari.settings import get_settings
-
-        prefs = get_settings().plugins
-        current = dict(prefs.extension2reader)
-        pattern = _preference_pattern(path)
-        kept = {k: v for k, v in current.items()
-                if v != PLUGIN_NAME or not os.path.isabs(k) or os.path.exists(k.rstrip(os.sep) or os.sep)}
-        if pattern not in kept:  # a user's own choice for this path stays
-            kept[pattern] = PLUGIN_NAME
-        if kept == current:
-            return False
-        prefs.extension2reader = kept
-        return True
-    except Exception:  # noqa: BLE001 - a preference is a convenience, never a failure
-        return False
 
 
 def is_diffinfinite_export(path) -> bool:

@@ -216,8 +216,9 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_layers_import_one_way():
-    """The canvas knows nothing of export files, widgets, napari or Qt; only the command line's own modules
-    import it (issue 16 found cli <-> distributed, canvas -> io and _widget -> cli)."""
+    """The canvas knows nothing of export files, widgets, napari or Qt; widgets do not import the reader;
+    only the command line's own modules import it (issue 16 found cli <-> distributed, _reader <->
+    canvas_controller, canvas -> io and _widget -> cli)."""
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         names = _imports(path)
         rel = path.relative_to(REPO).as_posix()
@@ -227,6 +228,8 @@ def test_layers_import_one_way():
                                       "napari_diffinfinite._widget", "napari_diffinfinite.cli",
                                       "napari_diffinfinite.distributed"))}
             assert not above, f"{rel} imports a layer above the canvas: {sorted(above)}"
+        if rel.startswith("napari_diffinfinite/widgets/"):  # the reader drives widgets, not the other way
+            assert not {n for n in names if n.startswith("napari_diffinfinite._reader")}, f"{rel} imports _reader"
         if rel not in {"napari_diffinfinite/cli.py", "napari_diffinfinite/__main__.py"}:
             cli = {n for n in names if n == "napari_diffinfinite.cli" or n.startswith("napari_diffinfinite.cli.")}
             assert not cli, f"{rel} imports the command line"

@@ -484,7 +484,7 @@ def test_dropping_a_canvas_folder_opens_it_with_our_reader(viewer, tiny, qtbot, 
     from napari.errors import MultipleReaderError
     from napari.settings import get_settings
 
-    from napari_diffinfinite._reader import remember_reader
+    from napari_diffinfinite.widgets.reader_preferences import remember_reader
 
     folder = tmp_path / "mine"
     store = small_canvas(folder, tiny, label=2)

@@ -1157,7 +1157,7 @@ class CanvasController(QObject):
             self.export_state = "done"
             self.export_result = paths
             if fmt == "ome.tif":
-                from .._reader import remember_reader
+                from .reader_preferences import remember_reader
 
                 remember_reader(paths["image"])
             self.state_changed.emit()
@@ -1287,7 +1287,7 @@ def open_canvas(viewer, folder=None, *, store: CanvasStore | None = None, model=
             store = CanvasStore.open(folder, mode="r")
             notify(f"DiffInfinite: {exc}; the canvas is shown read-only", "warning")
     folder = Path(store.root)
-    from .._reader import remember_reader
+    from .reader_preferences import remember_reader
 
     remember_reader(folder)
     tissue, labels = _find_canvas_layers(viewer, folder)
