@@ -626,14 +626,6 @@ class CanvasStore:
             block = np.asarray(src[int(ys[0]) : int(ys[-1]) + 1, int(xs[0]) : int(xs[-1]) + 1])
             dst[r.slices] = block[np.ix_(ys - ys[0], xs - xs[0])]
 
-    def labels_dask(self, level: int = 0, *, name: str | None = None):
-        """A dask array over label level ``level`` (chunk reads only read zarr)."""
-        import dask.array as da
-
-        self.grid.check_level(level)
-        arr = self.labels[level]
-        return da.from_zarr(arr, name=name or f"diffinfinite-labels-{level}-{uuid.uuid4().hex}")
-
     # ------------------------------------------------------------------ tissue
     def write_tissue(self, rect_px, rgb) -> None:
         """Write level-0 pixels ``rgb`` (h, w, 3) uint8 at ``rect_px``. Only the level; call

@@ -199,26 +199,6 @@ def multilabel_ddim_step(
     return out
 
 
-def inpaint(
-    schedule: Schedule,
-    x_t: torch.Tensor,
-    known: torch.Tensor,
-    known_mask: torch.Tensor,
-    t_next: int,
-    noise: torch.Tensor,
-) -> torch.Tensor:
-    """Replace the sample by the known latents, re-noised to ``t_next``, wherever ``known_mask`` is 1.
-
-    After the final step (``t_next < 0``) the known latents are put back exactly, so fixed context is kept
-    bit-for-bit.
-    """
-    if t_next < 0:
-        target = known
-    else:
-        target = q_sample(schedule, known, t_next, noise)
-    return torch.where(known_mask.bool(), target, x_t)
-
-
 def guided_scale(omega: float) -> float:
     """The user-facing guidance weight omega as the model's guidance scale ``s = omega + 1``."""
     return float(omega) + 1.0
