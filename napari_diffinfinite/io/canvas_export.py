@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..canvas.grid import Rect
-from ..canvas.store import CanvasStore
+from ..canvas.grid import Rect, TileKey
+from ..canvas.store import STATUS_PIXELS, CanvasStore
 from .sidecar import export_region
 
 
@@ -22,9 +22,15 @@ class MissingTilesError(ValueError):
     """The region holds tiles that are not generated yet and the export was asked not to generate them."""
 
 
-def missing_tiles(store: CanvasStore, rect: Rect) -> list:
-    """Level-0 tiles under ``rect`` (image px) that are not fully generated (status < 2)."""
-    return [k for k in store.grid.tiles_in_rect(rect, 0) if store.tile_status(k) < 2]
+def missing_tiles(store: CanvasStore, rect_px) -> list[TileKey]:
+    """Level-0 tiles under ``rect_px`` (image px) whose pixels are not generated (status < 2), row-major;
+    one read of the status array, however many tiles."""
+    r = store.grid.clip(rect_px)
+    if r.empty:
+        return []
+    tr = store.grid.tile_range(r)
+    status = store.read_status(tr)
+    return [(tr.y0 + int(i), tr.x0 + int(j)) for i, j in np.argwhere(status < STATUS_PIXELS)]
 
 
 def export_canvas(store: CanvasStore, rect, stem, *, fmt: str = "ome.tif", compression: str | None = None,

@@ -4,7 +4,7 @@ uses).
 No Qt: the controller runs this in a worker thread and passes ``progress`` / ``cancel``.
 
 What this adds for the viewer: a size limit, a vectorised check of the missing tiles that names them
-(:class:`MissingTilesError`, a subclass of the canvas layer's, so the viewer can request exactly those), and the
+(:class:`MissingTilesError`, a subclass of the io layer's, so the viewer can request exactly those), and the
 bounding box of what is generated (for the napari writer). An export never contains placeholders.
 """
 
@@ -39,14 +39,7 @@ class MissingTilesError(_canvas_export.MissingTilesError):
         self.tiles = tiles
 
 
-def missing_tiles(store: CanvasStore, rect_px) -> list[TileKey]:
-    """Level-0 tiles under ``rect_px`` whose pixels are not generated (status < 2), row-major."""
-    r = store.grid.clip(rect_px)
-    if r.empty:
-        return []
-    tr = store.grid.tile_range(r)
-    status = store.read_status(tr)
-    return [(tr.y0 + int(i), tr.x0 + int(j)) for i, j in np.argwhere(status < STATUS_PIXELS)]
+missing_tiles = _canvas_export.missing_tiles
 
 
 def generated_bbox(store: CanvasStore) -> Rect:
