@@ -3,7 +3,7 @@ through :func:`napari_diffinfinite.io.canvas_export.export_canvas` (the function
 uses).
 No Qt: the controller runs this in a worker thread and passes ``progress`` / ``cancel``.
 
-What this adds for the viewer: a size limit, a vectorised check of the missing tiles that names them
+What this adds for the viewer: a size limit, an error that names the missing tiles
 (:class:`MissingTilesError`, a subclass of the io layer's, so the viewer can request exactly those), and the
 bounding box of what is generated (for the napari writer). An export never contains placeholders.
 """
