@@ -53,6 +53,8 @@ from scipy import ndimage
 from skimage.color import rgb2lab
 from skimage.transform import resize
 
+from ._json import plain_json
+
 __all__ = [
     "C2ST_BATCH",
     "C2ST_CROP",
@@ -895,24 +897,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None  # JSON has no inf (an exact reconstruction)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
 def write_report(report: dict, path) -> None:
     """The report as JSON (non-finite numbers, e.g. the PSNR of an exact reconstruction, become ``null``)."""
-    Path(path).write_text(json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n")
+    Path(path).write_text(json.dumps(plain_json(report, non_finite="null"), indent=1, allow_nan=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -536,3 +536,22 @@ def test_quality_script_nuclear_only(tiny_model_dir, tmp_path, capsys, benchmark
     assert "nuclear structure" in printed and "held-out masks" in printed and "criterion" not in printed
     with pytest.raises(SystemExit):
         quality.main(["--skip-standard"])
+
+
+def test_report_json_writes_infinite_psnr_as_null_and_numpy_as_numbers(tmp_path):
+    """One JSON conversion (napari_diffinfinite._json) for reports, sidecars and the canvas store: reports
+    keep an exact reconstruction's infinite PSNR as null; settings refuse it."""
+    import json
+
+    import pytest
+
+    from napari_diffinfinite._json import plain_json
+
+    report = {"psnr": math.inf, "blobs": np.float32(1.5), "n": np.int64(3), "shape": (2, 3), "path": tmp_path}
+    ev.write_report(report, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"psnr": None, "blobs": 1.5, "n": 3, "shape": [2, 3],
+                                                             "path": str(tmp_path)}
+    with pytest.raises(ValueError, match="non-finite"):
+        plain_json({"omega": math.nan})
+    with pytest.raises(TypeError, match="cannot be saved as JSON"):
+        plain_json({"model": object()})

@@ -37,7 +37,6 @@ latents and level-0 tiles only, while one coordinator writes status, the pyramid
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -50,6 +49,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from .. import __version__
+from .._json import plain_json
 from ._atomic_store import (
     AtomicLocalStore,
     CanvasLockedError,
@@ -133,10 +133,6 @@ def placeholder_lut(num_classes: int) -> np.ndarray:
         colour = np.array([r, g, b]) * 255
         lut[c.id] = lut[c.id] * (1 - PLACEHOLDER_ALPHA) + colour * PLACEHOLDER_ALPHA
     return np.round(lut).astype(np.uint8)
-
-
-def _json_safe(value):
-    return json.loads(json.dumps(value))
 
 
 def _ngff_tissue(grid: CanvasGrid, pixel_size: float) -> dict:
@@ -309,7 +305,7 @@ class CanvasStore:
         try:
             store = AtomicLocalStore(root, fsync=fsync)
             attrs = {
-                ATTRS_KEY: _json_safe({
+                ATTRS_KEY: plain_json({
                     "format": FORMAT,
                     "format_version": FORMAT_VERSION,
                     "model": model_name,
@@ -449,7 +445,7 @@ class CanvasStore:
             meta = dict(self._group.attrs[ATTRS_KEY])
             settings = dict(meta["settings"])
             settings.update(changes)
-            meta["settings"] = _json_safe(settings)
+            meta["settings"] = plain_json(settings)
             self._group.attrs[ATTRS_KEY] = meta
             self._settings = dict(meta["settings"])
             if "num_classes" in changes:

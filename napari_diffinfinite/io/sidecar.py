@@ -3,9 +3,7 @@ mask and its sidecar together, all or nothing."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -15,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import DISCLAIMER, __version__
+from .._json import plain_json
 from ._atomic import AtomicFile, ExportError, check_target, translate_oserror
 from .ome_tiff import _prepare, _write_into, pyramid_shapes
 from .png import PNG_MAX_SIDE, _png_image, _too_large, _write_png_into
@@ -31,29 +30,6 @@ _FORMAT_ALIASES = {
 _STEM_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".json")
 
 
-def _jsonable(value):
-    """Plain JSON types for settings: numpy scalars / arrays, paths, tuples, sets and dataclasses included."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(_jsonable(v) for v in value)
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"settings hold a non-finite number ({value}), which JSON cannot store")
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise TypeError(f"settings hold a {type(value).__name__} ({value!r}), which cannot be saved as JSON")
-
-
 def sidecar_document(settings: Mapping[str, Any]) -> dict:
     """The sidecar's content: generator, project version and UTC timestamp, the settings (which win for any
     key they give, e.g. the version that generated the canvas), then the synthetic flag and the disclaimer."""
@@ -62,7 +38,7 @@ def sidecar_document(settings: Mapping[str, Any]) -> dict:
         "project_version": __version__,
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    doc.update(_jsonable(dict(settings)))
+    doc.update(plain_json(dict(settings)))
     doc["synthetic"] = True
     doc["disclaimer"] = DISCLAIMER
     return doc
@@ -256,7 +232,7 @@ def _export_ome(afs, img, msk, hw, settings, *, pixel_size_um, tile, thumbnail, 
             return None
         return lambda done, _total: progress(offset + done, total)
 
-    annotations = {k: v for k, v in _jsonable(dict(settings)).items()}
+    annotations = {k: v for k, v in plain_json(dict(settings)).items()}
     for key, prepared, kind, offset in (("image", img, "rgb", 0), ("mask", msk, "labels", n_img)):
         if prepared is None:
             continue
