@@ -99,6 +99,21 @@ def demo_model():
         return None, spec, model_error_message(exc, spec)
 
 
+def demo_manifest():
+    """``(spec, manifest)`` of the demo's model (as :func:`demo_model` picks it); ``manifest`` (a
+    ``ModelManifest``) only while that model is not loaded and a Qt application can load it in a worker thread:
+    the canvas is then made from it at once, without torch. Else None: load the model first."""
+    from qtpy.QtWidgets import QApplication
+
+    from .model_manifest import read_manifest
+    from .widgets.canvas_models import ModelSpec, cached_model, default_model_source
+
+    spec = ModelSpec(default_model_source())
+    if QApplication.instance() is None or cached_model(spec) is not None:
+        return spec, None
+    return spec, read_manifest(spec.source)
+
+
 def notify_no_model(error: str) -> None:
     """Tell the user the demo canvas shows only its mask, and how to get a model."""
     from .widgets.canvas_controller import notify
@@ -140,23 +155,17 @@ def demo_canvas() -> list[tuple]:
     """LayerData of a new demo canvas (tissue pyramid + mask window). In napari the canvas is then opened at 1:1
     zoom centred on the mask and generation starts (the model: ``$DIFFINFINITE_MODEL`` or the embedded one).
     Without a model the mask is shown and a notification says how to pick one."""
-    from qtpy.QtWidgets import QApplication
-
-    from .model_manifest import read_manifest
     from .widgets.canvas_controller import schedule_attach
-    from .widgets.canvas_models import ModelSpec, cached_model, default_model_source
 
-    spec = ModelSpec(default_model_source())
-    if QApplication.instance() is not None and cached_model(spec) is None:
-        manifest = read_manifest(spec.source)
-        if manifest is not None:
-            # not loaded yet: the canvas from the model's manifest now, the model (and torch) in a worker
-            # thread once napari has built the layers (a load beside the build slows both: one GIL, 2 cores),
-            # so that opening does not freeze napari; generation starts when the model is in
-            store, rect, layers = new_demo_canvas(manifest, spec)
-            schedule_attach(store.root, store=store, model=None, model_spec=spec, camera=(rect.centre, 1.0),
-                            start=True, load_model=True)
-            return layers
+    spec, manifest = demo_manifest()
+    if manifest is not None:
+        # not loaded yet: the canvas from the model's manifest now, the model (and torch) in a worker thread
+        # once napari has built the layers (a load beside the build slows both: one GIL, 2 cores), so that
+        # opening does not freeze napari; generation starts when the model is in
+        store, rect, layers = new_demo_canvas(manifest, spec)
+        schedule_attach(store.root, store=store, model=None, model_spec=spec, camera=(rect.centre, 1.0),
+                        start=True, load_model=True)
+        return layers
     model, spec, error = demo_model()
     store, rect, layers = new_demo_canvas(model, spec)
     early = start_generating(store, model, rect)

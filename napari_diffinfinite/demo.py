@@ -261,19 +261,12 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
     the room; its "All controls" button docks the full widget; if that widget is docked already the panel is
     tabbed with it), label the canvas synthetic and apply ``preset`` (see :func:`choose_preset`; default: from
     the device). ``fullscreen``: full screen, else maximised. Returns the :class:`DemoSession`."""
-    from qtpy.QtWidgets import QApplication
-
-    from ._sample_data import demo_model, new_demo_canvas, notify_no_model, start_generating
-    from .model_manifest import read_manifest
+    from ._sample_data import demo_manifest, demo_model, new_demo_canvas, notify_no_model, start_generating
     from .widgets.canvas_controller import open_canvas
-    from .widgets.canvas_models import ModelSpec, cached_model, default_model_source
     from .widgets.demo_panel import DemoPanel
 
     viewer = getattr(viewer, "__wrapped__", viewer)
-    spec = ModelSpec(default_model_source())
-    manifest = None
-    if cached_model(spec) is None and QApplication.instance() is not None:
-        manifest = read_manifest(spec.source)
+    spec, manifest = demo_manifest()
     if manifest is not None:
         # the model (and torch) load in a worker thread once napari's event loop runs, so the window never
         # freezes; "auto" is the CPU preset until the model's device is known (see _load_demo_model)
