@@ -103,6 +103,28 @@ def tiny(tiny_model_dir, monkeypatch):
 
 
 @pytest.fixture
+def tiny_not_loaded(tiny_model_dir, monkeypatch) -> list:
+    """The tiny model as what the plugin loads, not loaded yet (the cache emptied); returns the threads that
+    load it from now on (the real loader, wrapped to note its thread)."""
+    import threading
+
+    from napari_diffinfinite import generation
+    from napari_diffinfinite.widgets import canvas_models
+
+    monkeypatch.setenv(canvas_models.MODEL_ENV, str(tiny_model_dir))
+    canvas_models.clear_cache()
+    loads = []
+    real_load_model = generation.load_model
+
+    def load_model(*args, **kwargs):
+        loads.append(threading.current_thread())
+        return real_load_model(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "load_model", load_model)
+    return loads
+
+
+@pytest.fixture
 def viewer(make_napari_viewer):
     """A napari viewer; canvas controllers left open by the test are closed after it."""
     from napari_diffinfinite.widgets.canvas_controller import close_all_controllers
@@ -137,5 +159,6 @@ _NAPARI_MODULES = {"test_plugin_logic", "test_sample_data"}  # reader, writer, d
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if _NAPARI_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in _NAPARI_MODULES:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _NAPARI_FIXTURES or item.module.__name__ in _NAPARI_MODULES:
             item.add_marker(pytest.mark.napari)

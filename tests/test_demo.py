@@ -46,25 +46,13 @@ def test_presets_follow_the_device_and_can_be_named():
     assert cpu.steps_for(model) == 3
 
 
-def test_demo_mode_opens_before_its_model_is_loaded(viewer, tiny_model_dir, qtbot, monkeypatch):
+def test_demo_mode_opens_before_its_model_is_loaded(viewer, tiny_not_loaded, qtbot):
     """A model not loaded yet: the canvas, the panel and the overlay come at once (from the model's manifest),
     the model loads in a worker thread once the event loop runs, then the device's preset applies and the view
     generates."""
     import threading
 
-    from napari_diffinfinite import generation
-    from napari_diffinfinite.widgets import canvas_models
-
-    monkeypatch.setenv(canvas_models.MODEL_ENV, str(tiny_model_dir))
-    canvas_models.clear_cache()
-    loads = []
-    real_load_model = generation.load_model
-
-    def load_model(*args, **kwargs):  # the real loader, noting the thread it runs on
-        loads.append(threading.current_thread())
-        return real_load_model(*args, **kwargs)
-
-    monkeypatch.setattr(generation, "load_model", load_model)
+    loads = tiny_not_loaded
     session = enter_demo_mode(viewer)
     ctrl = session.controller
     assert loads == [] and ctrl.model is None and session.loading_model

@@ -233,3 +233,10 @@ def test_layers_import_one_way():
         if rel not in {"napari_diffinfinite/cli.py", "napari_diffinfinite/__main__.py"}:
             cli = {n for n in names if n == "napari_diffinfinite.cli" or n.startswith("napari_diffinfinite.cli.")}
             assert not cli, f"{rel} imports the command line"
+
+
+def test_plugin_code_does_not_import_a_qt_binding_directly():
+    """Qt only through qtpy (napari's guidance for plugins): the user's binding, whichever it is."""
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        bindings = {n for n in _imports(path) if n.split(".")[0] in {"PyQt5", "PyQt6", "PySide2", "PySide6"}}
+        assert not bindings, f"{path}: {sorted(bindings)}"

@@ -89,24 +89,13 @@ def test_demo_canvas_opens_at_1to1_on_the_mask_and_generates(viewer, tiny, qtbot
     assert mask.selected_label == 3
 
 
-def test_demo_canvas_opens_before_its_model_is_loaded(viewer, tiny_model_dir, qtbot, monkeypatch):
+def test_demo_canvas_opens_before_its_model_is_loaded(viewer, tiny_not_loaded, qtbot):
     """A model not loaded yet: the layers come at once from the model's manifest, the model loads in a worker
     thread while napari's event loop runs, then the view generates (opening froze napari for 3.7-4.4 s while
     the model and torch loaded on the GUI thread)."""
     import threading
 
-    from napari_diffinfinite import generation
-
-    monkeypatch.setenv(canvas_models.MODEL_ENV, str(tiny_model_dir))
-    canvas_models.clear_cache()
-    loads = []
-    real_load_model = generation.load_model
-
-    def load_model(*args, **kwargs):  # the real loader, noting the thread it runs on
-        loads.append(threading.current_thread())
-        return real_load_model(*args, **kwargs)
-
-    monkeypatch.setattr(generation, "load_model", load_model)
+    loads = tiny_not_loaded
     tissue, mask = viewer.open_sample(PLUGIN, "demo_canvas")
     assert loads == []  # nothing loaded while napari built the layers
     qtbot.waitUntil(lambda: controller_for(viewer) is not None, timeout=5000)
