@@ -60,7 +60,7 @@ def _qt_binding() -> str | None:
 def _demo(args: argparse.Namespace) -> int:
     if _qt_binding() is None:
         return report_error(EXIT_USAGE, "napari needs a Qt binding and none is installed: "
-                                  "pip install 'napari-diffinfinite[pyqt6]' (or [pyqt5])")
+                                        "pip install 'napari-diffinfinite[pyqt6]' (or [pyqt5])")
     import napari
 
     viewer = napari.Viewer(title="DiffInfinite demo")
@@ -80,8 +80,6 @@ def _info(args: argparse.Namespace) -> int:
     print(f"device {selected_device()}")
     print(DISCLAIMER)
     return 0
-
-
 
 
 def _stem(out):

@@ -988,25 +988,25 @@ def run_cli(args, stem: Path, fmt: str) -> int:
         EXIT_OK,
         EXIT_OUTPUT,
         EXIT_USAGE,
+        report_error,
     )
-    from .exit_codes import report_error as _error
 
     if args.scheduler and args.workers:
-        return _error(EXIT_USAGE, "give either --scheduler ADDRESS (an existing cluster) or --workers N "
-                                  "(a local one)")
+        return report_error(EXIT_USAGE, "give either --scheduler ADDRESS (an existing cluster) or "
+                                        "--workers N (a local one)")
     if args.workers is not None and args.workers < 1:
-        return _error(EXIT_USAGE, f"--workers must be >= 1, got {args.workers}")
+        return report_error(EXIT_USAGE, f"--workers must be >= 1, got {args.workers}")
     if args.count < 1:
-        return _error(EXIT_USAGE, f"--count must be >= 1, got {args.count}")
+        return report_error(EXIT_USAGE, f"--count must be >= 1, got {args.count}")
     if args.count > 1 and args.canvas:
-        return _error(EXIT_USAGE, "--canvas is for one image; --count N writes N separate images")
+        return report_error(EXIT_USAGE, "--canvas is for one image; --count N writes N separate images")
     from .io import export_paths
 
     targets = batch_stems(stem, args.count) if args.count > 1 else [stem]
     for s in targets:
         existing = [p for p in export_paths(s, fmt).values() if p is not None and p.exists()]
         if existing and not args.overwrite:
-            return _error(EXIT_OUTPUT, f"{existing[0]} exists; pass --overwrite to replace it")
+            return report_error(EXIT_OUTPUT, f"{existing[0]} exists; pass --overwrite to replace it")
     import torch
 
     from .model import CheckpointError, DeviceUnavailableError
@@ -1037,14 +1037,14 @@ def run_cli(args, stem: Path, fmt: str) -> int:
             try:
                 _register(client, ref)
             except (FileNotFoundError, CheckpointError, DeviceUnavailableError, ValueError) as e:
-                return _error(EXIT_MODEL, str(e))
+                return report_error(EXIT_MODEL, str(e))
             mask = None
             if args.mask is not None:
                 info = client.submit(_model_info, ref, None, pure=False).result()
                 try:
                     mask = load_label_image(args.mask, info["num_classes"])
                 except (FileNotFoundError, MaskError, ValueError) as e:
-                    return _error(EXIT_MASK, str(e))
+                    return report_error(EXIT_MASK, str(e))
             size = tuple(args.size) if args.size else None
             common = {"mask": mask, "size": size, "mask_scale": args.mask_scale, "context": args.context,
                       "omega": args.omega, "mask_omega": getattr(args, "mask_omega", None), "steps": args.steps,
@@ -1069,20 +1069,20 @@ def run_cli(args, stem: Path, fmt: str) -> int:
                 run = generate_canvas(client, args.model, canvas, overwrite=args.overwrite,
                                       pyramid=bool(args.canvas), **common)
             except CanvasMismatchError as e:
-                return _error(EXIT_OUTPUT, str(e))
+                return report_error(EXIT_OUTPUT, str(e))
             except ValueError as e:
-                return _error(EXIT_MASK if mask is not None else EXIT_USAGE, str(e))
+                return report_error(EXIT_MASK if mask is not None else EXIT_USAGE, str(e))
             except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-                return _error(EXIT_MEMORY, f"out of memory ({e}); use smaller blocks (--block 64) or "
-                                           "--device cpu")
+                return report_error(EXIT_MEMORY, f"out of memory ({e}); use smaller blocks (--block 64) or "
+                                                "--device cpu")
             finally:
                 if bar is not None:
                     bar.close()
     except KeyboardInterrupt:
-        return _error(EXIT_CANCELLED, "interrupted; finished blocks are kept in the canvas: run the same "
-                                      "command again to resume")
+        return report_error(EXIT_CANCELLED, "interrupted; finished blocks are kept in the canvas: run the "
+                                            "same command again to resume")
     except OSError as e:  # no scheduler at that address
-        return _error(EXIT_USAGE, f"cannot reach the dask scheduler {args.scheduler!r}: {e}")
+        return report_error(EXIT_USAGE, f"cannot reach the dask scheduler {args.scheduler!r}: {e}")
 
     from .io import export_region
 
@@ -1102,7 +1102,7 @@ def run_cli(args, stem: Path, fmt: str) -> int:
                                 compression=args.compression, pixel_size_um=run.settings["pixel_size_um"],
                                 overwrite=args.overwrite)
     except (OSError, ValueError) as e:
-        return _error(EXIT_OUTPUT, str(e))
+        return report_error(EXIT_OUTPUT, str(e))
     if not args.canvas:  # the default canvas folder was a work area: the exported files hold the result
         shutil.rmtree(run.canvas, ignore_errors=True)
     if not args.quiet:
