@@ -15,7 +15,8 @@ from pathlib import Path
 #: Defaults of the optional ``model.json`` fields (one place for the loader and for the canvas).
 MANIFEST_DEFAULTS = {"default_steps": 25, "default_omega": 3.0, "sampler": "ddim", "window": 64,
                      "pixel_size_um": 0.5}
-#: ``CompactAutoencoder.downsampling`` (tests/test_sample_data.py checks that they agree).
+#: ``CompactAutoencoder``'s downsampling where its config does not name one (the 8x weights written before
+#: 4x existed).
 COMPACT_DOWNSAMPLING = 8
 
 
@@ -63,11 +64,14 @@ def read_manifest(source: str | Path) -> ModelManifest | None:
             return None
         config = json.loads(safetensors_metadata(folder / meta["image"]["file"])["diffinfinite.config"])
         channels, classes = int(config["channels"]), int(config["num_classes"])
+        autoencoder = json.loads(
+            safetensors_metadata(folder / meta["autoencoder"]["file"])["diffinfinite.config"])
+        downsampling = int(autoencoder.get("downsampling", COMPACT_DOWNSAMPLING))
     except (OSError, KeyError, TypeError, ValueError):
         return None
     image = meta["image"]
     return ModelManifest(
-        name=meta.get("name", folder.name), latent_channels=channels, downsampling=COMPACT_DOWNSAMPLING,
+        name=meta.get("name", folder.name), latent_channels=channels, downsampling=downsampling,
         num_classes=classes, default_steps=meta.get("default_steps", MANIFEST_DEFAULTS["default_steps"]),
         default_omega=meta.get("default_omega", MANIFEST_DEFAULTS["default_omega"]),
         sampler=image.get("sampler", MANIFEST_DEFAULTS["sampler"]),

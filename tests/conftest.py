@@ -63,13 +63,14 @@ def benchmark_script():
     return load
 
 
-def write_tiny_model(folder: Path, *, contexts=("adenocarcinoma",)) -> Path:
-    """A complete, tiny, randomly initialised model folder (model.json + safetensors), as training writes it."""
+def write_tiny_model(folder: Path, *, contexts=("adenocarcinoma",), downsampling: int = 8) -> Path:
+    """A complete, tiny, randomly initialised model folder (model.json + safetensors), as training writes it;
+    its image window is 128 px at either ``downsampling``."""
     from napari_diffinfinite.model import CompactAutoencoder, ImageUnet, MaskUnet, save_unet
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    CompactAutoencoder(widths=(8, 8, 8)).save(folder / "autoencoder.safetensors")
+    CompactAutoencoder(widths=(8, 8, 8), downsampling=downsampling).save(folder / "autoencoder.safetensors")
     save_unet(ImageUnet(dim=8, num_classes=5, dim_mults=(1, 2), channels=4), folder / "image.safetensors")
     save_unet(MaskUnet(dim=8, num_classes=len(contexts), dim_mults=(1, 2), channels=4), folder / "mask.safetensors")
     manifest = {
@@ -78,7 +79,7 @@ def write_tiny_model(folder: Path, *, contexts=("adenocarcinoma",)) -> Path:
         "default_steps": 3,
         "default_omega": 3.0,
         "autoencoder": {"type": "compact", "file": "autoencoder.safetensors"},
-        "image": {"file": "image.safetensors", "window": 16},
+        "image": {"file": "image.safetensors", "window": 128 // downsampling},
         "mask": {"file": "mask.safetensors", "codec": {"type": "simplex", "num_labels": 5, "cells_per_latent": 16},
                  "window": 8, "mask_px": 1},
         "pixel_size_um": 0.5,
@@ -90,6 +91,12 @@ def write_tiny_model(folder: Path, *, contexts=("adenocarcinoma",)) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_4x(tmp_path_factory) -> Path:
+    """The tiny model with a 4x autoencoder (latents twice as fine as the 8x one's)."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-4x", downsampling=4)
 
 
 @pytest.fixture

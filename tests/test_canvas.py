@@ -567,3 +567,21 @@ def test_canvases_keep_the_sampler_they_began_with(tmp_path, tiny):
                                 latent_channels=int(tiny.image_unet.channels))
     assert anyone.settings["sampler"] is None and TileScheduler(anyone, second).stepper.sampler == "dpmpp-2m-sde"
     anyone.close()
+
+
+def test_a_4x_model_fills_a_canvas_seamlessly(tmp_path, tiny_model_dir_4x):
+    """512 px tiles of 128 x 128 latents; a finished canvas equals the decode of all its latents at once."""
+    model = load_model(tiny_model_dir_4x, device="cpu")
+    store = CanvasStore.create_for_model(tmp_path / "c", model, shape_px=(512, 1024), seed=3)
+    assert store.grid.downsampling == 4 and store.grid.latent_shape == (128, 256)
+    labels = np.ones((128, 256), np.uint8)
+    labels[:, 100:] = 3
+    store.write_labels(0, 0, labels)
+    sched = TileScheduler(store, model)
+    sched.request_view(0, (0, 512, 0, 1024))
+    assert sorted(sched.run_until_idle()) == [(0, 0), (0, 1)]
+    lat = torch.from_numpy(np.asarray(store.latents[:]))[None]
+    full = (decode_full(model.autoencoder, lat)[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+    got = store.read_tissue(0, 0, 512, 0, 1024)
+    assert np.abs(got.astype(int) - full.numpy().astype(int)).max() <= 1
+    store.close()

@@ -39,10 +39,10 @@ def tiny_vae():
     return SD2VAE.from_config(seed=0, device="cpu", **TINY_VAE_OVERRIDES)
 
 
-@pytest.fixture(scope="module")
-def compact():
+@pytest.fixture(scope="module", params=[8, 4], ids=["8x", "4x"])
+def compact(request):
     torch.manual_seed(1)
-    return CompactAutoencoder(widths=(8, 8, 8)).eval()
+    return CompactAutoencoder(widths=(8, 8, 8), downsampling=request.param).eval()
 
 
 class DecodeSpy:
@@ -194,11 +194,11 @@ def test_decode_region_equals_the_crop_of_the_whole_decode_margin(compact):
     whole = compact.decode(z)  # a local decoder: decode_full is the plain whole decode
     full = decode_full(compact, z, tile=TILE)
     assert (full - whole).abs().max() < 1e-5
-    m = compact.decoder_margin
+    m, d = compact.decoder_margin, compact.downsampling
     for y0, x0, y1, x1 in REGIONS + [(9, 11, 37, 45), (30, 3, 37, 40)]:
         calls = []
         got = decode_region(compact, _reader(z, calls), y0, x0, y1, x1, z.shape[1:], tile=TILE)
-        assert (got - whole[..., 8 * y0:8 * y1, 8 * x0:8 * x1]).abs().max() < 1e-5, (y0, x0, y1, x1)
+        assert (got - whole[..., d * y0:d * y1, d * x0:d * x1]).abs().max() < 1e-5, (y0, x0, y1, x1)
         for ys, xs in calls:
             assert ys.start >= max(0, y0 - m) and ys.stop <= y1 + m
             assert xs.start >= max(0, x0 - m) and xs.stop <= x1 + m

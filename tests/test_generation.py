@@ -85,3 +85,16 @@ def test_image_and_mask_guidance_are_separate_model_settings(tiny_model_dir, tmp
     assert generate(model, mask=base.mask, seed=2).settings["mask_omega"] is None  # a given mask: none used
     # a manifest without mask.omega keeps the old behaviour: one omega for both networks
     assert load_model(tiny_model_dir, device="cpu").default_mask_omega == 3.0
+
+
+def test_a_4x_autoencoder_model_generates_at_its_finer_latent_grid(tiny_model_dir_4x):
+    """A model whose autoencoder downsamples 4x (nuclei span several latents): masks and images keep their
+    pixel sizes, each latent covers 4 px."""
+    model = load_model(tiny_model_dir_4x, device="cpu")
+    assert model.downsampling == 4 and model.window == 32
+    painted = np.zeros((12, 20), np.uint8)
+    painted[:, 10:] = 3
+    result = generate(model, mask=painted, mask_scale=8, seed=0)
+    assert result.image.shape == (96, 160, 3) and result.mask.shape == (96, 160)
+    assert np.array_equal(result.image, generate(model, mask=painted, mask_scale=8, seed=0).image)
+    assert generate(model, size=(72, 90), seed=5).image.shape == (72, 90, 3)  # not multiples of 4

@@ -35,16 +35,14 @@ def test_demo_mask_layer_data():
     assert kwargs["metadata"]["diffinfinite"]["class_set"] == "5"
 
 
-def test_the_manifest_says_what_the_loaded_model_says(tiny_model_dir):
+def test_the_manifest_says_what_the_loaded_model_says(tiny_model_dir, tiny_model_dir_4x):
     """The canvas of a model not loaded yet is made from its manifest: it must equal the loaded model's."""
     import dataclasses
 
     from napari_diffinfinite.generation import load_model
-    from napari_diffinfinite.model import CompactAutoencoder
-    from napari_diffinfinite.model_manifest import COMPACT_DOWNSAMPLING, read_manifest
+    from napari_diffinfinite.model_manifest import read_manifest
 
-    assert COMPACT_DOWNSAMPLING == CompactAutoencoder.downsampling
-    for source in ("embedded", str(tiny_model_dir)):
+    for source in ("embedded", str(tiny_model_dir), str(tiny_model_dir_4x)):
         manifest, model = read_manifest(source), load_model(source)
         for field in dataclasses.fields(manifest):
             assert getattr(manifest, field.name) == getattr(model, field.name), (source, field.name)

@@ -1,4 +1,4 @@
-"""The embedded model's autoencoder: small, 8x downsampling, and local.
+"""The embedded model's autoencoder: small, 8x (or 4x) downsampling, and local.
 
 The decoder has no normalisation layers and no attention, so every output pixel depends only on latents
 within :attr:`CompactAutoencoder.decoder_margin` latent pixels. Decoding a crop of a large latent with that
@@ -10,6 +10,7 @@ by construction and memory stays bounded by the tile. Latents come out of a ``ta
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .._atomic import atomic_save_tensors
+from ..model_manifest import COMPACT_DOWNSAMPLING
 
 
 class _ResBlock(nn.Module):
@@ -33,15 +35,21 @@ class _ResBlock(nn.Module):
 class CompactAutoencoder(nn.Module):
     """Pixel-(un)shuffle at full resolution, convolutional residual stages at 1/2, 1/4 and 1/8.
 
-    ``widths`` are the channels at 1/2, 1/4 and 1/8 resolution.
+    ``widths`` are the channels of the three stages. With ``downsampling=4`` the third stage stays at 1/4
+    (its convolution has stride 1, the decoder skips one upsampling), so nuclei of 8-20 px span several
+    latent pixels instead of one or two: latents that a small diffusion prior can model. The layers keep
+    their positions either way, so the 8x weights load as before.
     """
 
-    downsampling = 8
-
     def __init__(self, latent_channels: int = 4, widths=(32, 64, 96), blocks=(1, 1, 2), latent_mean=None,
-                 latent_std=None, latent_target=None):
+                 latent_std=None, latent_target=None, downsampling: int = COMPACT_DOWNSAMPLING):
         super().__init__()
+        if downsampling not in (4, 8):
+            raise ValueError(f"the compact autoencoder downsamples 4x or 8x, not {downsampling}x")
         self.config = dict(latent_channels=latent_channels, widths=list(widths), blocks=list(blocks))
+        if downsampling != COMPACT_DOWNSAMPLING:  # 8x configs stay as they were written
+            self.config["downsampling"] = downsampling
+        self.downsampling = downsampling
         self.latent_channels = latent_channels
         self.latent_scale = 1.0
         # Optional per-channel standardisation of the latents the diffusion model sees (mean 0, std
@@ -59,15 +67,17 @@ class CompactAutoencoder(nn.Module):
                           torch.tensor(latent_std).view(1, -1, 1, 1) / float(latent_target))
         w1, w2, w3 = widths
         b1, b2, b3 = blocks
+        last_stride = 2 if downsampling == 8 else 1
         self.encoder = nn.Sequential(
             nn.PixelUnshuffle(2), nn.Conv2d(12, w1, 3, padding=1), *[_ResBlock(w1) for _ in range(b1)],
             nn.Conv2d(w1, w2, 3, stride=2, padding=1), *[_ResBlock(w2) for _ in range(b2)],
-            nn.Conv2d(w2, w3, 3, stride=2, padding=1), *[_ResBlock(w3) for _ in range(b3)],
+            nn.Conv2d(w2, w3, 3, stride=last_stride, padding=1), *[_ResBlock(w3) for _ in range(b3)],
             nn.SiLU(), nn.Conv2d(w3, latent_channels, 3, padding=1),
         )
         self.decoder = nn.Sequential(
             nn.Conv2d(latent_channels, w3, 3, padding=1), *[_ResBlock(w3) for _ in range(b3)],
-            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w3, w2, 3, padding=1),
+            nn.Upsample(scale_factor=2, mode="nearest") if last_stride == 2 else nn.Identity(),
+            nn.Conv2d(w3, w2, 3, padding=1),
             *[_ResBlock(w2) for _ in range(b2)],
             nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w2, w1, 3, padding=1),
             *[_ResBlock(w1) for _ in range(b1)],
@@ -75,9 +85,8 @@ class CompactAutoencoder(nn.Module):
         )
         # receptive radius of the decoder in latent pixels (3x3 convs: 1 px each at their own scale)
         convs_at = [1 + 2 * b3, 1 + 2 * b2, 2 + 2 * b1]
-        self.decoder_margin = int(
-            torch.ceil(torch.tensor(convs_at[0] + convs_at[1] / 2 + convs_at[2] / 4 + 1)).item()
-        )
+        scales = [1, 1 / 2, 1 / 4] if downsampling == 8 else [1, 1, 1 / 2]
+        self.decoder_margin = math.ceil(sum(c * s for c, s in zip(convs_at, scales)) + 1)
 
     # the Autoencoder protocol -------------------------------------------------------------------------
     @property
@@ -115,7 +124,7 @@ class CompactAutoencoder(nn.Module):
 
     def standardised(self, latent_mean, latent_std, latent_target: float) -> "CompactAutoencoder":
         """A copy (same weights) whose :meth:`encode` gives per-channel standardised latents."""
-        base = {k: self.config[k] for k in ("latent_channels", "widths", "blocks")}
+        base = {k: self.config[k] for k in ("latent_channels", "widths", "blocks", "downsampling") if k in self.config}
         net = CompactAutoencoder(**base, latent_mean=latent_mean, latent_std=latent_std,
                                  latent_target=latent_target)
         net.load_state_dict(self.state_dict())

@@ -154,6 +154,7 @@ def train_autoencoder(
     crop: int = 256,
     latent_channels: int = 4,
     widths=(32, 64, 96),
+    downsampling: int = 8,
     fourier_weight: float = 0.1,
     latent_weight: float = 1e-2,
     texture_weight: float = 0.0,
@@ -170,7 +171,8 @@ def train_autoencoder(
 ) -> CompactAutoencoder:
     """Train (or resume) the autoencoder in ``out``.
 
-    ``init_from`` starts from trained weights (their config wins over ``latent_channels``/``widths``);
+    ``init_from`` starts from trained weights (their config wins over ``latent_channels``/``widths``/
+    ``downsampling``);
     with ``freeze_encoder`` only the decoder learns, so the latents - and any image model trained on
     them - stay valid while the decoder is sharpened (``texture_weight``, :func:`local_texture_l1`) or rid of
     its 2-px pattern (``phase_weight``, :func:`pixel_phase_l1`).
@@ -192,7 +194,7 @@ def train_autoencoder(
     if init_from is not None:
         net = CompactAutoencoder.load(init_from).train()
     else:
-        net = CompactAutoencoder(latent_channels=latent_channels, widths=widths)
+        net = CompactAutoencoder(latent_channels=latent_channels, widths=widths, downsampling=downsampling)
     if freeze_encoder:
         if init_from is None:
             raise ValueError("freezing the encoder needs trained weights to start from (--init-from)")

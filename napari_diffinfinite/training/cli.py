@@ -46,7 +46,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="autoencoder: crop side in pixels")
     p.add_argument("--latent-channels", type=int, default=8,
-                   help="autoencoder: latent channels at 8x downsampling (8: 24x compression; 4 blurs nuclei)")
+                   help="autoencoder: latent channels (at 8x downsampling 8 is 24x compression; 4 blurs nuclei)")
+    p.add_argument("--downsampling", type=int, choices=[4, 8], default=8,
+                   help="autoencoder: image pixels per latent pixel along each side (4: nuclei span several "
+                        "latents, a tile costs the image model about 4x more)")
     p.add_argument("--fourier-weight", type=float, default=0.2,
                    help="autoencoder: weight of the Fourier-magnitude loss beside L1 (keeps texture sharp)")
     p.add_argument("--texture-weight", type=float, default=0.0,
@@ -192,7 +195,8 @@ def run_train(args) -> int:
     try:
         if args.what == "autoencoder":
             train_autoencoder(train + unlabelled, held_out, args.out, config, batch=args.batch, crop=args.crop,
-                              latent_channels=args.latent_channels, fourier_weight=args.fourier_weight,
+                              latent_channels=args.latent_channels, downsampling=args.downsampling,
+                              fourier_weight=args.fourier_weight,
                               texture_weight=args.texture_weight, phase_weight=args.phase_weight,
                               init_from=args.init_from, latent_std=args.latent_std,
                               freeze_encoder=args.freeze_encoder, adversarial_weight=args.adversarial_weight,
