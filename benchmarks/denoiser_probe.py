@@ -27,10 +27,10 @@ import torch
 
 from napari_diffinfinite.evaluation import evenly_spaced, load_holdout, split_holdout
 from napari_diffinfinite.generation import load_model
+from napari_diffinfinite.label_grid import labels_at_cell_centres
 from napari_diffinfinite.model.diffusion import cosine_schedule
 from napari_diffinfinite.sampling.steppers import ImageStepper
 from napari_diffinfinite.training.dataset import scan_folder
-from napari_diffinfinite.training.image import latent_labels
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "diffinfinite-samples" / "patches"
 
@@ -52,7 +52,7 @@ def probe(model, patches, times, seed: int = 0) -> dict:
         h, w = (p.mask.shape[0] // multiple) * multiple, (p.mask.shape[1] // multiple) * multiple
         image = torch.from_numpy(p.image[:h, :w].copy()).permute(2, 0, 1).float() / 255
         latents.append(ae.encode(image[None])[0].float().cpu())
-        labels.append(latent_labels(torch.from_numpy(p.mask[:h, :w].copy()).long(), f))
+        labels.append(labels_at_cell_centres(torch.from_numpy(p.mask[:h, :w].copy()).long(), f))
         image_corr.append(neighbour_correlation(image.mean(0, keepdim=True), f))
     z = torch.stack(latents)
     mean, var = z.mean((0, 2, 3), keepdim=True), z.var((0, 2, 3), keepdim=True)

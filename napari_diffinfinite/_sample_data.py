@@ -66,7 +66,7 @@ def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | No
     ``(store, mask rectangle in level-0 px)``."""
     from .canvas.grid import DEFAULT_SIDE, Rect
     from .canvas.store import CanvasStore
-    from .widgets.canvas_view import latent_labels
+    from .label_grid import labels_at_cell_centres
 
     shape_px = shape_px or (DEFAULT_SIDE, DEFAULT_SIDE)
     extra = {"context": DEMO_CONTEXT, **(settings or {})}
@@ -76,7 +76,7 @@ def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | No
         store = CanvasStore.create(folder, shape_px=shape_px, model_name=None,
                                    settings={"num_classes": len(FIVE_CLASSES), **extra}, latent_channels=4)
     d = store.grid.downsampling
-    labels = latent_labels(load_demo_mask(), d)
+    labels = labels_at_cell_centres(load_demo_mask(), d)
     if store.num_classes < len(FIVE_CLASSES):
         labels = np.where(labels < store.num_classes, labels, 0).astype(np.uint8)
     cy, cx = store.grid.centre()

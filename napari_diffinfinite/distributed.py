@@ -71,6 +71,8 @@ from typing import Any
 import numpy as np
 from distributed import Client, WorkerPlugin, as_completed, get_worker
 
+from .label_grid import cell_centres
+
 __all__ = [
     "BatchRun",
     "CanvasMismatchError",
@@ -554,15 +556,6 @@ def _labels_for(mask, mask_scale, size, num_classes: int) -> np.ndarray:
     return labels
 
 
-def _latent_labels(read_rows: Callable[[np.ndarray, np.ndarray], np.ndarray], h: int, w: int,
-                   d: int) -> np.ndarray:
-    # generate(): the label at each latent cell's centre, the mask extended by edge replication
-    lh, lw = -(-h // d), -(-w // d)
-    ys = np.minimum(np.arange(lh) * d + d // 2, h - 1)
-    xs = np.minimum(np.arange(lw) * d + d // 2, w - 1)
-    return read_rows(ys, xs)
-
-
 def _job_settings(info: dict, *, seed, omega, mask_omega, steps, sampler, halo, lookahead, mode, block, shape,
                   mask_kind, mask_sha1, context, decode_tile, max_batch, latent_hw) -> dict:
     return {
@@ -731,7 +724,7 @@ def generate_canvas(
                               task_hook, retries=retries, pure=False,
                               key=f"diffinfinite-mask-{token}").result()
             arr = _mask_array(canvas, mode="r")
-            lat = _latent_labels(lambda ys, xs: np.asarray(arr.oindex[ys, xs]), h, w, d)
+            lat = np.asarray(arr.oindex[cell_centres(h, d), cell_centres(w, d)])  # as generate() reads it
             store.write_labels(0, 0, lat)
             store.update_settings(mask_ready=True)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .label_grid import labels_at_cell_centres
 from .model import (
     CompactAutoencoder,
     ImageUnet,
@@ -248,10 +249,8 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
             labels = labels_at_scale(labels, mask_scale, size)
     h, w = labels.shape
     d = model.downsampling
-    lh, lw = -(-h // d), -(-w // d)
-    padded = np.pad(labels, ((0, lh * d - h), (0, lw * d - w)), mode="edge")
-    # the label at each latent cell's centre, as the trainer builds latent masks
-    latent_labels = torch.from_numpy(padded[d // 2 :: d, d // 2 :: d].copy())
+    latent_labels = torch.from_numpy(np.ascontiguousarray(labels_at_cell_centres(labels, d)))
+    lh, lw = latent_labels.shape
     stepper = ImageStepper(model.image_unet, cosine_schedule(), omega + 1, max_batch=max_batch, sampler=sampler)
     stats = SamplingStats()
     t1 = time.perf_counter()

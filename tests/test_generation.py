@@ -98,3 +98,17 @@ def test_a_4x_autoencoder_model_generates_at_its_finer_latent_grid(tiny_model_di
     assert result.image.shape == (96, 160, 3) and result.mask.shape == (96, 160)
     assert np.array_equal(result.image, generate(model, mask=painted, mask_scale=8, seed=0).image)
     assert generate(model, size=(72, 90), seed=5).image.shape == (72, 90, 3)  # not multiples of 4
+
+
+def test_labels_at_cell_centres_read_numpy_and_torch_masks_alike():
+    """One reading of a mask on the latent grid for the trainer (torch), generate(), the canvas and the
+    distributed path (numpy): the centre pixel of each cell, a partial last cell taking the edge pixel."""
+    import torch
+
+    from napari_diffinfinite.label_grid import cell_centres, labels_at_cell_centres
+
+    assert cell_centres(20, 8).tolist() == [4, 12, 19] and cell_centres(16, 4).tolist() == [2, 6, 10, 14]
+    mask = np.arange(20 * 13).reshape(20, 13)
+    want = np.pad(mask, ((0, 4), (0, 3)), mode="edge")[4::8, 4::8]
+    assert np.array_equal(labels_at_cell_centres(mask, 8), want)
+    assert torch.equal(labels_at_cell_centres(torch.from_numpy(mask)[None], 8)[0], torch.from_numpy(want))

@@ -11,6 +11,7 @@ import pytest
 
 from napari_diffinfinite import DISCLAIMER
 from napari_diffinfinite.canvas import CanvasGrid, CanvasStore, Rect, TileScheduler
+from napari_diffinfinite.label_grid import labels_at_cell_centres
 from napari_diffinfinite.widgets import canvas_models
 from napari_diffinfinite.widgets.canvas_export import (
     MissingTilesError,
@@ -23,7 +24,6 @@ from napari_diffinfinite.widgets.canvas_view import (
     camera_for_rect,
     changed_bbox,
     labels_translate,
-    latent_labels,
     level_for_zoom,
     needs_reanchor,
     rect_from_vertices,
@@ -98,7 +98,7 @@ def test_changed_bbox_latent_labels_and_selections():
     r, where = changed_bbox(a, b)
     assert r == Rect(10, 15, 20, 23) and where.sum() == 2 and where[0, 0] and where[4, 2]
     mask = np.arange(20 * 17).reshape(20, 17) % 5
-    lab = latent_labels(mask, 8)
+    lab = labels_at_cell_centres(mask, 8)
     assert lab.shape == (3, 3)
     assert lab[0, 0] == mask[4, 4] and lab[1, 1] == mask[12, 12] and lab[2, 2] == mask[19, 16]  # edge replicated
     verts = np.array([[10.0, 20.0], [10.0, 120.0], [60.0, 120.0], [60.0, 20.0]])  # world um
@@ -223,7 +223,7 @@ def test_demo_canvas_paints_the_demo_mask_in_the_middle(tmp_path, tiny):
     c = store.grid.centre()
     assert (rect.height, rect.width) == (2560, 2560) and rect.centre == pytest.approx(c, abs=8)
     lab = store.read_labels(rect.scaled_out(8))
-    np.testing.assert_array_equal(lab, latent_labels(load_demo_mask(), 8))
+    np.testing.assert_array_equal(lab, labels_at_cell_centres(load_demo_mask(), 8))
     assert store.settings["context"] == 1 and store.settings["model_source"] == "x" and store.model_name == tiny.name
     assert store.read_labels(Rect(0, 8, 0, 8)).max() == 0
     store.close()
@@ -242,7 +242,7 @@ def test_labels_to_latent_resamples_a_layer_by_its_scale():
     data[:, 32:] = 2
     at_image_res = SimpleNamespace(data=data, scale=(0.5, 0.5), name="m", multiscale=False)
     assert labels_to_latent(at_image_res, 0.5, 8).shape == (8, 8)
-    np.testing.assert_array_equal(labels_to_latent(at_image_res, 0.5, 8), latent_labels(data, 8))
+    np.testing.assert_array_equal(labels_to_latent(at_image_res, 0.5, 8), labels_at_cell_centres(data, 8))
     coarse = SimpleNamespace(data=data, scale=(4.0, 4.0), name="m", multiscale=False)  # already latent scale
     np.testing.assert_array_equal(labels_to_latent(coarse, 0.5, 8), data)
 

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from napari_diffinfinite.cli import main as cli_main
+from napari_diffinfinite.label_grid import labels_at_cell_centres
 from napari_diffinfinite.model import CheckpointError, CompactAutoencoder, load_diffinfinite_checkpoint
 from napari_diffinfinite.sampling.masks import SimplexMaskCodec
 from napari_diffinfinite.training.dataset import DatasetError, Patch
@@ -22,7 +23,6 @@ from napari_diffinfinite.training.image import (
     dihedral,
     encode_patches,
     image_batch,
-    latent_labels,
     train_image_model,
 )
 from napari_diffinfinite.training.loop import TrainConfig
@@ -114,7 +114,7 @@ def test_latent_cache_holds_all_eight_transforms(patches, autoencoder_file):
     assert len(cache.latents[0]) == len(cache.masks[0]) == DIHEDRAL == 8
     for k in range(DIHEDRAL):
         torch.testing.assert_close(cache.latents[0][k], ae.encode(dihedral(image, k)[None])[0])
-        assert torch.equal(cache.masks[0][k], latent_labels(dihedral(mask, k), 8))
+        assert torch.equal(cache.masks[0][k], labels_at_cell_centres(dihedral(mask, k), 8))
     assert len({cache.latents[0][k].sum().item() for k in range(8)}) == 8  # eight different encodings
     assert [tuple(z.shape[-2:]) for z in cache.latents[1]] == [(4, 8), (8, 4)] * 4
     assert [tuple(m.shape) for m in cache.masks[1]] == [(4, 8), (8, 4)] * 4

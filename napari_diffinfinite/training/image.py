@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..classes import CLASS_SETS, class_set
+from ..label_grid import labels_at_cell_centres
 from ..model.compact_autoencoder import CompactAutoencoder
 from ..model.diffusion import cosine_schedule, guided_scale, q_sample
 from ..model.unet import ImageUnet
@@ -127,12 +128,6 @@ class LatentCache:
         return torch.tensor([bool(m[0].any()) for m in self.masks])
 
 
-def latent_labels(mask: torch.Tensor, factor: int) -> torch.Tensor:
-    """Labels at latent resolution: the label at the centre of each ``factor x factor`` cell, as
-    :func:`napari_diffinfinite.sampling.masks.labels_at_scale` brings a painted mask to the latent grid."""
-    return mask[..., factor // 2 :: factor, factor // 2 :: factor]
-
-
 @torch.no_grad()
 def encode_patches(
     patches: Sequence[Patch], autoencoder: CompactAutoencoder, *, num_classes: int, progress: bool = False
@@ -162,7 +157,7 @@ def encode_patches(
                 z[k] = e
         names.append(p.name)
         latents.append(tuple(z))
-        masks.append(tuple(latent_labels(dihedral(mask, k), f).contiguous() for k in range(DIHEDRAL)))
+        masks.append(tuple(labels_at_cell_centres(dihedral(mask, k), f).contiguous() for k in range(DIHEDRAL)))
     return LatentCache(names, latents, masks)
 
 
@@ -420,7 +415,7 @@ def train_image_model(
             if h == 0 or w == 0:
                 continue
             mask = torch.from_numpy(p.mask[:h, :w].copy()).long()
-            cond = latent_labels(mask, f)
+            cond = labels_at_cell_centres(mask, f)
             z = sample_region(stepper, (ae.latent_channels, h // f, w // f), cond, schedule=schedule_dev,
                               steps=sample_steps, generator=torch.Generator().manual_seed(config.seed + j),
                               device=device)

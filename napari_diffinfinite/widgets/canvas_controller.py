@@ -53,6 +53,7 @@ from ..canvas.store import (
     RGBLevelArray,
     recorded_sampler,
 )
+from ..label_grid import labels_at_cell_centres
 from .canvas_layers import (
     META_KEY,
     canvas_meta,
@@ -68,7 +69,6 @@ from .canvas_view import (
     camera_for_rect,
     changed_bbox,
     labels_translate,
-    latent_labels,
     needs_reanchor,
     rect_from_vertices,
     view_from_camera,
@@ -945,7 +945,7 @@ class CanvasController(QObject):
             if self.closed:
                 return
             self.sync_labels(wait=True)  # edits made meanwhile are in the store before "painted" is decided
-            lab = latent_labels(mask, d).astype(np.uint8)
+            lab = labels_at_cell_centres(np.asarray(mask), d).astype(np.uint8)
             ly, lx = rect.y0 // d, rect.x0 // d
             where = None if overwrite else self.store.read_labels(Rect(ly, ly + lab.shape[0], lx, lx + lab.shape[1])) == 0
             if only_tiles is not None:

@@ -24,7 +24,6 @@ __all__ = [
     "camera_for_rect",
     "changed_bbox",
     "labels_translate",
-    "latent_labels",
     "level_for_zoom",
     "needs_reanchor",
     "rect_from_vertices",
@@ -135,18 +134,6 @@ def changed_bbox(before: np.ndarray, after: np.ndarray) -> tuple[Rect, np.ndarra
     cols = np.flatnonzero(diff.any(axis=0))
     r = Rect(int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
     return r, diff[r.slices]
-
-
-def latent_labels(mask: np.ndarray, downsampling: int) -> np.ndarray:
-    """Image-resolution labels (H, W) at latent scale: the label at each latent cell's centre (as the trainer
-    and :func:`~napari_diffinfinite.generation.generate` build latent masks); the edge is replicated to whole
-    cells."""
-    mask = np.asarray(mask)
-    d = int(downsampling)
-    h, w = mask.shape
-    lh, lw = -(-h // d), -(-w // d)
-    padded = np.pad(mask, ((0, lh * d - h), (0, lw * d - w)), mode="edge")
-    return np.ascontiguousarray(padded[d // 2 :: d, d // 2 :: d])
 
 
 def align_rect(rect_px, multiple: int, grid: CanvasGrid | None = None) -> Rect:
