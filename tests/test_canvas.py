@@ -585,3 +585,19 @@ def test_a_4x_model_fills_a_canvas_seamlessly(tmp_path, tiny_model_dir_4x):
     got = store.read_tissue(0, 0, 512, 0, 1024)
     assert np.abs(got.astype(int) - full.numpy().astype(int)).max() <= 1
     store.close()
+
+
+def test_an_edit_invalidates_exactly_the_tiles_whose_labels_changed(tmp_path, tiny):
+    """Two dabs across a tile corner: their bounding box covers four tiles, the labels of two changed."""
+    store = new_canvas(tmp_path / "c", tiny)
+    keys = [(i, j) for i in range(2) for j in range(3)]
+    store.set_status(keys, 2)
+    sched = TileScheduler(store, tiny)
+    labels = np.full((8, 8), 4, np.uint8)
+    where = np.zeros((8, 8), bool)
+    where[0, 0] = where[7, 7] = True  # latents (60, 60) in tile (0, 0) and (67, 67) in tile (1, 1)
+    assert sched.write_labels(60, 60, labels, where=where) == [(0, 0), (1, 1)]
+    assert store.read_status().tolist() == [[0, 2, 2], [2, 0, 2]]
+    assert store.read_labels(Rect(60, 68, 60, 68))[where].tolist() == [4, 4]
+    assert sched.write_labels(60, 60, labels, where=where) == []  # nothing changed: nothing invalidated
+    store.close()

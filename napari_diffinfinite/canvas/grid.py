@@ -17,7 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TileKey = tuple[int, int]
 
@@ -192,6 +195,19 @@ class CanvasGrid:
             return []
         t = self.tile
         return [(i, j) for i in range(r.y0 // t, -(-r.y1 // t)) for j in range(r.x0 // t, -(-r.x1 // t))]
+
+    def tiles_changed(self, rect_latent, changed: np.ndarray) -> list[TileKey]:
+        """Tiles holding a True of ``changed`` (a bool array over the level-0 latent rectangle ``rect_latent``),
+        row-major: exactly the tiles an edit touched, not every tile under its bounding box."""
+        r = as_rect(rect_latent)
+        lt = self.latent_tile
+        out = []
+        for i in range(r.y0 // lt, -(-r.y1 // lt)):
+            row = changed[max(i * lt, r.y0) - r.y0 : min((i + 1) * lt, r.y1) - r.y0]
+            for j in range(r.x0 // lt, -(-r.x1 // lt)):
+                if row[:, max(j * lt, r.x0) - r.x0 : min((j + 1) * lt, r.x1) - r.x0].any():
+                    out.append((i, j))
+        return out
 
     def tile_range(self, rect, level: int = 0) -> Rect:
         """The tiles intersecting ``rect`` as a rectangle of tile indices (empty if none)."""

@@ -214,9 +214,8 @@ class TileScheduler:
 
     def write_labels(self, y0: int, x0: int, labels, *, where=None) -> list[TileKey]:
         """Paint class ids into the canvas mask (latent pixels, see :meth:`CanvasStore.write_labels`) and
-        invalidate the tiles whose labels changed. Returns those tiles."""
-        changed = self.store.write_labels(y0, x0, labels, where=where)
-        return [] if changed.empty else self.invalidate(changed)
+        invalidate exactly the tiles whose labels changed. Returns those tiles."""
+        return self.invalidate_tiles(self.store.edit_labels(y0, x0, labels, where=where))
 
     def pending(self) -> list[TileKey]:
         """The waiting requests in the order they will run."""
@@ -228,19 +227,25 @@ class TileScheduler:
         (status 0; placeholders show there), a running one of them is abandoned, and those in the current
         view are requested again. Their neighbours keep their latents; their borders are decoded again when
         the regenerated tiles land. Returns the invalidated tiles."""
-        tiles = self.grid.tiles_in_rect(rect_px)
+        return self.invalidate_tiles(self.grid.tiles_in_rect(rect_px), around=rect_px)
+
+    def invalidate_tiles(self, tiles: list[TileKey], *, around=None) -> list[TileKey]:
+        """:meth:`invalidate` for these tiles (e.g. exactly those an edit changed). With no view, they are
+        requested nearest the centre of ``around`` (level-0 px; default: of the tiles) first."""
+        tiles = [self.grid.check_tile(t) for t in tiles]
         if not tiles:
             return []
         with self._cv:
             for t in tiles:
                 self._epoch[t] = self._epoch.get(t, 0) + 1
-            tr = self.grid.tile_range(rect_px)
-            status = self.store.read_status(tr)
-            touched = [t for t in tiles if status[t[0] - tr.y0, t[1] - tr.x0] != STATUS_EMPTY]
-            self.store.set_status(touched, STATUS_EMPTY)
+            self.store.set_status(tiles, STATUS_EMPTY)
             if self._view is None:  # nothing on screen: request them (a bounded number, centre first)
-                for t in self.grid.view_tiles(rect_px, max_tiles=self.max_view_tiles):
-                    self._explicit[t] = None
+                if around is None:
+                    t = self.grid.tile
+                    around = Rect(min(i for i, _ in tiles) * t, (max(i for i, _ in tiles) + 1) * t,
+                                  min(j for _, j in tiles) * t, (max(j for _, j in tiles) + 1) * t)
+                for k in self.grid.centre_first(tiles, around)[: self.max_view_tiles]:
+                    self._explicit[k] = None
             self._refresh_view()
             self._cv.notify_all()
         return tiles

@@ -577,6 +577,17 @@ class CanvasStore:
         (a bool (h, w)), only there. The coarser label levels follow. Returns the bounding box, in level-0
         *pixels*, of the labels that actually changed (empty if none): what to pass to
         :meth:`TileScheduler.invalidate`. Tissue is not touched."""
+        changed, _ = self._write_labels(y0, x0, labels, where)
+        return Rect(0, 0, 0, 0) if changed.empty else self.grid.latent_to_px(changed)
+
+    def edit_labels(self, y0: int, x0: int, labels, *, where=None) -> list[TileKey]:
+        """:meth:`write_labels`, returning exactly the tiles whose labels changed (a stroke along a tile
+        corner touches one or two tiles, not the four under its bounding box)."""
+        changed, diff = self._write_labels(y0, x0, labels, where)
+        return [] if changed.empty else self.grid.tiles_changed(changed, diff)
+
+    def _write_labels(self, y0, x0, labels, where) -> tuple[Rect, np.ndarray | None]:
+        # (the latent bounding box of the labels that changed, where they changed inside it)
         self._check_writable()
         arr = np.asarray(labels)
         if arr.ndim != 2 or arr.size == 0:
@@ -590,21 +601,22 @@ class CanvasStore:
         r = Rect(int(y0), int(y0) + arr.shape[0], int(x0), int(x0) + arr.shape[1])
         clipped = r.intersect(Rect(0, lh, 0, lw))
         if clipped.empty:
-            return Rect(0, 0, 0, 0)
+            return Rect(0, 0, 0, 0), None
         sub = arr[clipped.y0 - r.y0 : clipped.y1 - r.y0, clipped.x0 - r.x0 : clipped.x1 - r.x0].astype(np.uint8)
         with self._lock:
             old = np.asarray(self.labels[0][clipped.slices])
             if where is not None:
                 mask = np.asarray(where, bool)[clipped.y0 - r.y0 : clipped.y1 - r.y0, clipped.x0 - r.x0 : clipped.x1 - r.x0]
                 sub = np.where(mask, sub, old)
-            diff = np.argwhere(sub != old)
+            differs = sub != old
+            diff = np.argwhere(differs)
             if not len(diff):
-                return Rect(0, 0, 0, 0)
+                return Rect(0, 0, 0, 0), None
             (dy0, dx0), (dy1, dx1) = diff.min(0), diff.max(0) + 1
             changed = Rect(clipped.y0 + int(dy0), clipped.y0 + int(dy1), clipped.x0 + int(dx0), clipped.x0 + int(dx1))
             self.labels[0][changed.slices] = sub[dy0:dy1, dx0:dx1]
             self._update_label_levels(changed)
-        return self.grid.latent_to_px(changed)
+        return changed, differs[dy0:dy1, dx0:dx1]
 
     def _update_label_levels(self, rect: Rect) -> None:
         r = rect

@@ -792,54 +792,16 @@ class CanvasController(QObject):
     def _write_labels(self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None) -> list[TileKey]:
         # any thread; no Qt
         labels = np.asarray(labels)
-        if where is None:
-            where = np.ones(labels.shape, bool)
         lr = Rect(y0, y0 + labels.shape[0], x0, x0 + labels.shape[1])
-        old = self.store.read_labels(lr)
-        if old.shape != labels.shape:
+        lh, lw = self.grid.latent_shape
+        if lr.intersect(Rect(0, lh, 0, lw)) != lr:
             raise ValueError(f"labels at {tuple(lr)} reach outside the canvas")
-        changed = where & (old != labels)
-        if not changed.any():
-            return []
-        self.store.write_labels(y0, x0, labels, where=changed)
-        tiles = self._changed_tiles(lr, changed)
-        self._invalidate(tiles)
+        if self.scheduler is not None:
+            return self.scheduler.write_labels(y0, x0, labels, where=where)
+        tiles = self.store.edit_labels(y0, x0, labels, where=where)
+        if tiles:  # no model yet: the tiles show placeholders until it comes
+            self.store.set_status(tiles, STATUS_EMPTY)
         return tiles
-
-    def _changed_tiles(self, lr: Rect, changed: np.ndarray) -> list[TileKey]:
-        lt = self.grid.latent_tile
-        out = []
-        for i in range(lr.y0 // lt, -(-lr.y1 // lt)):
-            ys = slice(max(i * lt, lr.y0) - lr.y0, min((i + 1) * lt, lr.y1) - lr.y0)
-            row = changed[ys]
-            for j in range(lr.x0 // lt, -(-lr.x1 // lt)):
-                xs = slice(max(j * lt, lr.x0) - lr.x0, min((j + 1) * lt, lr.x1) - lr.x0)
-                if row[:, xs].any():
-                    out.append((i, j))
-        return out
-
-    def _invalidate(self, tiles: list[TileKey]) -> None:
-        if not tiles:
-            return
-        t = self.grid.tile
-        if self.scheduler is None:
-            status = {k: self.store.tile_status(k) for k in tiles}
-            self.store.set_status([k for k, s in status.items() if s != STATUS_EMPTY], STATUS_EMPTY)
-            return
-        # one invalidate per run of touched tiles in a row (the scheduler invalidates rectangles)
-        rows: dict[int, list[int]] = {}
-        for i, j in tiles:
-            rows.setdefault(i, []).append(j)
-        for i, cols in rows.items():
-            cols.sort()
-            start = prev = cols[0]
-            for j in [*cols[1:], None]:
-                if j is not None and j == prev + 1:
-                    prev = j
-                    continue
-                self.scheduler.invalidate(Rect(i * t, (i + 1) * t, start * t, (prev + 1) * t))
-                if j is not None:
-                    start = prev = j
 
     def reload_window(self, rect_latent=None) -> None:
         """Read the Labels window (or its part over ``rect_latent``) again from the store."""
