@@ -300,7 +300,7 @@ def test_cli_trains_image_and_mask_models(tmp_path, autoencoder_file):
     assert cli_main(init) == 2 and not (tmp_path / "bad2").exists()  # mask runs start from scratch
 
 
-def test_bundle_assembles_a_loadable_model_folder(tmp_path, tiny_model_dir):
+def test_bundle_assembles_a_loadable_model_folder(tmp_path, tiny_model_dir, tiny_model_dir_4x):
     """Runs' EMA weights + model.json = a folder load_model reads; wrong kinds are refused."""
     import shutil
 
@@ -332,5 +332,11 @@ def test_bundle_assembles_a_loadable_model_folder(tmp_path, tiny_model_dir):
     assert model.sampler == "dpmpp-2m-sde"
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         bundle_model(tmp_path / "bundle", autoencoder=runs["autoencoder"], sampler="euler")
+    # the image window defaults to 512 px of latents, whatever the autoencoder's downsampling
+    assert load_model(bundle_model(tmp_path / "b8", autoencoder=runs["autoencoder"], image=runs["image"],
+                                   mask=runs["mask"]), device="cpu").window == 64
+    four = bundle_model(tmp_path / "b4", autoencoder=tiny_model_dir_4x / "autoencoder.safetensors",
+                        image=runs["image"], mask=runs["mask"])
+    assert load_model(four, device="cpu").window == 128
     with pytest.raises(ValueError, match="holds a 'image' network, not the mask"):
         bundle_model(tmp_path / "wrong", autoencoder=runs["autoencoder"], image=runs["image"], mask=runs["image"])

@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from .._atomic import atomic_copy, atomic_write_text
 from ..model.diffusion import check_sampler
+from ..model_manifest import COMPACT_DOWNSAMPLING
 
 
 def _weights(run_or_file: Path) -> Path:
@@ -39,12 +40,13 @@ def _provenance(path: Path) -> dict:
 
 
 def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", default_steps=25,
-                 default_omega=3.0, mask_omega=3.0, sampler="ddim", image_window=64, mask_window=32,
+                 default_omega=3.0, mask_omega=3.0, sampler="ddim", image_window=None, mask_window=32,
                  pixel_size_um=0.5) -> Path:
     """Write ``out``/{autoencoder,image,mask}.safetensors and ``model.json``; returns the folder.
 
     ``default_omega`` is the image model's default guidance, ``mask_omega`` the mask model's; ``sampler`` the
-    image model's default sampler (``model.diffusion.SAMPLERS``)."""
+    image model's default sampler (``model.diffusion.SAMPLERS``). ``image_window`` (latents; default: the
+    512 px the image models train and sample at, 64 latents at 8x downsampling, 128 at 4x)."""
     check_sampler(sampler)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +67,9 @@ def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", de
         manifest["provenance"][part] = _provenance(src)
     manifest["autoencoder"] = {"type": "compact", "file": "autoencoder.safetensors"}
     if image is not None:
+        if image_window is None:
+            config = json.loads(_metadata(out / "autoencoder.safetensors")["diffinfinite.config"])
+            image_window = 512 // int(config.get("downsampling", COMPACT_DOWNSAMPLING))
         manifest["image"] = {"file": "image.safetensors", "window": image_window, "sampler": sampler}
     if mask is not None:
         meta = _metadata(out / "mask.safetensors")
