@@ -34,6 +34,7 @@ from magicgui.widgets import (
 
 from . import DISCLAIMER
 from .classes import CLASS_SETS, CONTEXT_PROMPTS, ClassSet, class_set
+from .model_manifest import SAMPLER_LABELS
 
 if TYPE_CHECKING:
     import napari
@@ -52,7 +53,7 @@ GENERATE_TOOLTIP = ("Generate the tissue in view on the open canvas (more is gen
                     "a new one is made from the chosen mask layer")
 MAX_SEED = 2**31 - 1
 #: The image samplers (model.diffusion.SAMPLERS, named; a test ties the two).
-SAMPLER_CHOICES = [("DPM-Solver++(2M) SDE", "dpmpp-2m-sde"), ("DDIM (reference)", "ddim")]
+SAMPLER_CHOICES = [(label, name) for name, label in sorted(SAMPLER_LABELS.items(), reverse=True)]
 UNPAINTED_CHOICES = [("unlabelled (label 0)", "unlabelled"), ("generated masks", "generated")]
 EXPORT_REGIONS = [("current view", "view"), ("drawn rectangle", "rectangle"), ("whole generated extent", "generated")]
 MASK_FILE_FILTER = "Masks (*.png *.tif *.tiff *.geojson *.json);;All files (*)"

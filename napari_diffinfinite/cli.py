@@ -22,9 +22,7 @@ from .exit_codes import (
     EXIT_USAGE,
     report_error,
 )
-
-#: model.diffusion.SAMPLERS, copied so that parsing arguments does not import torch (a test ties the two)
-SAMPLER_CHOICES = ("ddim", "dpmpp-2m-sde")
+from .model_manifest import SAMPLER_LABELS
 
 PLUGIN = "napari-diffinfinite"
 DEMO_SAMPLE = "demo_canvas"
@@ -255,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mask-omega", type=float, help="guidance weight of the mask model, for generated masks "
                      "(default: the model's, 3)")
     gen.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    gen.add_argument("--sampler", choices=SAMPLER_CHOICES, help="the image model's sampler (default: the model's): ddim is "
+    gen.add_argument("--sampler", choices=tuple(SAMPLER_LABELS), help="the image model's sampler (default: the model's): ddim is "
                      "the reference's DDIM (eta 1); dpmpp-2m-sde is DPM-Solver++(2M) SDE, the same steps made second "
                      "order, sharper at the same cost (the embedded model's)")
     gen.add_argument("--seed", type=int, default=0)
@@ -303,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--default-steps", type=int, default=25)
     bundle.add_argument("--default-omega", type=float, default=3.0, help="the image model's default guidance")
     bundle.add_argument("--mask-omega", type=float, default=3.0, help="the mask model's default guidance")
-    bundle.add_argument("--sampler", choices=SAMPLER_CHOICES, default="ddim", help="the image model's default sampler")
+    bundle.add_argument("--sampler", choices=tuple(SAMPLER_LABELS), default="ddim", help="the image model's default sampler")
     bundle.set_defaults(func=_bundle)
     from .training.cli import add_train_parser
 

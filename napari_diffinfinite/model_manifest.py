@@ -12,6 +12,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The image samplers, by the name ``model.json``, settings and ``--sampler`` use, with the name users read
+#: (``model.diffusion`` implements them; torch-free here so that the command line and widgets list them
+#: without importing torch).
+SAMPLER_LABELS = {"ddim": "DDIM (reference)", "dpmpp-2m-sde": "DPM-Solver++(2M) SDE"}
 #: Defaults of the optional ``model.json`` fields (one place for the loader and for the canvas).
 MANIFEST_DEFAULTS = {"default_steps": 25, "default_omega": 3.0, "sampler": "ddim", "window": 64,
                      "pixel_size_um": 0.5}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model_manifest import SAMPLER_LABELS
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -109,7 +111,7 @@ def ddim_step(
 #: Image samplers. ``"ddim"``: the reference's DDIM step (eta 1) everywhere. ``"dpmpp-2m-sde"``: the same step
 #: made second order by the last step's ``x_start`` (:func:`multistep_weight`), and a first step from pure noise
 #: that takes ``x_start`` = 0, the mean of standardised latents (:func:`starts_from_mean`).
-SAMPLERS: tuple[str, ...] = ("ddim", "dpmpp-2m-sde")
+SAMPLERS: tuple[str, ...] = tuple(SAMPLER_LABELS)
 
 
 def check_sampler(name: str) -> str:
