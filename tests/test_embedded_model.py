@@ -68,14 +68,15 @@ def test_classes_give_different_tissue(embedded):
 def test_a_block_joins_fixed_context_and_keeps_it(embedded):
     """Two 512-px blocks (block=64 latents): the second is sampled beside the first as fixed context. The first
     is untouched, and the join is far smoother than two blocks generated without context."""
-    mask = mirrored_mask()
-    joined = generate(embedded, mask=mask, steps=25, seed=3, block=64)
+    mask, block = mirrored_mask(), 512 // embedded.downsampling
+    joined = generate(embedded, mask=mask, steps=25, seed=3, block=block)
     # the first block is context: a canvas that ends where its lookahead ends samples the very same first block
     # (same region, seed and labels), so away from the decoder's reach the pixels are the same
-    alone = generate(embedded, mask=mask[:, : 512 + LOOKAHEAD * embedded.downsampling], steps=25, seed=3, block=64)
+    alone = generate(embedded, mask=mask[:, : 512 + LOOKAHEAD * embedded.downsampling], steps=25, seed=3,
+                     block=block)
     reach = embedded.autoencoder.decoder_margin * embedded.downsampling
     assert np.array_equal(alone.image[:, : 512 - reach], joined.image[:, : 512 - reach])
-    right = generate(embedded, mask=mask[:, 512:], steps=25, seed=4, block=64).image
+    right = generate(embedded, mask=mask[:, 512:], steps=25, seed=4, block=block).image
     independent = seam_ratio(np.concatenate([alone.image[:, :512], right], axis=1), tile=512)
     ratio = seam_ratio(joined.image, tile=512)
     # the seam's excess over a seamless 1.0 is under a third of the excess without context
@@ -88,7 +89,8 @@ def test_context_join_meets_the_seam_target(embedded):
     the two hardest sample masks (stroma or carcinoma beside unlabelled bands) x 4 seeds. Sampled as the
     canvas samples a tile (one window over block and halo). Before the context correction and the lookahead
     these joins read 1.17 on average (1.09-1.26); now 1.02."""
-    ratios = [seam_ratio(generate(embedded, mask=mirrored_mask(index), steps=25, seed=seed, block=64,
-                                  window=embedded.window + 32).image, tile=512)
+    block, halo = 512 // embedded.downsampling, 16  # the canvas's tile and halo (store.DEFAULT_SETTINGS)
+    ratios = [seam_ratio(generate(embedded, mask=mirrored_mask(index), steps=25, seed=seed, block=block,
+                                  window=embedded.window + 2 * halo).image, tile=512)
               for index in (3, 5) for seed in range(4)]
     assert np.mean(ratios) <= 1.10, f"mean seam ratio across the context joins {np.mean(ratios):.3f}: {ratios}"
