@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from responsiveness import Heartbeat  # noqa: E402 - the benchmarks' shared event-loop heartbeat
+from responsiveness import Heartbeat  # the benchmarks' shared event-loop heartbeat
 
 NECROSIS = 2
 #: (name, offset of the stroke's start from the view centre in image px (y, x), length in px along x, brush
@@ -58,12 +58,12 @@ def paint_stroke(labels, centre_data, d: int, offset, length, width) -> int:
     y0 = centre_data[0] + offset[0] / d
     x0 = centre_data[1] + offset[1] / d
     if length is None:
-        labels.fill((int(round(y0)), int(round(x0))), NECROSIS)
+        labels.fill((round(y0), round(x0)), NECROSIS)
     else:
-        labels.brush_size = max(1, int(round(width / d)))
+        labels.brush_size = max(1, round(width / d))
         steps = max(1, int(np.ceil(length / d / 2)))  # a dab every 2 latents, as a dragged brush leaves them
         for k in range(steps + 1 if length else 1):
-            labels.paint((int(round(y0)), int(round(x0 + 2 * k))), NECROSIS)
+            labels.paint((round(y0), round(x0 + 2 * k)), NECROSIS)
     return int((np.asarray(labels.data) != before).sum())
 
 
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         invalidated = len(ctrl.last_invalidated)
         # settled: the scheduler has nothing left to do, so no placeholder is left in the view (it only
         # regenerates invalidated tiles that are in view; the others wait until the user pans to them)
-        ok = spin(app, args.timeout, lambda: idle() and any(t >= t0 for _, t in landed))
+        ok = spin(app, args.timeout, lambda t0=t0: idle() and any(t >= t0 for _, t in landed))
         again = [(k, t) for k, t in landed if t >= t0]
         rows.append({
             "stroke": name, "painted_px": changed * d * d, "tiles_invalidated": invalidated,
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     for r in rows:
         tiles = f"{r.get('tiles_invalidated', '-')} ({r.get('tiles', '-')})"
         print(f"{r['stroke']:<14}{r.get('painted_px', '-'):>12}{tiles:>17}"
-              f"{r.get('regenerated_mpx', '-'):>17}{str(r.get('settled_s')):>11}")
+              f"{r.get('regenerated_mpx', '-'):>17}{r.get('settled_s')!s:>11}")
     print(f"event loop: longest stall {painting_loop['max_stall_ms']} ms while painting, "
           f"{idle_loop['max_stall_ms']} ms idle (target: idle + 100 ms); short stroke target <= 3 s")
     if args.out:
