@@ -312,37 +312,25 @@ def _load_demo_model(session: DemoSession, spec, *, auto: bool) -> None:
     """Load the demo's model in a worker thread, started once the event loop runs (a load beside napari
     building its window slows both: one GIL, few cores); then apply the preset of its device (``auto``) and
     start generating. A failure is a notification; the canvas keeps showing its mask."""
-    from qtpy.QtCore import QTimer
-
     from ._sample_data import notify_no_model
-    from .widgets.canvas_controller import load_model_in_thread
-    from .widgets.canvas_models import model_error_message
 
     ctrl = session.controller
 
-    def loaded(model):
+    def prepare(model):
         session.loading_model = False
-        if ctrl.closed:
-            return
         chosen = choose_preset(None, device=model.device) if auto else session.preset
         session.preset = chosen
         ctrl.scheduler_options["max_view_tiles"] = int(chosen.max_view_tiles)
         ctrl.apply_settings(steps=chosen.steps_for(model), omega=chosen.omega_for(model))
-        try:
-            ctrl.set_model(model, spec)
-            ctrl.start()
-        except (ValueError, PermissionError) as exc:
-            session.model_error = str(exc)
-            notify_no_model(str(exc))
         if session.panel is not None:
             session.panel.show_preset()
 
-    def failed(exc):
+    def failed(message):
         session.loading_model = False
-        session.model_error = model_error_message(exc, spec)
-        notify_no_model(session.model_error)
+        session.model_error = message
+        notify_no_model(message)
 
-    QTimer.singleShot(0, lambda: ctrl._keep(load_model_in_thread(spec, loaded, failed)))
+    ctrl.load_model(spec, start=True, prepare=prepare, on_error=failed, defer=True)
 
 
 def _fill_screen(dock, fullscreen: bool) -> None:

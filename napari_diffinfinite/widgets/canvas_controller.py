@@ -1168,6 +1168,44 @@ class CanvasController(QObject):
         if self.export_state == "waiting":
             self.export_state = "cancelled"
 
+    def load_model(self, spec: ModelSpec, *, start: bool = True, prepare: Callable | None = None,
+                   on_error: Callable[[str], None] | None = None, defer: bool = False) -> None:
+        """Load ``spec`` in a worker thread, then generate with it (and ``start`` if asked); the viewer never
+        waits. ``prepare(model)`` runs first on the GUI thread (e.g. settings that depend on the model's device).
+        A model that cannot continue this canvas, or one that fails to load, is reported to ``on_error(message)``
+        (default: a notification). ``defer``: start loading only once the event loop runs (a load beside
+        napari building its window slows both: one GIL, few cores)."""
+
+        def report(message: str, severity: str = "error") -> None:
+            if on_error is not None:
+                on_error(message)
+            else:
+                notify(f"DiffInfinite: {message}", severity)
+
+        def loaded(model):
+            if self.closed:
+                return
+            if prepare is not None:
+                prepare(model)
+            try:
+                self.set_model(model, spec)
+                if start:
+                    self.start()
+            except (ValueError, PermissionError) as exc:
+                report(f"the model cannot continue this canvas: {exc}")
+
+        def failed(exc):
+            report(model_error_message(exc, spec), "warning")
+
+        def go():
+            if not self.closed:
+                self._keep(load_model_in_thread(spec, loaded, failed))
+
+        if defer:
+            QTimer.singleShot(0, go)
+        else:
+            go()
+
     def _keep(self, worker) -> None:
         self._workers.append(worker)
         worker.finished.connect(lambda: self._workers.remove(worker) if worker in self._workers else None)
@@ -1268,21 +1306,7 @@ def open_canvas(viewer, folder=None, *, store: CanvasStore | None = None, model=
     elif load_model:
         spec = model_spec or ModelSpec(store.settings.get("model_source") or os.environ.get("DIFFINFINITE_MODEL")
                                        or "embedded")
-
-        def loaded(m):
-            if ctrl.closed:
-                return
-            try:
-                ctrl.set_model(m, spec)
-                if start:
-                    ctrl.start()
-            except (ValueError, PermissionError) as exc:
-                notify(f"DiffInfinite: the model cannot continue this canvas: {exc}")
-
-        def failed(exc):
-            notify(f"DiffInfinite: {model_error_message(exc, spec)}", "warning")
-
-        ctrl._keep(load_model_in_thread(spec, loaded, failed))
+        ctrl.load_model(spec, start=start)
     return ctrl
 
 

@@ -95,7 +95,7 @@ class DemoPanel(Container):
 
     def _preset_text(self) -> str:
         s = self.session.controller.store.settings
-        steps = s.get("steps") if self.session.controller.model is not None else None
+        steps = s.get("steps")  # the preset's, set when the canvas is made and again once the model is loaded
         return (f"{steps or 'model default'} steps, guidance {float(s.get('omega', 3.0)):g}, "
                 f"up to {self.session.preset.max_view_tiles} tiles of the view at once")
 
