@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from responsiveness import Heartbeat  # the benchmarks' shared event-loop heartbeat
+from responsiveness import Heartbeat, spin  # the benchmarks' shared event-loop helpers
+from view_fill import generation_idle, open_demo, sized_viewer
 
 NECROSIS = 2
 #: (name, offset of the stroke's start from the view centre in image px (y, x), length in px along x, brush
@@ -39,16 +40,6 @@ STROKES = [
     ("long stroke", (150, -800), 1600, 48),
     ("fill", (0, 0), None, 0),
 ]
-
-
-def spin(app, seconds: float, until=lambda: False) -> bool:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        if until():
-            return True
-        time.sleep(0.005)
-    return until()
 
 
 def paint_stroke(labels, centre_data, d: int, offset, length, width) -> int:
@@ -81,35 +72,20 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     os.environ["DIFFINFINITE_MODEL"] = args.model
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for
+    from napari_diffinfinite.widgets.canvas_controller import close_all_controllers
     from napari_diffinfinite.widgets.canvas_models import get_model
 
     model = get_model(args.model)
-    viewer = napari.Viewer(title="DiffInfinite paint latency")
-    app = QApplication.instance()
-    want_w, want_h = args.size
-    for _ in range(5):
-        cw, ch = viewer.canvas.size[1], viewer.canvas.size[0]
-        win = viewer.window._qt_window
-        win.resize(win.width() + want_w - cw, win.height() + want_h - ch)
-        spin(app, 0.2)
-    canvas_h, canvas_w = viewer.canvas.size
-
-    viewer.open_sample("napari-diffinfinite", "demo_canvas")
-    if not spin(app, 60, lambda: controller_for(viewer) is not None
-                and controller_for(viewer).scheduler is not None):
+    viewer, app, (canvas_w, canvas_h) = sized_viewer("DiffInfinite paint latency", args.size)
+    ctrl = open_demo(viewer, app, timeout=60)
+    if ctrl is None:
         print("error: the demo canvas did not start generating")
         return 1
-    ctrl = controller_for(viewer)
     landed: list[tuple[tuple[int, int], float]] = []
     ctrl.tile_landed.connect(lambda key: landed.append((tuple(key), time.perf_counter())))
 
     def idle() -> bool:
-        st = ctrl.scheduler.stats
-        return bool(landed) and st.tiles_queued == 0 and st.current is None and not ctrl.scheduler.pending()
+        return bool(landed) and generation_idle(ctrl)
 
     if not spin(app, args.timeout, idle):
         print("error: the view did not finish generating")

@@ -123,11 +123,15 @@ def run_phase(app, viewer, labels_layer, seconds: float, pan_every: float, centr
     return beat.stop()
 
 
-def _spin(app, seconds: float, until=None) -> None:
+def spin(app, seconds: float, until=None) -> bool:
+    """Run the Qt event loop for ``seconds`` or until ``until()`` is true; returns whether it came true."""
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end and not (until is not None and until()):
+    while time.perf_counter() < end:
+        if until is not None and until():
+            return True
         app.processEvents()
         time.sleep(0.01)
+    return until is not None and bool(until())
 
 
 def screenshots(app, viewer, out: Path) -> int:
@@ -139,15 +143,15 @@ def screenshots(app, viewer, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     viewer.window.add_plugin_dock_widget("napari-diffinfinite", "DiffInfinite")
     viewer.open_sample("napari-diffinfinite", "demo_canvas")
-    _spin(app, 1.0, until=lambda: controller_for(viewer) is not None)
+    spin(app, 1.0, until=lambda: controller_for(viewer) is not None)
     ctrl = controller_for(viewer)
     grid = ctrl.grid
     c = grid.centre()
     mask_rect = (c[0] - 1280, c[0] + 1280, c[1] - 1280, c[1] + 1280)
     tiles = grid.tiles_in_rect(mask_rect)
     ctrl.scheduler.request_tiles(grid.centre_first(tiles, mask_rect))
-    _spin(app, 600, until=lambda: all(ctrl.store.tile_status(k) == 2 for k in tiles))
-    _spin(app, 1.0)
+    spin(app, 600, until=lambda: all(ctrl.store.tile_status(k) == 2 for k in tiles))
+    spin(app, 1.0)
     ctrl.labels_layer.selected_label = 1
     viewer.screenshot(str(out / "plugin-demo.png"), canvas_only=False)
     # a necrosis stroke: the tiles under it lose their tissue (the faint mask placeholder) and regenerate
@@ -156,15 +160,15 @@ def screenshots(app, viewer, out: Path) -> int:
     y, x = (int(v) for v in layer.world_to_data(viewer.scene.camera.center[-2:]))
     for k in range(-40, 41, 4):
         layer.paint((y + k // 2, x + k), 2)
-    _spin(app, 0.2)
+    spin(app, 0.2)
     ctrl.sync_labels(wait=True)
-    _spin(app, 8.0, until=lambda: ctrl.scheduler.stats.tiles_done > len(tiles) + 1)
+    spin(app, 8.0, until=lambda: ctrl.scheduler.stats.tiles_done > len(tiles) + 1)
     viewer.screenshot(str(out / "plugin-painting.png"), canvas_only=True)
-    _spin(app, 120, until=lambda: all(ctrl.store.tile_status(k) == 2 for k in tiles))
+    spin(app, 120, until=lambda: all(ctrl.store.tile_status(k) == 2 for k in tiles))
     # zoomed out 4x: the pyramid (level 2) shows the generated patch; around it, the unpainted canvas
     layer.opacity = 0.3
     ctrl.set_camera(c, zoom=1 / 4)
-    _spin(app, 3.0)
+    spin(app, 3.0)
     viewer.screenshot(str(out / "plugin-pyramid.png"), canvas_only=True)
     print(f"screenshots in {out}: {len(tiles)} tiles generated, {ctrl.scheduler.stats.tiles_done} in all")
     close_all_controllers()

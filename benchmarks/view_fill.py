@@ -14,7 +14,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from responsiveness import spin  # the benchmarks' shared event-loop helpers
+
+
+def sized_viewer(title: str, size):
+    """A napari viewer whose canvas area is ``size`` = (W, H) screen pixels (docks and toolbars take the rest);
+    returns ``(viewer, app, (canvas W, canvas H))``."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(title=title)
+    app = QApplication.instance()
+    want_w, want_h = size
+    for _ in range(5):  # grow the window until the canvas area has the requested size
+        cw, ch = viewer.canvas.size[1], viewer.canvas.size[0]
+        win = viewer.window._qt_window
+        win.resize(win.width() + want_w - cw, win.height() + want_h - ch)
+        spin(app, 0.2)
+    canvas_h, canvas_w = viewer.canvas.size
+    return viewer, app, (canvas_w, canvas_h)
+
+
+def open_demo(viewer, app, timeout: float = 30.0):
+    """Open the "DiffInfinite demo canvas" sample; its controller once it generates, or None."""
+    from napari_diffinfinite.widgets.canvas_controller import controller_for
+
+    viewer.open_sample("napari-diffinfinite", "demo_canvas")
+    spin(app, timeout, lambda: controller_for(viewer) is not None and controller_for(viewer).scheduler is not None)
+    ctrl = controller_for(viewer)
+    return ctrl if ctrl is not None and ctrl.scheduler is not None else None
+
+
+def generation_idle(ctrl) -> bool:
+    """The scheduler has nothing queued, running or pending: no placeholder is left in the view."""
+    st = ctrl.scheduler.stats
+    return st.tiles_queued == 0 and st.current is None and not ctrl.scheduler.pending()
 
 
 def main(argv=None) -> int:
@@ -30,45 +69,18 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     os.environ["DIFFINFINITE_MODEL"] = args.model
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for
+    from napari_diffinfinite.widgets.canvas_controller import close_all_controllers
     from napari_diffinfinite.widgets.canvas_models import get_model
 
     model = get_model(args.model)
-    viewer = napari.Viewer(title="DiffInfinite view fill")
-    app = QApplication.instance()
-    # grow the window until the canvas area has the requested size (docks and toolbars take the rest)
-    want_w, want_h = args.size
-    for _ in range(5):
-        cw, ch = viewer.canvas.size[1], viewer.canvas.size[0]
-        win = viewer.window._qt_window
-        win.resize(win.width() + want_w - cw, win.height() + want_h - ch)
-        for _ in range(20):
-            app.processEvents()
-            time.sleep(0.01)
-    canvas_h, canvas_w = viewer.canvas.size
-
+    viewer, app, (canvas_w, canvas_h) = sized_viewer("DiffInfinite view fill", args.size)
     t_open = time.perf_counter()
-    viewer.open_sample("napari-diffinfinite", "demo_canvas")
-    ctrl = None
-    while time.perf_counter() - t_open < 30 and (ctrl is None or ctrl.scheduler is None):
-        app.processEvents()
-        time.sleep(0.005)
-        ctrl = controller_for(viewer)
-    assert ctrl is not None and ctrl.scheduler is not None, "the demo canvas did not start generating"
+    ctrl = open_demo(viewer, app)
+    assert ctrl is not None, "the demo canvas did not start generating"
     landed = []
     ctrl.tile_landed.connect(lambda _k: landed.append(time.perf_counter() - t_open))
-    complete = None
-    deadline = time.perf_counter() + args.timeout
-    while time.perf_counter() < deadline:
-        app.processEvents()
-        time.sleep(0.01)
-        st = ctrl.scheduler.stats
-        if landed and st.tiles_queued == 0 and st.current is None and not ctrl.scheduler.pending():
-            complete = time.perf_counter() - t_open
-            break
+    done = spin(app, args.timeout, lambda: bool(landed) and generation_idle(ctrl))
+    complete = time.perf_counter() - t_open if done else None
     result = {
         "model": args.model, "device": str(model.device), "torch_threads": torch.get_num_threads(),
         "canvas_px": [canvas_w, canvas_h], "first_tile_s": round(landed[0], 2) if landed else None,
