@@ -49,6 +49,12 @@ def safetensors_metadata(path) -> dict[str, str]:
     return header.get("__metadata__") or {}
 
 
+def compact_downsampling(path) -> int:
+    """The downsampling of the compact autoencoder saved at ``path``, from its config (no tensor read)."""
+    config = json.loads(safetensors_metadata(path)["diffinfinite.config"])
+    return int(config.get("downsampling", COMPACT_DOWNSAMPLING))
+
+
 def embedded_folder() -> Path:
     from ._resources import resource_path
 
@@ -68,9 +74,7 @@ def read_manifest(source: str | Path) -> ModelManifest | None:
             return None
         config = json.loads(safetensors_metadata(folder / meta["image"]["file"])["diffinfinite.config"])
         channels, classes = int(config["channels"]), int(config["num_classes"])
-        autoencoder = json.loads(
-            safetensors_metadata(folder / meta["autoencoder"]["file"])["diffinfinite.config"])
-        downsampling = int(autoencoder.get("downsampling", COMPACT_DOWNSAMPLING))
+        downsampling = compact_downsampling(folder / meta["autoencoder"]["file"])
     except (OSError, KeyError, TypeError, ValueError):
         return None
     image = meta["image"]

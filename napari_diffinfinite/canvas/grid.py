@@ -200,14 +200,8 @@ class CanvasGrid:
         """Tiles holding a True of ``changed`` (a bool array over the level-0 latent rectangle ``rect_latent``),
         row-major: exactly the tiles an edit touched, not every tile under its bounding box."""
         r = as_rect(rect_latent)
-        lt = self.latent_tile
-        out = []
-        for i in range(r.y0 // lt, -(-r.y1 // lt)):
-            row = changed[max(i * lt, r.y0) - r.y0 : min((i + 1) * lt, r.y1) - r.y0]
-            for j in range(r.x0 // lt, -(-r.x1 // lt)):
-                if row[:, max(j * lt, r.x0) - r.x0 : min((j + 1) * lt, r.x1) - r.x0].any():
-                    out.append((i, j))
-        return out
+        return [k for k in self.tiles_in_rect(self.latent_to_px(r))
+                if changed[self.tile_latent_rect(k).intersect(r).offset(-r.y0, -r.x0).slices].any()]
 
     def tile_range(self, rect, level: int = 0) -> Rect:
         """The tiles intersecting ``rect`` as a rectangle of tile indices (empty if none)."""

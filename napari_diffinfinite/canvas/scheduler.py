@@ -36,6 +36,7 @@ any thread (the GUI thread) and return at once; ``on_tile_done(key)`` callbacks 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -241,9 +242,7 @@ class TileScheduler:
             self.store.set_status(tiles, STATUS_EMPTY)
             if self._view is None:  # nothing on screen: request them (a bounded number, centre first)
                 if around is None:
-                    t = self.grid.tile
-                    around = Rect(min(i for i, _ in tiles) * t, (max(i for i, _ in tiles) + 1) * t,
-                                  min(j for _, j in tiles) * t, (max(j for _, j in tiles) + 1) * t)
+                    around = functools.reduce(Rect.union, map(self.grid.tile_rect, tiles))
                 for k in self.grid.centre_first(tiles, around)[: self.max_view_tiles]:
                     self._explicit[k] = None
             self._refresh_view()

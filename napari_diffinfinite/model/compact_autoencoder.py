@@ -124,7 +124,8 @@ class CompactAutoencoder(nn.Module):
 
     def standardised(self, latent_mean, latent_std, latent_target: float) -> "CompactAutoencoder":
         """A copy (same weights) whose :meth:`encode` gives per-channel standardised latents."""
-        base = {k: self.config[k] for k in ("latent_channels", "widths", "blocks", "downsampling") if k in self.config}
+        statistics = ("latent_mean", "latent_std", "latent_target")
+        base = {k: v for k, v in self.config.items() if k not in statistics}
         net = CompactAutoencoder(**base, latent_mean=latent_mean, latent_std=latent_std,
                                  latent_target=latent_target)
         net.load_state_dict(self.state_dict())

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from ..model.compact_autoencoder import CompactAutoencoder
+from ..model_manifest import COMPACT_DOWNSAMPLING
 from .dataset import Patch, PatchDataset, infinite_batches, stratified_holdout
 from .loop import TrainConfig, Trainer
 
@@ -154,7 +155,7 @@ def train_autoencoder(
     crop: int = 256,
     latent_channels: int = 4,
     widths=(32, 64, 96),
-    downsampling: int = 8,
+    downsampling: int = COMPACT_DOWNSAMPLING,
     fourier_weight: float = 0.1,
     latent_weight: float = 1e-2,
     texture_weight: float = 0.0,

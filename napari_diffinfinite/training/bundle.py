@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from .._atomic import atomic_copy, atomic_write_text
 from ..model.diffusion import check_sampler
-from ..model_manifest import COMPACT_DOWNSAMPLING
+from ..model_manifest import compact_downsampling
 
 
 def _weights(run_or_file: Path) -> Path:
@@ -68,8 +68,7 @@ def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", de
     manifest["autoencoder"] = {"type": "compact", "file": "autoencoder.safetensors"}
     if image is not None:
         if image_window is None:
-            config = json.loads(_metadata(out / "autoencoder.safetensors")["diffinfinite.config"])
-            image_window = 512 // int(config.get("downsampling", COMPACT_DOWNSAMPLING))
+            image_window = 512 // compact_downsampling(out / "autoencoder.safetensors")
         manifest["image"] = {"file": "image.safetensors", "window": image_window, "sampler": sampler}
     if mask is not None:
         meta = _metadata(out / "mask.safetensors")
