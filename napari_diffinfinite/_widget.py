@@ -57,7 +57,6 @@ SAMPLER_CHOICES = [(label, name) for name, label in sorted(SAMPLER_LABELS.items(
 UNPAINTED_CHOICES = [("unlabelled (label 0)", "unlabelled"), ("generated masks", "generated")]
 EXPORT_REGIONS = [("current view", "view"), ("drawn rectangle", "rectangle"), ("whole generated extent", "generated")]
 MASK_FILE_FILTER = "Masks (*.png *.tif *.tiff *.geojson *.json);;All files (*)"
-PROGRESS_MS = 250
 
 
 def available_devices() -> list[str]:
@@ -265,13 +264,12 @@ class DiffInfiniteWidget(Container):
         self.export_cancel.changed.connect(lambda *_: self.cancel_export())
         self._rebuild_palette()
 
-        from qtpy.QtCore import QTimer
+        from .widgets.canvas_controller import canvas_registry, disconnect
 
-        self._timer = QTimer(self.native)
-        self._timer.setInterval(PROGRESS_MS)
-        self._timer.timeout.connect(self._poll)
-        self._timer.start()
-        self._poll()
+        # follow the canvas of this viewer (opened here, by the reader or as a sample) through events, no polling
+        canvas_registry.changed.connect(self._on_canvas_changed)
+        self.native.destroyed.connect(lambda *_: disconnect(canvas_registry.changed, self._on_canvas_changed))
+        self._on_canvas_changed()
 
     # -- state -----------------------------------------------------------------------------------------------
     @property
@@ -423,9 +421,20 @@ class DiffInfiniteWidget(Container):
             self.load_selected_model(then=then)
 
     # -- canvas ----------------------------------------------------------------------------------------------
+    def _on_canvas_changed(self, _viewer=None) -> None:
+        """A canvas opened or closed (in any viewer): attach to this viewer's, refresh when its state changes."""
+        from .widgets.canvas_controller import disconnect
+
+        ctrl = self.controller
+        if ctrl is not self._controller:
+            if self._controller is not None:
+                disconnect(self._controller.state_changed, self._refresh)
+            if ctrl is not None:
+                ctrl.state_changed.connect(self._refresh)
+            self._attach(ctrl)
+        self._refresh()
+
     def _attach(self, ctrl) -> None:
-        if ctrl is self._controller:
-            return
         self._controller = ctrl
         if ctrl is None:
             self.canvas_status.value = "no canvas open"
@@ -503,7 +512,6 @@ class DiffInfiniteWidget(Container):
             store.write_labels(ly, lx, lab.astype(np.uint8))
             centre = ((ly + lh / 2) * d, (lx + lw / 2) * d)
         ctrl = open_canvas(self._viewer, store=store, model=model, model_spec=spec, camera=(centre, 1.0))
-        self._attach(ctrl)
         if start:
             self._start(ctrl)
 
@@ -528,7 +536,6 @@ class DiffInfiniteWidget(Container):
                 ctrl.set_model(self.loaded_model, self.loaded_spec)
             except ValueError as exc:
                 _notify(f"DiffInfinite: the loaded model cannot continue this canvas: {exc}", "warning")
-        self._attach(ctrl)
         return ctrl
 
     # -- generation ------------------------------------------------------------------------------------------
@@ -677,10 +684,10 @@ class DiffInfiniteWidget(Container):
             ctrl.cancel_export()
 
     # -- progress --------------------------------------------------------------------------------------------
-    def _poll(self) -> None:
+    def _refresh(self) -> None:
+        """Show the canvas's state (on its ``state_changed``: the model, tile and export progress)."""
         try:
-            ctrl = self.controller
-            self._attach(ctrl)
+            ctrl = self._controller
             self.generate.enabled = not (ctrl is not None and ctrl.read_only)
             if ctrl is not None and ctrl.model is not None and ctrl.model is not self.loaded_model:
                 m = ctrl.model

@@ -120,7 +120,6 @@ class DemoSession:
         self.preset = preset
         self.mask_rect = mask_rect
         self.model_error = model_error
-        self.loading_model = False  # the model loads in a worker thread (see _load_demo_model)
         self.panel = None
         self.synthetic_layer = None
         self.exports: list[dict] = []
@@ -289,7 +288,6 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
     ctrl.labels_layer.opacity = DEMO_MASK_OPACITY
     session = DemoSession(viewer, ctrl, chosen, mask_rect=tuple(rect), model_error=error)
     if manifest is not None:
-        session.loading_model = True
         _load_demo_model(session, spec, auto=preset in (None, "auto"))
     session.show_synthetic_overlay()
     ctrl.tile_landed.connect(session.update_synthetic_outlines)
@@ -317,7 +315,6 @@ def _load_demo_model(session: DemoSession, spec, *, auto: bool) -> None:
     ctrl = session.controller
 
     def prepare(model):
-        session.loading_model = False
         chosen = choose_preset(None, device=model.device) if auto else session.preset
         session.preset = chosen
         ctrl.scheduler_options["max_view_tiles"] = int(chosen.max_view_tiles)
@@ -326,7 +323,6 @@ def _load_demo_model(session: DemoSession, spec, *, auto: bool) -> None:
             session.panel.show_preset()
 
     def failed(message):
-        session.loading_model = False
         session.model_error = message
         notify_no_model(message)
 

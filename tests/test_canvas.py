@@ -396,7 +396,7 @@ def test_worker_thread_pause_resume_cancel(tmp_path, tiny):
             hold.set()
             sched.pause()
 
-    sched.progress = pause_when_running
+    sched.add_progress_callback(pause_when_running)
     sched.request_tiles([(1, 0)])
     assert hold.wait(30)
     assert sched.write_labels(64, 0, np.full((8, 8), 4)) == [(1, 0)]

@@ -139,7 +139,7 @@ class TileScheduler:
         self.decode_reach = int(model.autoencoder.decoder_margin) if self.strategy == "margin" else lt // 2
         self.max_request_level = int(max_request_level)
         self.max_view_tiles = int(max_view_tiles)
-        self.progress = progress
+        self._progress_callbacks: list[Callable[[SchedulerStats], None]] = [] if progress is None else [progress]
         self._tile_done_callbacks: list[Callable[[TileKey], None]] = [] if on_tile_done is None else [on_tile_done]
         self._error_callbacks: list[Callable[[TileKey, BaseException], None]] = []
 
@@ -160,6 +160,10 @@ class TileScheduler:
         self._last_progress = 0.0
 
     # ------------------------------------------------------------------ callbacks
+    def add_progress_callback(self, fn: Callable[[SchedulerStats], None]) -> None:
+        """Also call ``fn(stats)`` where ``progress`` is called (worker thread; see the class docstring)."""
+        self._progress_callbacks.append(fn)
+
     def add_tile_done_callback(self, fn: Callable[[TileKey], None]) -> None:
         self._tile_done_callbacks.append(fn)
 
@@ -566,16 +570,18 @@ class TileScheduler:
         self._stats = replace(self._stats, state=state, tiles_queued=queued, **changes)
 
     def _emit_progress(self, force: bool = False) -> None:
-        if self.progress is None:
+        if not self._progress_callbacks:
             return
         now = time.monotonic()
         if not force and now - self._last_progress < 0.2:
             return
         self._last_progress = now
-        try:
-            self.progress(self.stats)
-        except Exception:
-            log.exception("progress callback failed")
+        stats = self.stats
+        for fn in list(self._progress_callbacks):
+            try:
+                fn(stats)
+            except Exception:
+                log.exception("progress callback failed")
 
 
 class EarlyStart:

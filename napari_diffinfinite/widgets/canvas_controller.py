@@ -86,8 +86,11 @@ __all__ = [
     "MAX_REROLL_TILES",
     "SELECTION_NAME",
     "CanvasController",
+    "CanvasRegistry",
+    "canvas_registry",
     "close_all_controllers",
     "controller_for",
+    "disconnect",
     "load_model_in_thread",
     "notify",
     "open_canvas",
@@ -103,6 +106,22 @@ MAX_MASK_SIDE = 8192
 MAX_REROLL_TILES = 256
 
 _controllers: dict[int, CanvasController] = {}
+
+
+class CanvasRegistry(QObject):
+    """Announces canvases opening and closing, so that a widget follows the canvas of its viewer without
+    polling: ``changed(viewer)`` after a controller registers for ``viewer`` or closes."""
+
+    changed = Signal(object)
+
+
+canvas_registry = CanvasRegistry()
+
+
+def disconnect(signal, slot) -> None:
+    """``signal.disconnect(slot)``, quietly when they are not connected or the sender is gone."""
+    with contextlib.suppress(TypeError, RuntimeError):
+        signal.disconnect(slot)
 
 
 def notify(message: str, severity: str = "error") -> None:
@@ -248,8 +267,10 @@ class CanvasController(QObject):
     _labels_written = Signal(object)
     _view_requested = Signal(object)
     _mask_placed = Signal(object, object)
-    #: the model, the scheduler or the generating state changed
+    #: anything a widget shows changed: the model or its loading, the generating state, tile progress (at most
+    #: every 0.2 s while a tile samples), export progress. Widgets refresh on it instead of polling.
     state_changed = Signal()
+    _progressed = Signal()  # emitted on worker threads; re-emitted as state_changed on the GUI thread
 
     def __init__(self, viewer: napari.Viewer, store: CanvasStore, *, model=None, tissue_layer=None,
                  labels_layer=None, window: int = DEFAULT_WINDOW, debounce_ms: int = 100, refresh_ms: int = 250,
@@ -264,6 +285,7 @@ class CanvasController(QObject):
         self.scheduler = None
         self.model = None
         self.model_spec: ModelSpec | None = None
+        self.loading_model = False  # a load_model() worker is on its way
         self.scheduler_options = dict(scheduler_options or {})
         self.closed = False
         self.generating = False
@@ -338,6 +360,7 @@ class CanvasController(QObject):
         self._prefetched.connect(self._on_prefetched)
         self._labels_written.connect(self._on_labels_written)
         self._view_requested.connect(self._on_view_requested)
+        self._progressed.connect(self.state_changed.emit)
         self._mask_placed.connect(self._on_mask_placed)
 
         # napari events -------------------------------------------------------------------------------------
@@ -358,6 +381,7 @@ class CanvasController(QObject):
         if previous is not None and previous is not self:
             previous.close()
         _controllers[id(viewer)] = self
+        canvas_registry.changed.emit(viewer)
         if model is not None:
             self.set_model(model)
 
@@ -414,6 +438,7 @@ class CanvasController(QObject):
             sched = TileScheduler(self.store, model, on_tile_done=self.tile_landed.emit,
                                   allow_other_model=untouched, **self.scheduler_options)
         sched.add_error_callback(lambda key, exc: self._tile_failed.emit(key, str(exc)))
+        sched.add_progress_callback(lambda _stats: self._progressed.emit())
         old, self.scheduler = self.scheduler, sched
         self.model, self.model_spec = model, spec
         if old is not None:
@@ -1102,6 +1127,7 @@ class CanvasController(QObject):
 
         def progress(done, total):
             self.export_progress = (done, total)
+            self._progressed.emit()  # worker thread: queued to the GUI thread
 
         def run():
             return export_canvas_region(self.store, path, rect, fmt=fmt, overwrite=overwrite, progress=progress,
@@ -1139,19 +1165,22 @@ class CanvasController(QObject):
         return worker
 
     def _wait_then_export(self, path, rect, fmt, overwrite, on_done, total):
+        """Start the export once the missing tiles have landed: checked whenever a tile lands or the state
+        changes (e.g. generation cancelled: the tiles are asked for again)."""
         from .canvas_export import missing_tiles
 
-        timer = QTimer(self)
-        timer.setInterval(250)
+        def stop_watching():
+            disconnect(self.tile_landed, check)
+            disconnect(self.state_changed, check)
 
-        def check():
+        def check(*_args):
             if self.closed or self.export_state != "waiting":
-                timer.stop()
+                stop_watching()
                 return
             left = missing_tiles(self.store, rect)
             self.export_progress = (total - len(left), total)
             if not left:
-                timer.stop()
+                stop_watching()
                 try:
                     self.export(path, rect, fmt=fmt, overwrite=overwrite, on_done=on_done)
                 except Exception as exc:  # noqa: BLE001
@@ -1160,13 +1189,14 @@ class CanvasController(QObject):
             elif self.scheduler is not None and not self.scheduler.pending() and self.scheduler.stats.current is None:
                 self.scheduler.request_tiles(left)  # e.g. cancelled meanwhile: ask again
 
-        timer.timeout.connect(check)
-        timer.start()
+        self.tile_landed.connect(check)
+        self.state_changed.connect(check)
 
     def cancel_export(self) -> None:
         self._export_cancel = True
         if self.export_state == "waiting":
             self.export_state = "cancelled"
+            self.state_changed.emit()
 
     def load_model(self, spec: ModelSpec, *, start: bool = True, prepare: Callable | None = None,
                    on_error: Callable[[str], None] | None = None, defer: bool = False) -> None:
@@ -1177,12 +1207,14 @@ class CanvasController(QObject):
         napari building its window slows both: one GIL, few cores)."""
 
         def report(message: str, severity: str = "error") -> None:
+            self.state_changed.emit()
             if on_error is not None:
                 on_error(message)
             else:
                 notify(f"DiffInfinite: {message}", severity)
 
         def loaded(model):
+            self.loading_model = False
             if self.closed:
                 return
             if prepare is not None:
@@ -1195,12 +1227,15 @@ class CanvasController(QObject):
                 report(f"the model cannot continue this canvas: {exc}")
 
         def failed(exc):
+            self.loading_model = False
             report(model_error_message(exc, spec), "warning")
 
         def go():
             if not self.closed:
                 self._keep(load_model_in_thread(spec, loaded, failed))
 
+        self.loading_model = True
+        self.state_changed.emit()
         if defer:
             QTimer.singleShot(0, go)
         else:
@@ -1251,6 +1286,7 @@ class CanvasController(QObject):
         if _controllers.get(id(self.viewer)) is self:
             del _controllers[id(self.viewer)]
         self.state_changed.emit()
+        canvas_registry.changed.emit(self.viewer)
 
 
 # ---------------------------------------------------------------------------------------------- opening

@@ -14,7 +14,6 @@ from ..classes import class_set
 __all__ = ["DISCLAIMER_TEXT", "DemoPanel"]
 
 DISCLAIMER_TEXT = "Synthetic images - research and demo use only, not for diagnosis"
-POLL_MS = 250
 
 
 def _heading(text: str) -> Label:
@@ -79,13 +78,11 @@ class DemoPanel(Container):
         self.export_button.changed.connect(lambda *_: self._export())
         self.controls_button.changed.connect(lambda *_: self._run(session.show_controls))
 
-        from qtpy.QtCore import QTimer
+        from .canvas_controller import disconnect
 
-        self._timer = QTimer(self.native)
-        self._timer.setInterval(POLL_MS)
-        self._timer.timeout.connect(self.poll)
-        self._timer.start()
-        self.poll()
+        ctrl.state_changed.connect(self.refresh)  # tile progress, model loading, closing: no polling
+        self.native.destroyed.connect(lambda *_: disconnect(ctrl.state_changed, self.refresh))
+        self.refresh()
 
     def show_preset(self) -> None:
         """The preset line (again once the model is loaded: ``auto`` follows its device)."""
@@ -114,14 +111,14 @@ class DemoPanel(Container):
         if path is not None and not self.export_status.value.startswith("Saved"):
             self.export_status.value = f"Exporting to {path} ..."
 
-    def poll(self) -> None:
-        """Refresh step 2's progress (GUI thread timer)."""
+    def refresh(self) -> None:
+        """Show step 2's progress (on the canvas's ``state_changed``)."""
         ctrl = self.session.controller
         if ctrl is None or ctrl.closed:
             self.progress.value = "the demo canvas was closed"
             return
         if ctrl.scheduler is None:
-            self.progress.value = ("loading the model ..." if self.session.loading_model
+            self.progress.value = ("loading the model ..." if ctrl.loading_model
                                    else "no model: choose one in the DiffInfinite widget")
             return
         done, running, queued = self.session.progress()
