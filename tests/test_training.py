@@ -245,3 +245,31 @@ def test_latent_noise_is_what_the_decoder_is_trained_on(tmp_path):
     assert l1[0.5][0] != l1[0.0][0]
     state = json.loads((tmp_path / "run0.5" / "state.json").read_text())
     assert state["config"]["extra"]["latent_noise"] == 0.5
+
+
+def test_a_pooling_encoder_gives_the_block_mean_image_and_trains_only_its_decoder(tmp_path):
+    """``encoder="pool"``: the latents are the image averaged over 4 x 4 blocks in [-1, 1] (fixed, so image
+    models trained on them stay valid whatever the decoder learns), standardised like learned latents, and the
+    decoder still decodes locally (seamless tiles); its config survives the round trip."""
+    from napari_diffinfinite.sampling.decode import decode_region
+
+    rng = np.random.default_rng(0)
+    patches = [Patch(f"p{i}", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), np.zeros((32, 32), np.int64))
+               for i in range(4)]
+    kwargs = dict(batch=2, crop=32, widths=(8, 8, 8), latent_channels=3, downsampling=4, encoder="pool",
+                  progress=False)
+    net = train_autoencoder(patches, patches[:1], tmp_path / "run", TrainConfig(steps=3, sample_every=99),
+                            latent_std=0.3, adversarial_weight=0.5, **kwargs)
+    images = torch.from_numpy(patches[0].image).permute(2, 0, 1)[None].float() / 255
+    raw = net.encode_raw(images)
+    assert raw.shape == (1, 3, 8, 8)
+    assert torch.allclose(raw[0, :, 1, 2], images[0, :, 4:8, 8:12].mean((1, 2)) * 2 - 1, atol=1e-6)
+    loaded = CompactAutoencoder.load(tmp_path / "run" / "standardised.safetensors")
+    assert loaded.config["encoder"] == "pool" and loaded.config["latent_target"] == 0.3
+    z = loaded.encode(images)
+    assert torch.allclose(z, (raw - loaded._norm[0]) / loaded._norm[1], atol=1e-5)
+    whole = loaded.decode(z)
+    region = decode_region(loaded, lambda ys, xs: z[..., ys, xs], 2, 2, 6, 8, z.shape[1:], tile=4)
+    assert (region - whole[..., 8:24, 8:32]).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="3 colour channels"):
+        CompactAutoencoder(latent_channels=4, encoder="pool")

@@ -39,16 +39,29 @@ class CompactAutoencoder(nn.Module):
     (its convolution has stride 1, the decoder skips one upsampling), so nuclei of 8-20 px span several
     latent pixels instead of one or two: latents that a small diffusion prior can model. The layers keep
     their positions either way, so the 8x weights load as before.
+
+    ``encoder="pool"``: no learned encoder; the latents are the image averaged over ``downsampling`` x
+    ``downsampling`` blocks (3 channels, mapped to [-1, 1]) and only the decoder learns, as a super-resolution
+    network. Such latents are smooth (neighbour correlation 0.82 at 4x, against 0.35 for learned latents), so
+    a small prior can model them; the decoder has to draw the detail that pooling removed.
     """
 
     def __init__(self, latent_channels: int = 4, widths=(32, 64, 96), blocks=(1, 1, 2), latent_mean=None,
-                 latent_std=None, latent_target=None, downsampling: int = COMPACT_DOWNSAMPLING):
+                 latent_std=None, latent_target=None, downsampling: int = COMPACT_DOWNSAMPLING,
+                 encoder: str = "learned"):
         super().__init__()
         if downsampling not in (4, 8):
             raise ValueError(f"the compact autoencoder downsamples 4x or 8x, not {downsampling}x")
+        if encoder not in ("learned", "pool"):
+            raise ValueError(f"the compact autoencoder's encoder is 'learned' or 'pool', not {encoder!r}")
+        if encoder == "pool" and latent_channels != 3:
+            raise ValueError(f"a pooling encoder gives the 3 colour channels as latents, not {latent_channels}")
         self.config = dict(latent_channels=latent_channels, widths=list(widths), blocks=list(blocks))
         if downsampling != COMPACT_DOWNSAMPLING:  # 8x configs stay as they were written
             self.config["downsampling"] = downsampling
+        if encoder != "learned":
+            self.config["encoder"] = encoder
+        self.pooling_encoder = encoder == "pool"
         self.downsampling = downsampling
         self.latent_channels = latent_channels
         self.latent_scale = 1.0
@@ -68,7 +81,7 @@ class CompactAutoencoder(nn.Module):
         w1, w2, w3 = widths
         b1, b2, b3 = blocks
         last_stride = 2 if downsampling == 8 else 1
-        self.encoder = nn.Sequential(
+        self.encoder = nn.AvgPool2d(downsampling) if self.pooling_encoder else nn.Sequential(
             nn.PixelUnshuffle(2), nn.Conv2d(12, w1, 3, padding=1), *[_ResBlock(w1) for _ in range(b1)],
             nn.Conv2d(w1, w2, 3, stride=2, padding=1), *[_ResBlock(w2) for _ in range(b2)],
             nn.Conv2d(w2, w3, 3, stride=last_stride, padding=1), *[_ResBlock(w3) for _ in range(b3)],
@@ -99,6 +112,8 @@ class CompactAutoencoder(nn.Module):
 
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
         """Latents with gradients (training)."""
+        if self.pooling_encoder:
+            return self.encoder(images) * 2 - 1
         return torch.tanh(self.encoder(images))
 
     def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:

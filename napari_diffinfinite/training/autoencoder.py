@@ -156,6 +156,7 @@ def train_autoencoder(
     latent_channels: int = 4,
     widths=(32, 64, 96),
     downsampling: int = COMPACT_DOWNSAMPLING,
+    encoder: str = "learned",
     fourier_weight: float = 0.1,
     latent_weight: float = 1e-2,
     texture_weight: float = 0.0,
@@ -173,7 +174,8 @@ def train_autoencoder(
     """Train (or resume) the autoencoder in ``out``.
 
     ``init_from`` starts from trained weights (their config wins over ``latent_channels``/``widths``/
-    ``downsampling``);
+    ``downsampling``/``encoder``); ``encoder="pool"``: latents are the block-averaged image and only the
+    decoder learns (see :class:`CompactAutoencoder`);
     with ``freeze_encoder`` only the decoder learns, so the latents - and any image model trained on
     them - stay valid while the decoder is sharpened (``texture_weight``, :func:`local_texture_l1`) or rid of
     its 2-px pattern (``phase_weight``, :func:`pixel_phase_l1`).
@@ -186,16 +188,18 @@ def train_autoencoder(
     ``latent_noise``: std of the noise added to the (tanh-bounded, raw) latents before decoding
     (:func:`noised_latents`); the sample grids decode clean latents.
     """
-    if adversarial_weight and not freeze_encoder:
-        raise ValueError("the adversarial loss trains the decoder alone: use it with --freeze-encoder, so "
-                         "that the latents (and image models trained on them) stay valid")
     device = torch.device(device)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     if init_from is not None:
         net = CompactAutoencoder.load(init_from).train()
     else:
-        net = CompactAutoencoder(latent_channels=latent_channels, widths=widths, downsampling=downsampling)
+        net = CompactAutoencoder(latent_channels=latent_channels, widths=widths, downsampling=downsampling,
+                                 encoder=encoder)
+    fixed_encoder = freeze_encoder or net.pooling_encoder
+    if adversarial_weight and not fixed_encoder:
+        raise ValueError("the adversarial loss trains the decoder alone: use it with --freeze-encoder, so "
+                         "that the latents (and image models trained on them) stay valid")
     if freeze_encoder:
         if init_from is None:
             raise ValueError("freezing the encoder needs trained weights to start from (--init-from)")
@@ -231,7 +235,7 @@ def train_autoencoder(
     def loss_fn(model: CompactAutoencoder):
         images, _ = next(batches)
         images = images.to(device, non_blocking=True)
-        if freeze_encoder:
+        if fixed_encoder:
             with torch.no_grad():
                 z = model.encode_raw(images)
         else:

@@ -50,6 +50,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--downsampling", type=int, choices=[4, 8], default=8,
                    help="autoencoder: image pixels per latent pixel along each side (4: nuclei span several "
                         "latents, a tile costs the image model about 4x more)")
+    p.add_argument("--encoder", choices=["learned", "pool"], default="learned",
+                   help="autoencoder: 'pool' uses the block-averaged image as latents (3 channels, smooth enough "
+                        "for a small prior) and trains only the decoder, as a super-resolution network")
     p.add_argument("--fourier-weight", type=float, default=0.2,
                    help="autoencoder: weight of the Fourier-magnitude loss beside L1 (keeps texture sharp)")
     p.add_argument("--texture-weight", type=float, default=0.0,
@@ -196,6 +199,7 @@ def run_train(args) -> int:
         if args.what == "autoencoder":
             train_autoencoder(train + unlabelled, held_out, args.out, config, batch=args.batch, crop=args.crop,
                               latent_channels=args.latent_channels, downsampling=args.downsampling,
+                              encoder=args.encoder,
                               fourier_weight=args.fourier_weight,
                               texture_weight=args.texture_weight, phase_weight=args.phase_weight,
                               init_from=args.init_from, latent_std=args.latent_std,
