@@ -84,10 +84,10 @@ def test_the_first_step_from_pure_noise_takes_the_mean_and_skips_the_network(tin
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     for sampler, rows in (("ddim", 2), ("dpmpp-2m-sde", 0)):
         stepper = ImageStepper(tiny_model.image_unet, SCHEDULE, 1.0, sampler=sampler)
-        out = stepper(x, labels, 999, 959, noise)
+        out, x_start = stepper(x, labels, 999, 959, noise)
         assert stepper.rows_evaluated == rows  # ddim: the null row and the label-1 row
         assert torch.isfinite(out).all()
-    assert torch.equal(stepper.last_x_start, torch.zeros_like(x))
+    assert torch.equal(x_start, torch.zeros_like(x))
     stepper(x, labels, 959, 919, noise)  # later steps use the network
     assert stepper.rows_evaluated == 2
 

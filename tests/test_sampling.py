@@ -40,7 +40,7 @@ def test_batched_step_equals_reference_multilabel_step(golden_net, golden_image)
     io = golden_image.io
     t, t_next = golden_image.meta["ddim_step"]
     stepper = ImageStepper(golden_net, SCHEDULE, cond_scale=4.0)
-    ours = stepper(io["x"], io["mask"][:, 0].long(), t, t_next, io["noise"])
+    ours, _ = stepper(io["x"], io["mask"][:, 0].long(), t, t_next, io["noise"])
 
     def denoise(x, time, cond, s):
         return golden_net.forward_with_cond_scale(x, time, cond, cond_scale=s)

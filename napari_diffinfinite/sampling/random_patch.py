@@ -15,8 +15,8 @@ Two samplers over one region, both with optional fixed context (in- and outpaint
     step run in one batched forward pass. A tiling with a random offset has at most one extra row and
     column of windows, so its cost approaches plain tiling as regions grow (1.27x at 4096 px).
 
-Second order: a stepper whose ``sampler`` is ``"dpmpp-2m-sde"`` (see :mod:`napari_diffinfinite.model.diffusion`)
-keeps its windows' ``x_start`` (``last_x_start``); both samplers keep it per latent pixel and add
+Second order: a stepper with ``second_order`` (``"dpmpp-2m-sde"``, see :mod:`napari_diffinfinite.model.diffusion`)
+returns its windows' ``x_start`` beside the step; both samplers keep it per latent pixel and add
 ``multistep_weight * (x_start - previous x_start)`` to every step but the first and the last. Windows move
 between steps, so the history lives on the region, not on a window.
 
@@ -34,6 +34,7 @@ from typing import Literal, Protocol
 import torch
 
 from ..model.diffusion import Schedule, multistep_weight, q_sample, time_pairs
+from .steppers import WindowStep
 
 
 class Cancelled(Exception):
@@ -42,11 +43,13 @@ class Cancelled(Exception):
 
 class WindowStepper(Protocol):
     size_multiple: int
+    second_order: bool  # add the multistep term of each pixel's previous x_start (DPM-Solver++(2M) SDE)
 
     def __call__(self, x: torch.Tensor, cond, t: int, t_next: int, noise: torch.Tensor,
-                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Windows ``x`` at time ``t`` -> ``t_next``. ``context`` (known latents, known mask of each window) is
-        None unless a window holds fixed context; a stepper may use it to continue the context."""
+                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> WindowStep:
+        """Windows ``x`` at time ``t`` -> ``t_next``, and their ``x_start``. ``context`` (known latents, known
+        mask of each window) is None unless a window holds fixed context; a stepper may use it to continue the
+        context."""
 
 
 @dataclass
@@ -167,16 +170,12 @@ def _window_context(known, known_mask, origins, win, device):
     return torch.stack([known[:, y0 : y0 + wh, x0 : x0 + ww] for y0, x0 in origins]), masks.to(device)
 
 
-def _second_order(stepper) -> bool:
-    return getattr(stepper, "sampler", "ddim") == "dpmpp-2m-sde"
-
-
 def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mask, progress, cancel, st, device):
     c, h, w = x.shape
     wh, ww = win
     unknown = ~known_mask
     total = len(pairs) * int(unknown.sum())
-    second_order = _second_order(stepper)
+    second_order = stepper.second_order
     prev_start, prev_t = None, None  # x_start of the region at the previous step, and that step's time
     for k, (t, t_next) in enumerate(pairs):
         if cancel is not None and cancel():
@@ -196,13 +195,13 @@ def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mas
         labels = None if cond is None else torch.stack([cond[y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
         noise = torch.randn(batch.shape, generator=generator).to(device)
         context = _window_context(known, known_mask, [(y0, x0) for y0, x0, _, _ in boxes], (wh, ww), device)
-        out = stepper(batch, labels, t, t_next, noise, context=context)
+        out, x_start = stepper(batch, labels, t, t_next, noise, context=context)
         new = x.clone()
         start = torch.zeros_like(x) if second_order else None
         for b, (y0, x0, (ay, by), (ax, bx)) in enumerate(boxes):
             new[:, ay:by, ax:bx] = out[b, :, ay - y0 : by - y0, ax - x0 : bx - x0]
             if second_order:
-                start[:, ay:by, ax:bx] = stepper.last_x_start[b, :, ay - y0 : by - y0, ax - x0 : bx - x0]
+                start[:, ay:by, ax:bx] = x_start[b, :, ay - y0 : by - y0, ax - x0 : bx - x0]
         if second_order:
             if prev_start is not None and t_next >= 0:
                 new = new + multistep_weight(schedule, prev_t, t, t_next) * (start - prev_start)
@@ -225,7 +224,7 @@ def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_ma
     prev = x.clone()
     total = n * int(unknown.sum())
     done = 0
-    second_order = _second_order(stepper)
+    second_order = stepper.second_order
     # per pixel, the x_start of its last step (all pixels take the same times, so level k's weight is shared)
     prev_start = torch.zeros_like(x) if second_order else None
     weights = [0.0] + [multistep_weight(schedule, pairs[k - 1][0], *pairs[k]) for k in range(1, n)] \
@@ -250,10 +249,9 @@ def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_ma
         labels = None if cond is None else cond[y0 : y0 + wh, x0 : x0 + ww][None]
         noise = torch.randn((1, *x_in.shape), generator=generator).to(device)
         context = _window_context(known, known_mask, [(y0, x0)], (wh, ww), device)
-        out = stepper(x_in[None], labels, t, t_next, noise, context=context)[0]
+        out, start = (v[0] for v in stepper(x_in[None], labels, t, t_next, noise, context=context))
         act = active.to(device)
         if second_order:
-            start = stepper.last_x_start[0]
             if weights[level]:
                 out = out + weights[level] * (start - prev_start[sl])
             prev_start[sl] = torch.where(act, start, prev_start[sl])

@@ -15,11 +15,21 @@ per window (tested against :func:`napari_diffinfinite.model.multilabel_ddim_step
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..model.diffusion import Schedule, check_sampler, ddim_step, predictions, starts_from_mean
 from ..model.unet import ImageUnet, MaskUnet
 from .context import CONTEXT_SIGMA, continue_context
+
+
+class WindowStep(NamedTuple):
+    """What a stepper returns: the windows at ``t_next``, and the ``x_start`` the step took them from (the
+    history a second-order sampler keeps per latent pixel, see :mod:`~napari_diffinfinite.sampling.random_patch`)."""
+
+    x: torch.Tensor
+    x_start: torch.Tensor
 
 
 class ImageStepper:
@@ -29,9 +39,9 @@ class ImageStepper:
                  context_sigma: float = CONTEXT_SIGMA, sampler: str = "ddim"):
         self.net = net
         self.context_sigma = context_sigma  # 0: no context correction (for comparisons)
-        #: ``model.diffusion.SAMPLERS``; the region samplers read it to add the second-order term
-        self.sampler = check_sampler(sampler)
-        self.last_x_start: torch.Tensor | None = None  # the windows' x_start of the last call (for that term)
+        self.sampler = check_sampler(sampler)  # one of model.diffusion.SAMPLERS
+        #: whether the region samplers add the multistep term (``model.diffusion.multistep_weight``)
+        self.second_order = self.sampler == "dpmpp-2m-sde"
         self.schedule = schedule
         self.cond_scale = float(cond_scale)
         self.eta = eta
@@ -72,7 +82,7 @@ class ImageStepper:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, labels: torch.Tensor, t: int, t_next: int, noise: torch.Tensor,
-                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> WindowStep:
         """One step of windows ``x``; ``context`` = (known latents, known mask) of the windows, if any."""
         if self.sampler != "ddim" and starts_from_mean(self.schedule, t):
             # x_start = 0 (model.diffusion.starts_from_mean), so the noise is x itself: no network call
@@ -84,6 +94,8 @@ class ImageStepper:
 
 class MaskStepper:
     """Guided DDIM step of the mask UNet for one context class over a batch of windows."""
+
+    second_order = False  # the mask model samples with the reference's DDIM
 
     def __init__(self, net: MaskUnet, schedule: Schedule, context: int, cond_scale: float, eta: float = 1.0,
                  max_batch: int = 64, context_sigma: float = CONTEXT_SIGMA):
@@ -99,7 +111,7 @@ class MaskStepper:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, labels, t: int, t_next: int, noise: torch.Tensor,
-                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> WindowStep:
         outs = []
         for i in range(0, x.shape[0], self.max_batch):
             xb = x[i : i + self.max_batch]
@@ -109,14 +121,13 @@ class MaskStepper:
         return _ddim(self, x, torch.cat(outs), t, t_next, noise, context)
 
 
-def _ddim(stepper, x, eps, t, t_next, noise, context, x_start=None):
+def _ddim(stepper, x, eps, t, t_next, noise, context, x_start=None) -> WindowStep:
     """The DDIM step both steppers end with; with context, ``x_start`` first continues the known latents.
 
-    ``x_start``: given instead of predicted from ``eps``. The one used is kept as ``stepper.last_x_start``.
+    ``x_start``: given instead of predicted from ``eps``.
     """
     if x_start is None:
         eps, x_start = predictions(stepper.schedule, x, torch.full((x.shape[0],), t, device=x.device), eps)
     if context is not None and stepper.context_sigma:
         x_start = continue_context(x_start, *context, sigma=stepper.context_sigma)
-    stepper.last_x_start = x_start
-    return ddim_step(stepper.schedule, x_start, eps, t, t_next, stepper.eta, noise)
+    return WindowStep(ddim_step(stepper.schedule, x_start, eps, t, t_next, stepper.eta, noise), x_start)
