@@ -18,14 +18,12 @@ import torch
 from PIL import Image
 
 from napari_diffinfinite._resources import resource_path
-from napari_diffinfinite.model import MaskUnet, time_pairs
 from napari_diffinfinite.sampling.masks import (
     MaskCodec,
     MaskError,
     SD2MaskCodec,
     SimplexMaskCodec,
     clean_mask,
-    generate_mask_patch,
     labels_at_scale,
     labels_to_signal,
     load_label_image,
@@ -339,58 +337,12 @@ def test_coarse_painted_mask_comes_back_to_full_resolution():
 
 
 # ====================================================================================== generation
-@pytest.fixture()
-def tiny_mask_unet():
-    torch.manual_seed(0)
-    return MaskUnet(dim=8, num_classes=2, dim_mults=(1, 2), channels=4)
-
-
-def test_generate_mask_patch_labels_in_range_and_seed_deterministic(tiny_mask_unet):
-    codec = SimplexMaskCodec(5)
-    kw = dict(steps=4, latent_size=8, batch=2)
-    a = generate_mask_patch(tiny_mask_unet, codec, 0, seed=3, **kw)
-    assert a.shape == (2, 8, 8) and a.dtype == torch.long
-    assert 0 <= a.min() and a.max() <= 4
-    assert torch.equal(a, generate_mask_patch(tiny_mask_unet, codec, "adeno", seed=3, **kw))
-    b = generate_mask_patch(tiny_mask_unet, codec, 0, seed=4, **kw)
-    c = generate_mask_patch(tiny_mask_unet, codec, "squamous", seed=3, **kw)
-    assert not torch.equal(a, b) or not torch.equal(a, c)
-    assert tiny_mask_unet.training  # mode restored after sampling in eval mode
-
-    codec4 = SimplexMaskCodec(5, cells_per_latent=4)
-    out = generate_mask_patch(tiny_mask_unet, codec4, 1, steps=2, latent_size=(4, 6))
-    assert out.shape == (1, 16, 24)
-
-
-def test_generate_mask_patch_guidance_times_and_progress(tiny_mask_unet, monkeypatch):
-    calls, ticks = [], []
-    original = tiny_mask_unet.forward_with_cond_scale
-
-    def spy(x, time, classes, cond_scale):
-        calls.append((int(time[0]), classes.tolist(), cond_scale, tiny_mask_unet.training))
-        return original(x, time, classes, cond_scale)
-
-    monkeypatch.setattr(tiny_mask_unet, "forward_with_cond_scale", spy)
-    generate_mask_patch(
-        tiny_mask_unet, SimplexMaskCodec(5), "Squamous", steps=5, omega=2.0, latent_size=4,
-        progress=lambda done, total: ticks.append((done, total)),
-    )
-    assert [c[0] for c in calls] == [t for t, _ in time_pairs(5)]
-    assert all(c[1] == [1] and c[2] == 3.0 and c[3] is False for c in calls)
-    assert ticks == [(i, 5) for i in range(1, 6)]
-
-
-def test_generate_mask_patch_refuses_unknown_contexts(tiny_mask_unet):
-    codec = SimplexMaskCodec(5)
+def test_contexts_resolve_by_number_or_name_and_unknown_ones_are_refused_with_the_choices():
+    assert resolve_context(0) == 0 and resolve_context("adeno") == 0
+    assert resolve_context(" Squamous  Cell carcinoma ") == 1
     with pytest.raises(ValueError, match=r"context 5 is out of range.*0 \(adenocarcinoma\), 1 \(squamous"):
-        generate_mask_patch(tiny_mask_unet, codec, 5, steps=1, latent_size=4)
-    msg = r"unknown mask context 'melanoma'.*0 \(adenocarcinoma\).*'squamous'"
-    with pytest.raises(ValueError, match=msg):
-        generate_mask_patch(tiny_mask_unet, codec, "melanoma", steps=1, latent_size=4)
+        resolve_context(5)
+    with pytest.raises(ValueError, match=r"unknown mask context 'melanoma'.*0 \(adenocarcinoma\).*'squamous'"):
+        resolve_context("melanoma")
     with pytest.raises(ValueError, match="out of range"):
         resolve_context(1, 1)
-    assert resolve_context(" Squamous  Cell carcinoma ") == 1
-    with pytest.raises(ValueError, match="3-channel latents but the mask model expects 4"):
-        generate_mask_patch(tiny_mask_unet, SimplexMaskCodec(4), 0, steps=1, latent_size=4)
-    with pytest.raises(ValueError, match="multiple of 2"):
-        generate_mask_patch(tiny_mask_unet, codec, 0, steps=1, latent_size=5)

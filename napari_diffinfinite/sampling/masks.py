@@ -6,7 +6,6 @@ The pieces, in the order the mask pipeline uses them:
   :class:`SD2MaskCodec` (DiffInfinite's released mask models: labels as grey levels through the SD2 VAE) and
   :class:`SimplexMaskCodec` (no autoencoder: labels as the vertices of a regular simplex, for the embedded
   mask model).
-- :func:`generate_mask_patch` - DDIM sampling of one patch-sized mask latent for a context prompt
   (adenocarcinoma / squamous), decoded to labels.
 - :func:`clean_mask` - the reference's clean step: class borders become bands of label 0, a 6x6 min filter,
   nearest-neighbour upsampling to the image resolution.
@@ -21,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from napari_diffinfinite.classes import CLASS_SETS, CONTEXT_PROMPTS
-from napari_diffinfinite.model.diffusion import cosine_schedule, ddim_step, predictions, time_pairs
 
 __all__ = [
     "CONTEXT_NAMES",
@@ -43,7 +41,6 @@ __all__ = [
     "SD2MaskCodec",
     "SimplexMaskCodec",
     "clean_mask",
-    "generate_mask_patch",
     "labels_at_scale",
     "labels_to_signal",
     "load_label_image",
@@ -303,100 +300,6 @@ def resolve_context(context: int | str, num_contexts: int = 2) -> int:
             f"supported: {supported}"
         )
     return value
-
-
-def _latent_hw(latent_size: int | Sequence[int] | None, codec: MaskCodec) -> tuple[int, int]:
-    if latent_size is None:
-        side = MASK_PATCH_PX // codec.cells_per_latent
-        return side, side
-    if isinstance(latent_size, (int, np.integer)):
-        hw = (int(latent_size), int(latent_size))
-    else:
-        hw = tuple(int(v) for v in latent_size)
-    if len(hw) != 2 or min(hw) < 1:
-        raise ValueError(f"latent_size must be a positive int or (height, width), got {latent_size!r}")
-    return hw
-
-
-@torch.no_grad()
-def generate_mask_patch(
-    mask_model: torch.nn.Module,
-    codec: MaskCodec,
-    context: int | str,
-    *,
-    steps: int = 50,
-    omega: float = DEFAULT_MASK_OMEGA,
-    seed: int = 0,
-    batch: int = 1,
-    latent_size: int | Sequence[int] | None = None,
-    device: str | torch.device | None = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """Sample ``batch`` patch-sized masks for a context prompt: LongTensor labels ``(B, h, w)`` on the CPU.
-
-    DDIM (eta = 1) over the cosine schedule (T = 1000) with ``steps`` time pairs; every step runs the mask
-    UNet's guided ``forward_with_cond_scale`` with ``s = omega + 1`` (omega 0: no guidance), clips ``x_start``
-    to [-1, 1], and the final pair ``(t, -1)`` returns ``x_start``. The latent is then ``codec.decode``-d.
-
-    ``context``: 0 / ``"adeno"`` / ``"adenocarcinoma"`` or 1 / ``"squamous"``; it must be below the model's
-    ``num_classes`` (``ValueError`` otherwise). ``latent_size``: side (or ``(h, w)``) of the latent; default
-    ``128 / codec.cells_per_latent`` (the reference's 128-px mask patch: 16 latents for the SD2 codec); a
-    multiple of the network's ``size_multiple``. ``device``: where the network runs; it must already be
-    there (``None``: wherever it is). All noise is drawn on the CPU from a ``torch.Generator`` seeded with
-    ``seed``, so a seed gives the same masks on every device up to floating-point differences.
-    ``progress(done, total)`` is called after each step; an exception raised in it cancels the sampling.
-    The network is run in eval mode (no dropout) and its previous mode is restored afterwards.
-    """
-    num_contexts = int(getattr(mask_model, "num_classes"))
-    context_id = resolve_context(context, num_contexts)
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
-    channels = int(getattr(mask_model, "channels"))
-    if codec.latent_channels != channels:
-        raise ValueError(
-            f"the codec makes {codec.latent_channels}-channel latents but the mask model expects {channels} "
-            f"channels; use a codec that matches the model ({codec!r})"
-        )
-    h, w = _latent_hw(latent_size, codec)
-    multiple = int(getattr(mask_model, "size_multiple", 1))
-    if h % multiple or w % multiple:
-        raise ValueError(f"latent_size {h}x{w} must be a multiple of {multiple} for this mask model")
-    pairs = time_pairs(steps)
-
-    param = next(mask_model.parameters())
-    model_device, dtype = param.device, param.dtype
-    if device is not None and torch.device(device) != model_device:
-        target = torch.device(device)
-        if not (target.type == model_device.type and target.index is None):
-            raise ValueError(
-                f"mask_model is on {model_device} but device={str(device)!r}: move it first "
-                f"(mask_model.to({str(device)!r})) or pass device={str(model_device)!r}"
-            )
-    schedule = cosine_schedule().to(model_device)
-    cond_scale = float(omega) + 1.0
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    shape = (int(batch), channels, h, w)
-    classes = torch.full((int(batch),), context_id, dtype=torch.long, device=model_device)
-
-    def randn() -> torch.Tensor:
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-        return noise.to(device=model_device, dtype=dtype)
-
-    was_training = mask_model.training
-    mask_model.eval()
-    try:
-        x = randn()
-        for done, (t, t_next) in enumerate(pairs, start=1):
-            time = torch.full((int(batch),), t, dtype=torch.long, device=model_device)
-            eps = mask_model.forward_with_cond_scale(x, time, classes, cond_scale)
-            pred_noise, x_start = predictions(schedule, x, time, eps, clip=True)
-            noise = randn() if t_next >= 0 else None
-            x = ddim_step(schedule, x_start, pred_noise, t, t_next, eta=1.0, noise=noise)
-            if progress is not None:
-                progress(done, len(pairs))
-    finally:
-        mask_model.train(was_training)
-    return codec.decode(x.to(torch.float32)).cpu()
 
 
 # ====================================================================================== cleaning
