@@ -215,10 +215,6 @@ class CanvasGrid:
         """The level-``level`` pixels covering level-0 rectangle ``rect_px`` (clipped)."""
         return self.clip(as_rect(rect_px).scaled_out(1 << level), level)
 
-    def level0_rect(self, rect, level: int) -> Rect:
-        """The level-0 pixels under level-``level`` rectangle ``rect`` (clipped)."""
-        return self.clip(as_rect(rect).scaled_in(1 << level), 0)
-
     @staticmethod
     def parent(level: int, i: int, j: int) -> tuple[int, int, int]:
         """The level-``level + 1`` tile that level-``level`` tile ``(i, j)`` feeds (2 x 2 tiles per parent)."""
@@ -231,14 +227,6 @@ class CanvasGrid:
         rows, cols = self.level_tiles_shape(level - 1)
         return [(level - 1, y, x) for y in (2 * i, 2 * i + 1) for x in (2 * j, 2 * j + 1) if y < rows and x < cols]
 
-    def ancestors(self, key: TileKey) -> list[tuple[int, int, int]]:
-        """The pyramid tiles (level >= 1) that level-0 tile ``key`` feeds, finest first."""
-        out, (level, i, j) = [], (0, *key)
-        while level + 1 < self.levels:
-            level, i, j = self.parent(level, i, j)
-            out.append((level, i, j))
-        return out
-
     # ------------------------------------------------------------------ conversions
     def px_to_latent(self, rect_px) -> Rect:
         """The latent pixels covering an image-pixel rectangle (floor / ceil)."""
@@ -250,9 +238,6 @@ class CanvasGrid:
     def px_to_tile(self, y: float, x: float, level: int = 0) -> TileKey:
         """The tile of ``level`` that contains pixel ``(y, x)`` of that level."""
         return int(y // self.tile), int(x // self.tile)
-
-    def tile_of_latent(self, y: int, x: int) -> TileKey:
-        return y // self.latent_tile, x // self.latent_tile
 
     def neighbours(self, key: TileKey, radius: int = 1) -> list[TileKey]:
         """The tiles within ``radius`` (Chebyshev) of ``key``, itself excluded, inside the canvas."""
