@@ -1,4 +1,4 @@
-"""Class masks: latent codecs for the mask model, one-patch mask generation, cleaning, painted-mask input.
+"""Class masks: latent codecs for the mask model, cleaning, painted-mask input.
 
 The pieces, in the order the mask pipeline uses them:
 
