@@ -29,9 +29,10 @@ from PIL import Image
 
 from napari_diffinfinite.generation import load_model
 from napari_diffinfinite.model import cosine_schedule
-from napari_diffinfinite.sampling.blocks import LOOKAHEAD, generate_latents
+from napari_diffinfinite.sampling.blocks import generate_latents
 from napari_diffinfinite.sampling.context import CONTEXT_SIGMA
 from napari_diffinfinite.sampling.decode import decode_full
+from napari_diffinfinite.sampling.options import LOOKAHEAD, SamplingOptions
 from napari_diffinfinite.sampling.seams import seam_ratio
 from napari_diffinfinite.sampling.steppers import ImageStepper
 
@@ -50,9 +51,9 @@ def image(model, mask: np.ndarray, seed: int, *, block: int, sigma: float, looka
     labels = torch.from_numpy(mask[d // 2 :: d, d // 2 :: d].copy())
     stepper = ImageStepper(model.image_unet, cosine_schedule(), model.default_omega + 1, context_sigma=sigma,
                            sampler=sampler)
-    z = generate_latents(stepper, (model.image_unet.channels, *labels.shape), labels, seed=seed,
-                         schedule=stepper.schedule, steps=model.default_steps, block=block, halo=16,
-                         lookahead=lookahead, window=window, device=model.device)
+    options = SamplingOptions.for_model(model, sampler=sampler, halo=16, lookahead=lookahead, window=window)
+    z = generate_latents(stepper, (model.image_unet.channels, *labels.shape), labels, seed=seed, options=options,
+                         block=block, device=model.device)
     pixels = decode_full(model.autoencoder, z[None].to(model.device), out_device="cpu")[0]
     return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 

@@ -17,6 +17,7 @@ import torch
 
 from napari_diffinfinite.model import cosine_schedule
 from napari_diffinfinite.sampling.blocks import generate_latents
+from napari_diffinfinite.sampling.options import SamplingOptions
 from napari_diffinfinite.sampling.random_patch import SamplingStats, sample_region
 from napari_diffinfinite.sampling.steppers import WindowStep
 
@@ -75,8 +76,9 @@ def main() -> None:
             stepper = ImageStepper(model.image_unet, cosine_schedule(), model.default_omega + 1)
             stats = SamplingStats()
             t = time.perf_counter()
-            generate_latents(stepper, (model.image_unet.channels, latent, latent), labels, seed=0,
-                             schedule=stepper.schedule, steps=args.steps, window=model.window, mode=mode, stats=stats)
+            options = SamplingOptions.for_model(model, steps=args.steps, mode=mode)
+            generate_latents(stepper, (model.image_unet.channels, latent, latent), labels, seed=0, options=options,
+                             stats=stats)
             dt = time.perf_counter() - t
             print(f"{mode:>9}: {dt:7.1f} s  windows {stats.window_evals}  UNet rows {stepper.rows_evaluated}  "
                   f"({stats.cost_vs_tiling:.2f}x tiling)")

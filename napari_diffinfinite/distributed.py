@@ -72,6 +72,7 @@ import numpy as np
 from distributed import Client, WorkerPlugin, as_completed, get_worker
 
 from .label_grid import cell_centres
+from .sampling.options import LOOKAHEAD, SamplingOptions
 
 __all__ = [
     "BatchRun",
@@ -296,18 +297,15 @@ class CanvasJob:
     canvas: str
     latent_shape: tuple[int, int, int]  # (C, lh, lw): the latents of the image, not of the padded canvas
     block: int
-    halo: int
     seed: int
-    steps: int
-    omega: float
-    mode: str
-    window: int
-    max_batch: int
+    options: SamplingOptions  # every sampling setting, as generate() would use them
     decode_tile: int
     decode_margin: int | None  # a local decoder's margin (latents); None: the Hann four-grid decode
     downsampling: int
-    lookahead: int  # latents sampled past a block's sides without context (sampling.blocks.LOOKAHEAD)
-    sampler: str  # the image sampler (model.diffusion.SAMPLERS)
+
+    @property
+    def halo(self) -> int:
+        return self.options.halo
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -384,9 +382,7 @@ def _open_worker_store(path: str):
 def _sample_block_task(ref: ModelRef, job: CanvasJob, i: int, j: int, hook=None) -> dict:
     import torch
 
-    from .model import cosine_schedule
     from .sampling.blocks import Block, generate_block
-    from .sampling.steppers import ImageStepper
 
     t0 = time.perf_counter()
     if hook is not None:
@@ -405,12 +401,9 @@ def _sample_block_task(ref: ModelRef, job: CanvasJob, i: int, j: int, hook=None)
         cols = torch.arange(wx0, wx1) // job.block
         done = (rows[:, None] + cols[None, :]) < (i + j)
         local = Block(i, j, y0 - wy0, x0 - wx0, y1 - wy0, x1 - wx0)
-        stepper = ImageStepper(model.image_unet, cosine_schedule(), job.omega + 1, max_batch=job.max_batch,
-                               sampler=job.sampler)
         with torch.no_grad():
-            generate_block(stepper, latents, done, labels, local, seed=job.seed, schedule=stepper.schedule,
-                           steps=job.steps, halo=job.halo, lookahead=job.lookahead, window=job.window,
-                           mode=job.mode, device=model.device)
+            generate_block(job.options.stepper(model.image_unet), latents, done, labels, local, seed=job.seed,
+                           options=job.options, device=model.device)
         out = latents[:, local.y0:local.y1, local.x0:local.x1].numpy()
         if not np.isfinite(out).all():
             raise FloatingPointError(f"block ({i}, {j}): latents contain NaN or infinity; not written")
@@ -556,17 +549,15 @@ def _labels_for(mask, mask_scale, size, num_classes: int) -> np.ndarray:
     return labels
 
 
-def _job_settings(info: dict, *, seed, omega, mask_omega, steps, sampler, halo, lookahead, mode, block, shape,
-                  mask_kind, mask_sha1, context, decode_tile, max_batch, latent_hw) -> dict:
+def _job_settings(info: dict, options: SamplingOptions, *, seed, mask_omega, block, shape, mask_kind, mask_sha1,
+                  context, decode_tile, latent_hw) -> dict:
     return {
-        "seed": int(seed), "omega": float(omega), "mask_omega": None if mask_omega is None else float(mask_omega),
-        "steps": int(steps), "sampler": sampler, "halo": int(halo), "lookahead": int(lookahead), "mode": mode,
-        "block": int(block),
+        **options.recorded(), "max_batch": int(options.max_batch),
+        "seed": int(seed), "mask_omega": None if mask_omega is None else float(mask_omega), "block": int(block),
         "image_shape": [int(shape[0]), int(shape[1])], "latent_shape": [int(latent_hw[0]), int(latent_hw[1])],
         "mask": mask_kind, "mask_sha1": mask_sha1, "context": context, "decode_tile": int(decode_tile),
-        "max_batch": int(max_batch), "model_name": info["name"], "num_classes": info["num_classes"],
-        "pixel_size_um": info["pixel_size_um"], "window": info["window"], "mask_ready": False,
-        "job": "distributed-canvas",
+        "model_name": info["name"], "num_classes": info["num_classes"], "pixel_size_um": info["pixel_size_um"],
+        "mask_ready": False, "job": "distributed-canvas",
     }
 
 
@@ -659,7 +650,6 @@ def generate_canvas(
     """
     from .canvas.grid import Rect
     from .canvas.store import STATUS_LATENTS, STATUS_PIXELS
-    from .model.diffusion import check_sampler
 
     t_start = time.perf_counter()
     if mask is None and size is None:
@@ -673,13 +663,16 @@ def generate_canvas(
     _register(client, ref)
     info = client.submit(_model_info, ref, context if mask is None else None, pure=False,
                          key=f"diffinfinite-info-{uuid.uuid4().hex[:8]}").result()
-    omega = info["default_omega"] if omega is None else float(omega)
+    defaults = SamplingOptions(steps=info["default_steps"], omega=info["default_omega"], sampler=info["sampler"],
+                               window=info["window"])
+    # the lookahead never leaves the halo (generate_block's rule); recorded, and checked on resume
+    options = defaults.replaced(steps=steps or None, omega=omega, sampler=sampler, mode=mode, halo=halo,
+                                lookahead=min(LOOKAHEAD, halo), max_batch=max_batch)
+    steps = options.steps
     if mask is None:  # the mask model's guidance, recorded only when it generates the mask
         mask_omega = info["default_mask_omega"] if mask_omega is None else float(mask_omega)
     else:
         mask_omega = None
-    steps = steps or info["default_steps"]
-    sampler = check_sampler(info["sampler"] if sampler is None else sampler)
     d = info["downsampling"]
     if mask is not None:
         labels = _labels_for(mask, mask_scale, size, info["num_classes"])
@@ -699,15 +692,10 @@ def generate_canvas(
     lh, lw = -(-h // d), -(-w // d)
     rows, cols = -(-lh // block), -(-lw // block)
     tile_px = block * d
-    from .sampling.blocks import LOOKAHEAD
-
-    lookahead = min(LOOKAHEAD, halo)  # what generate_block makes of it; recorded, and checked on resume
-    settings = _job_settings(info, seed=seed, omega=omega, mask_omega=mask_omega, steps=steps, sampler=sampler,
-                             halo=halo,
-                             lookahead=lookahead, mode=mode, block=block,
+    settings = _job_settings(info, options, seed=seed, mask_omega=mask_omega, block=block,
                              shape=(h, w), mask_kind="given" if mask is not None else "generated",
                              mask_sha1=mask_sha1, context=context_display, decode_tile=decode_tile,
-                             max_batch=max_batch, latent_hw=(lh, lw))
+                             latent_hw=(lh, lw))
     store, _resumed = _open_or_create(canvas, info, settings, (rows * tile_px, cols * tile_px), tile_px,
                                       overwrite)
     outstanding: dict[str, tuple[str, tuple[int, int]]] = {}
@@ -730,10 +718,8 @@ def generate_canvas(
 
         # ------------------------------------------------------------------ the wavefront
         job = CanvasJob(canvas=str(canvas), latent_shape=(info["latent_channels"], lh, lw), block=block,
-                        halo=halo, seed=int(seed), steps=int(steps), omega=float(omega), mode=mode,
-                        window=info["window"], max_batch=int(max_batch), decode_tile=int(decode_tile),
-                        decode_margin=info["decode_margin"], downsampling=d, lookahead=lookahead,
-                        sampler=sampler)
+                        seed=int(seed), options=options, decode_tile=int(decode_tile),
+                        decode_margin=info["decode_margin"], downsampling=d)
         context_deps, decode_deps = block_dependencies(job)
         sample_waiters: dict[tuple[int, int], list] = {k: [] for k in context_deps}
         decode_waiters: dict[tuple[int, int], list] = {k: [] for k in context_deps}

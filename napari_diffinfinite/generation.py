@@ -42,8 +42,9 @@ from .sampling.masks import (
     labels_at_scale,
     validate_labels,
 )
+from .sampling.options import SamplingOptions
 from .sampling.random_patch import SamplingStats, sample_region
-from .sampling.steppers import ImageStepper, MaskStepper
+from .sampling.steppers import MaskStepper
 
 #: progress(stage, done, total) with stage "mask", "tissue" or "decode".
 Progress = Callable[[str, int, int], None]
@@ -233,9 +234,9 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     """
     timings = {}
     t0 = time.perf_counter()
-    omega = model.default_omega if omega is None else float(omega)
-    sampler = check_sampler(model.sampler if sampler is None else sampler)
-    steps = steps or model.default_steps
+    options = SamplingOptions.for_model(model, steps=steps or None, omega=omega, sampler=sampler, mode=mode,
+                                        window=window, halo=halo, max_batch=max_batch)
+    steps = options.steps
     if mask is None:
         if size is None:
             raise ValueError("give a mask, or a size (H, W) to generate one")
@@ -251,12 +252,11 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     d = model.downsampling
     latent_labels = torch.from_numpy(np.ascontiguousarray(labels_at_cell_centres(labels, d)))
     lh, lw = latent_labels.shape
-    stepper = ImageStepper(model.image_unet, cosine_schedule(), omega + 1, max_batch=max_batch, sampler=sampler)
+    stepper = options.stepper(model.image_unet)
     stats = SamplingStats()
     t1 = time.perf_counter()
     latents = generate_latents(
-        stepper, (model.image_unet.channels, lh, lw), latent_labels, seed=seed, schedule=stepper.schedule,
-        steps=steps, block=block, halo=halo, window=window or model.window, mode=mode,
+        stepper, (model.image_unet.channels, lh, lw), latent_labels, seed=seed, options=options, block=block,
         progress=None if progress is None else (lambda done, total: progress("tissue", done, total)),
         cancel=cancel, stats=stats, device=model.device,
     )
@@ -271,7 +271,8 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     timings["decode_s"] = time.perf_counter() - t2
     image = (pixels[:, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     settings = dict(
-        model=model.name, seed=seed, omega=omega, steps=steps, sampler=sampler, mode=mode, block=block,
+        model=model.name, seed=seed, omega=options.omega, steps=steps, sampler=options.sampler, mode=mode,
+        block=block,
         mask_omega=mask_omega if mask is None else None,
         context=CONTEXT_DISPLAY.get(model.context_id(context), str(context)) if mask is None else None,
         mask="generated" if mask is None else "given", size=[h, w], pixel_size_um=model.pixel_size_um,

@@ -537,14 +537,14 @@ def test_new_canvases_record_the_samplers_lookahead(tmp_path, tiny):
     """The store's default is the sampler's (the store does not import torch, so it keeps its own copy); a
     canvas made before the lookahead existed keeps sampling without it."""
     from napari_diffinfinite.canvas.store import DEFAULT_SETTINGS
-    from napari_diffinfinite.sampling.blocks import LOOKAHEAD
+    from napari_diffinfinite.sampling.options import LOOKAHEAD
 
     assert DEFAULT_SETTINGS["lookahead"] == LOOKAHEAD
     store = CanvasStore.create_for_model(tmp_path / "new", tiny, shape_px=(1024, 1024))
-    assert store.settings["lookahead"] == LOOKAHEAD and TileScheduler(store, tiny).lookahead == LOOKAHEAD
+    assert store.settings["lookahead"] == LOOKAHEAD and TileScheduler(store, tiny).options.lookahead == LOOKAHEAD
     store.close()
     old = _forget_setting(tmp_path / "new", "lookahead")  # a canvas written before the setting existed
-    assert "lookahead" not in old.settings and TileScheduler(old, tiny).lookahead == 0
+    assert "lookahead" not in old.settings and TileScheduler(old, tiny).options.lookahead == 0
     old.close()
 
 
@@ -557,7 +557,7 @@ def test_canvases_keep_the_sampler_they_began_with(tmp_path, tiny):
     store = CanvasStore.create_for_model(tmp_path / "new", second, shape_px=(1024, 1024))
     assert store.settings["sampler"] == "dpmpp-2m-sde"
     sched = TileScheduler(store, second)
-    assert sched.sampler == sched.stepper.sampler == "dpmpp-2m-sde"
+    assert sched.options.sampler == sched.stepper.sampler == "dpmpp-2m-sde"
     assert TileScheduler(store, tiny).stepper.sampler == "dpmpp-2m-sde"  # the canvas's, whoever generates it
     store.close()
     old = _forget_setting(tmp_path / "new", "sampler")

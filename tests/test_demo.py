@@ -61,7 +61,7 @@ def test_demo_mode_opens_before_its_model_is_loaded(viewer, tiny_not_loaded, qtb
     qtbot.waitUntil(lambda: ctrl.model is not None and ctrl.generating, timeout=20000)
     assert len(loads) == 1 and loads[0] is not threading.main_thread() and not ctrl.loading_model
     assert session.preset is PRESETS["cpu"]  # auto: this machine's device
-    assert ctrl.store.settings["steps"] == 3 and ctrl.scheduler.steps == 3
+    assert ctrl.store.settings["steps"] == 3 and ctrl.scheduler.options.steps == 3
     assert ctrl.scheduler.max_view_tiles == PRESETS["cpu"].max_view_tiles
     assert session.panel.preset.value.startswith("Preset: cpu - 3 steps")
     # the panel follows the canvas's events (no timer): tile progress shows up by itself
@@ -79,7 +79,7 @@ def test_demo_mode_opens_generating_with_the_cpu_preset_and_labelled_synthetic(v
     assert controller_for(viewer) is ctrl and ctrl.model is tiny and ctrl.generating
     assert session.preset is PRESETS["cpu"]
     # the preset reached the canvas and its scheduler: steps (capped at the tiny model's 3), tile budget
-    assert ctrl.store.settings["steps"] == 3 and ctrl.scheduler.steps == 3
+    assert ctrl.store.settings["steps"] == 3 and ctrl.scheduler.options.steps == 3
     assert ctrl.scheduler.max_view_tiles == PRESETS["cpu"].max_view_tiles
     assert 0 < len(ctrl.last_requested) <= PRESETS["cpu"].max_view_tiles
     # 1:1, centred on the painted mask
@@ -132,7 +132,7 @@ def test_the_preset_can_be_overridden(viewer, tiny, qtbot):
     session = enter_demo_mode(viewer, preset=mine)
     ctrl = session.controller
     assert controller_for(viewer) is ctrl and session.preset is mine
-    assert ctrl.store.settings["steps"] == 2 and ctrl.scheduler.steps == 2
+    assert ctrl.store.settings["steps"] == 2 and ctrl.scheduler.options.steps == 2
     assert ctrl.store.settings["omega"] == 1.5
     assert 0 < len(ctrl.last_requested) <= 2
     # one demo panel at a time

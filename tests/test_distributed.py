@@ -4,7 +4,6 @@ the single-process result, survives a killed worker, and a re-run resumes withou
 from __future__ import annotations
 
 import json
-
 import os
 import signal
 import sys
@@ -31,6 +30,7 @@ from napari_diffinfinite.distributed import (
     wave_widths,
 )
 from napari_diffinfinite.generation import generate, load_model
+from napari_diffinfinite.sampling.options import SamplingOptions
 
 # the hooks below run on the workers, which cannot import this test module: ship its functions by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -96,20 +96,17 @@ def client():
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir):
     """The single-process result (same seed, mask and block size), and its latents."""
-    from napari_diffinfinite.model import cosine_schedule
     from napari_diffinfinite.sampling.blocks import generate_latents
-    from napari_diffinfinite.sampling.steppers import ImageStepper
 
     model = load_model(tiny_model_dir, device="cpu")
     result = generate(model, mask=_mask(), seed=SEED, block=BLOCK)
     d = model.downsampling
     lh, lw = -(-SHAPE[0] // d), -(-SHAPE[1] // d)
     padded = np.pad(_mask(), ((0, lh * d - SHAPE[0]), (0, lw * d - SHAPE[1])), mode="edge")
-    stepper = ImageStepper(model.image_unet, cosine_schedule(), model.default_omega + 1)
-    latents = generate_latents(stepper, (model.image_unet.channels, lh, lw),
+    options = SamplingOptions.for_model(model)  # the model's defaults, as generate() takes them
+    latents = generate_latents(options.stepper(model.image_unet), (model.image_unet.channels, lh, lw),
                                torch.from_numpy(padded[d // 2 :: d, d // 2 :: d].copy()), seed=SEED,
-                               schedule=stepper.schedule, steps=model.default_steps, block=BLOCK,
-                               window=model.window)
+                               options=options, block=BLOCK)
     return result, latents.numpy()
 
 
@@ -129,9 +126,9 @@ def test_wave_widths_ramp_up_plateau_and_down():
 
 
 def _job(**changes) -> CanvasJob:
-    settings = {"canvas": "", "latent_shape": (4, 45, 47), "block": 16, "halo": 16, "seed": 0, "steps": 3,
-                "omega": 3.0, "mode": "batched", "window": 16, "max_batch": 64, "decode_tile": 16,
-                "decode_margin": 9, "downsampling": 8, "lookahead": 8, "sampler": "ddim"}
+    options = SamplingOptions(steps=3, window=16, halo=changes.pop("halo", 16))
+    settings = {"canvas": "", "latent_shape": (4, 45, 47), "block": 16, "seed": 0, "options": options,
+                "decode_tile": 16, "decode_margin": 9, "downsampling": 8}
     return CanvasJob(**{**settings, **changes})
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from napari_diffinfinite._resources import resource_path
 from napari_diffinfinite.evaluation import class_dependence, image_lab_mean
 from napari_diffinfinite.generation import generate, load_model
-from napari_diffinfinite.sampling.blocks import LOOKAHEAD
+from napari_diffinfinite.sampling.options import LOOKAHEAD
 from napari_diffinfinite.sampling.seams import seam_ratio
 
 SAMPLE_MASKS = sorted((Path(__file__).parent / "fixtures" / "sample_masks").glob("*_mask.png"))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from napari_diffinfinite.model import ImageUnet, MaskUnet, cosine_schedule, multilabel_ddim_step
+from napari_diffinfinite.sampling.options import SamplingOptions
 from napari_diffinfinite.sampling.random_patch import Cancelled, SamplingStats, _tiling, sample_region
 from napari_diffinfinite.sampling.steppers import ImageStepper, MaskStepper
 
@@ -156,12 +157,18 @@ def test_batched_matches_faithful_sample_statistics(tiny_net):
 
 def test_blocks_give_the_same_canvas_in_any_order_within_a_wave(tiny_net):
     """Blocks of one wave share no context: running them in another order (or in parallel) changes nothing."""
-    from napari_diffinfinite.sampling.blocks import block_grid, block_seed, generate_block, generate_latents, iter_waves
+    from napari_diffinfinite.sampling.blocks import (
+        block_grid,
+        block_seed,
+        generate_block,
+        generate_latents,
+        iter_waves,
+    )
 
     stepper = ImageStepper(tiny_net, SCHEDULE, cond_scale=4.0)
     h, w = 24, 40
     labels = two_class_labels(h, w)
-    kwargs = dict(schedule=SCHEDULE, steps=3, halo=4, window=16)
+    kwargs = dict(options=SamplingOptions(steps=3, halo=4, window=16))
     ref = generate_latents(stepper, (4, h, w), labels, seed=7, block=12, **kwargs)
     assert torch.equal(ref, generate_latents(stepper, (4, h, w), labels, seed=7, block=12, **kwargs))
     # the waves again, each wave's blocks in reverse order
@@ -182,11 +189,12 @@ def test_regenerating_a_block_keeps_everything_else(tiny_net):
     stepper = ImageStepper(tiny_net, SCHEDULE, cond_scale=4.0)
     h, w = 24, 24
     labels = two_class_labels(h, w)
-    canvas = generate_latents(stepper, (4, h, w), labels, seed=1, schedule=SCHEDULE, steps=3, block=12, window=16)
+    canvas = generate_latents(stepper, (4, h, w), labels, seed=1, options=SamplingOptions(steps=3, window=16),
+                              block=12)
     before = canvas.clone()
     done = torch.ones(h, w, dtype=torch.bool)
-    generate_block(stepper, canvas, done, labels, Block(1, 1, 12, 12, 24, 24), seed=99, schedule=SCHEDULE, steps=3,
-                   halo=4, window=16)
+    generate_block(stepper, canvas, done, labels, Block(1, 1, 12, 12, 24, 24), seed=99,
+                   options=SamplingOptions(steps=3, halo=4, window=16))
     changed = (canvas != before).any(dim=0)
     assert changed[12:, 12:].all() and not changed[:12].any() and not changed[:, :12].any()
 
@@ -239,12 +247,12 @@ def test_a_lookahead_is_sampled_and_thrown_away(tiny_net):
     stepper = ImageStepper(tiny_net, SCHEDULE, cond_scale=4.0)
     labels = two_class_labels(24, 24)
     block = Block(0, 0, 0, 0, 12, 12)
-    kwargs = dict(seed=5, schedule=SCHEDULE, steps=3, halo=4, window=16)
     outs = []
     for lookahead in (0, 4, 4):
         canvas = torch.full((4, 24, 24), 7.0)
-        generate_block(stepper, canvas, torch.zeros(24, 24, dtype=torch.bool), labels, block, lookahead=lookahead,
-                       **kwargs)
+        options = SamplingOptions(steps=3, halo=4, window=16, lookahead=lookahead)
+        generate_block(stepper, canvas, torch.zeros(24, 24, dtype=torch.bool), labels, block, seed=5,
+                       options=options)
         assert bool((canvas[:, 12:] == 7).all()) and bool((canvas[:, :, 12:] == 7).all())
         outs.append(canvas[:, :12, :12].clone())
     assert not torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])

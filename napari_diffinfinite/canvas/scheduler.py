@@ -47,11 +47,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model import cosine_schedule
 from ..sampling.blocks import Block, generate_block
 from ..sampling.decode import decode_region, decode_strategy
+from ..sampling.options import SamplingOptions
 from ..sampling.random_patch import Cancelled
-from ..sampling.steppers import ImageStepper
 from .grid import Rect, TileKey
 from .store import STATUS_EMPTY, STATUS_LATENTS, STATUS_PIXELS, CanvasStore, recorded_sampler
 
@@ -120,19 +119,20 @@ class TileScheduler:
         self.device = model_device
         self.grid = store.grid
         settings = store.settings
-        self.steps = int(settings.get("steps") or model.default_steps)
-        self.omega = float(settings.get("omega", model.default_omega))
-        self.halo = int(settings.get("halo", 16))
-        # new canvases record the sampler's lookahead; one made before it existed keeps sampling as it began
-        self.lookahead = int(settings.get("lookahead", 0))
-        self.sampler = recorded_sampler(settings) or model.sampler
-        self.mode = str(settings.get("mode", "batched"))
-        # One window over the tile and its context halo: one (tile + 2 halo)^2 forward per step instead of up to
-        # 2 x 2 windows of the model's size (1.5x faster per tile with context), and the context steers the whole
-        # tile at every step. Measured seams across joins are as good or better (benchmarks/context_seams.py).
-        self.window = max(int(model.window), self.grid.latent_tile) + 2 * self.halo
-        self.stepper = ImageStepper(model.image_unet, cosine_schedule(), self.omega + 1, max_batch=max_batch,
-                                    sampler=self.sampler)
+        halo = int(settings.get("halo", 16))
+        #: the canvas's recorded settings, the model's defaults where it records none
+        self.options = SamplingOptions.for_model(
+            model, steps=settings.get("steps") or None, omega=settings.get("omega"), halo=halo,
+            # new canvases record the sampler's lookahead; one made before it existed keeps sampling as it began
+            lookahead=settings.get("lookahead", 0), sampler=recorded_sampler(settings),
+            mode=settings.get("mode"), max_batch=max_batch,
+            # One window over the tile and its context halo: one (tile + 2 halo)^2 forward per step instead of up
+            # to 2 x 2 windows of the model's size (1.5x faster per tile with context), and the context steers the
+            # whole tile at every step. Measured seams across joins are as good or better
+            # (benchmarks/context_seams.py).
+            window=max(int(model.window), self.grid.latent_tile) + 2 * halo,
+        )
+        self.stepper = self.options.stepper(model.image_unet)
         self.strategy = decode_strategy(model.autoencoder)
         lt = self.grid.latent_tile
         #: latents around a tile that its decode reads
@@ -393,7 +393,7 @@ class TileScheduler:
 
     def _sample(self, key: TileKey, epoch: int, cancel_gen: int) -> None:
         tile = self.grid.tile_latent_rect(key)
-        window = tile.grow(self.halo).intersect(self._latent_bounds())
+        window = tile.grow(self.options.halo).intersect(self._latent_bounds())
         tr, status = self._neighbour_status(key)
         latents = torch.from_numpy(self.store.read_latents(window))
         done = self._present_mask(window, tr, status, centre=None)
@@ -408,8 +408,7 @@ class TileScheduler:
 
         generate_block(
             self.stepper, latents, done, labels if labels.any() else None, block, seed=self.store.tile_seed(key),
-            schedule=self.stepper.schedule, steps=self.steps, halo=self.halo, lookahead=self.lookahead,
-            window=self.window, mode=self.mode,
+            options=self.options,
             progress=progress, cancel=lambda: self._should_abort(key, epoch, cancel_gen), device=self.device,
         )
         out = latents[:, block.y0 : block.y1, block.x0 : block.x1].numpy()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..model.diffusion import Schedule
+from .options import SamplingOptions
 from .random_patch import SamplingStats, WindowStepper, sample_region
 
 
@@ -54,13 +54,6 @@ def block_seed(seed: int, i: int, j: int) -> int:
     return (hi << 31) | (lo >> 1)
 
 
-#: Latents sampled beyond a block's sides that have no context yet, and then thrown away. A network's output at
-#: the edge of its window differs from its output inside (zero padding), and a neighbour generated later has
-#: to continue those edge latents: sampling past the edge moves that edge out of the block. Measured on the
-#: embedded model (benchmarks/context_seams.py) it lowers the seam ratio of a later join by about 0.06.
-LOOKAHEAD = 8
-
-
 def context_region(block: Block, done: torch.Tensor, halo: int, lookahead: int = 0) -> tuple[int, int, int, int]:
     """The block grown by ``halo`` on every side whose halo strip holds generated (``done``) latents, and by
     ``lookahead`` (at most ``halo``, so that the region never leaves the block's halo, which is all that a
@@ -87,12 +80,7 @@ def generate_block(
     block: Block,
     *,
     seed: int,
-    schedule: Schedule,
-    steps: int,
-    halo: int = 16,
-    lookahead: int = LOOKAHEAD,
-    window: int = 64,
-    mode: str = "batched",
+    options: SamplingOptions,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     stats: SamplingStats | None = None,
@@ -100,10 +88,11 @@ def generate_block(
 ) -> None:
     """Sample one block into ``latents`` (C, H, W) in place, with the generated (``done``) halo as context.
 
-    Latents outside the block are never changed. ``done`` is only read: the caller marks the block done
-    (after its wave, for order independence). ``lookahead``: see :data:`LOOKAHEAD`.
+    The one tile pipeline's sampling step: ``generate()``, the canvas scheduler and the distributed tasks all
+    sample through it, with ``stepper`` built by ``options.stepper``. Latents outside the block are never
+    changed. ``done`` is only read: the caller marks the block done (after its wave, for order independence).
     """
-    y0, x0, y1, x1 = context_region(block, done, halo, lookahead)
+    y0, x0, y1, x1 = context_region(block, done, options.halo, options.lookahead)
     region_done = done[y0:y1, x0:x1].clone()
     in_block = torch.zeros_like(region_done)
     in_block[block.y0 - y0 : block.y1 - y0, block.x0 - x0 : block.x1 - x0] = True
@@ -111,8 +100,9 @@ def generate_block(
     known = latents[:, y0:y1, x0:x1]
     out = sample_region(
         stepper, (latents.shape[0], y1 - y0, x1 - x0), None if labels is None else labels[y0:y1, x0:x1],
-        schedule=schedule, steps=steps, generator=torch.Generator().manual_seed(block_seed(seed, block.i, block.j)),
-        mode=mode, window=window, known=known if known_mask.any() else None, known_mask=known_mask,
+        schedule=stepper.schedule, steps=options.steps,
+        generator=torch.Generator().manual_seed(block_seed(seed, block.i, block.j)), mode=options.mode,
+        window=options.window, known=known if known_mask.any() else None, known_mask=known_mask,
         progress=progress, cancel=cancel, stats=stats, device=device,
     )
     by, bx = slice(block.y0 - y0, block.y1 - y0), slice(block.x0 - x0, block.x1 - x0)
@@ -125,13 +115,8 @@ def generate_latents(
     labels: torch.Tensor | None,
     *,
     seed: int,
-    schedule: Schedule,
-    steps: int,
+    options: SamplingOptions,
     block: int = 512,
-    halo: int = 16,
-    lookahead: int = LOOKAHEAD,
-    window: int = 64,
-    mode: str = "batched",
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     stats: SamplingStats | None = None,
@@ -142,6 +127,7 @@ def generate_latents(
     latents = torch.zeros(shape)
     done = torch.zeros(h, w, dtype=torch.bool)
     blocks = block_grid(h, w, block)
+    steps = options.steps
     total = steps * h * w
     finished = 0
 
@@ -154,10 +140,8 @@ def generate_latents(
                 if progress is not None:
                     progress(base + d * size * steps // max(t, 1), total)
 
-            generate_block(stepper, latents, done, labels, b, seed=seed, schedule=schedule, steps=steps,
-                           halo=halo, lookahead=lookahead, window=window, mode=mode, progress=block_progress,
-                           cancel=cancel,
-                           stats=stats, device=device)
+            generate_block(stepper, latents, done, labels, b, seed=seed, options=options, progress=block_progress,
+                           cancel=cancel, stats=stats, device=device)
             finished += size * steps
         for b in wave:
             done[b.y0 : b.y1, b.x0 : b.x1] = True

@@ -43,6 +43,7 @@ class Cancelled(Exception):
 
 class WindowStepper(Protocol):
     size_multiple: int
+    schedule: Schedule
     second_order: bool  # add the multistep term of each pixel's previous x_start (DPM-Solver++(2M) SDE)
 
     def __call__(self, x: torch.Tensor, cond, t: int, t_next: int, noise: torch.Tensor,
