@@ -399,7 +399,7 @@ def test_worker_thread_pause_resume_cancel(tmp_path, tiny):
     sched.add_progress_callback(pause_when_running)
     sched.request_tiles([(1, 0)])
     assert hold.wait(30)
-    assert sched.write_labels(64, 0, np.full((8, 8), 4)) == [(1, 0)]
+    assert sched.write_labels(68, 4, np.full((8, 8), 4)) == [(1, 0)]  # inside the tile, margin included
     sched.resume()
     assert sched.wait_idle(timeout=30) and seen[-1] == (1, 0) and seen.count((1, 0)) == 1
     assert store.tile_status((1, 0)) == 2 and store.tile_version((1, 0)) == 1  # abandoned before its latents
@@ -592,7 +592,7 @@ def test_an_edit_invalidates_exactly_the_tiles_whose_labels_changed(tmp_path, ti
     store = new_canvas(tmp_path / "c", tiny)
     keys = [(i, j) for i in range(2) for j in range(3)]
     store.set_status(keys, 2)
-    sched = TileScheduler(store, tiny)
+    sched = TileScheduler(store, tiny, local_repaint=False)
     labels = np.full((8, 8), 4, np.uint8)
     where = np.zeros((8, 8), bool)
     where[0, 0] = where[7, 7] = True  # latents (60, 60) in tile (0, 0) and (67, 67) in tile (1, 1)
@@ -601,3 +601,44 @@ def test_an_edit_invalidates_exactly_the_tiles_whose_labels_changed(tmp_path, ti
     assert store.read_labels(Rect(60, 68, 60, 68))[where].tolist() == [4, 4]
     assert sched.write_labels(60, 60, labels, where=where) == []  # nothing changed: nothing invalidated
     store.close()
+
+
+def test_a_small_edit_repaints_only_its_latents_with_the_canvas_as_context(tmp_path, tiny):
+    """A dab across a tile corner: the tiles keep showing tissue (status 2 throughout), one window samples the
+    changed latents and REPAINT_MARGIN around them again, every other latent stays bit for bit, only the pixels
+    within the decoder's reach change, and the same edit on the same canvas gives the same tissue. An edit of
+    most of a tile regenerates the tile whole."""
+    from scipy.ndimage import binary_dilation
+
+    from napari_diffinfinite.canvas.scheduler import REPAINT_MARGIN
+
+    results = []
+    for run in range(2):
+        store = new_canvas(tmp_path / f"c{run}", tiny)
+        sched = TileScheduler(store, tiny)
+        sched.request_view(0, (0, 1024, 0, 1024))
+        assert sorted(sched.run_until_idle()) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        latents, pixels = np.asarray(store.latents[:, :128, :128]), store.read_tissue(0, 0, 1024, 0, 1024)
+        labels = np.full((6, 6), 4, np.uint8)
+        assert sched.write_labels(61, 61, labels) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        assert (store.read_status()[:2, :2] == 2).all()  # no placeholder: the old tissue stays until the new lands
+        assert sched.pending() == [(0, 0), (0, 1), (1, 0), (1, 1)]  # four tiles' cells, queued as repaints
+        sched.run_until_idle()
+        assert sched.stats.repaints_done == 1 and (store.read_status()[:2, :2] == 2).all()  # one window
+        changed = (np.asarray(store.latents[:, :128, :128]) != latents).any(0)
+        edit = np.zeros((128, 128), bool)
+        edit[61:67, 61:67] = True
+        allowed = binary_dilation(edit, np.ones((2 * REPAINT_MARGIN + 1,) * 2, bool))
+        assert changed.any() and not changed[~allowed].any()
+        moved = (store.read_tissue(0, 0, 1024, 0, 1024) != pixels).any(-1)
+        reach = (61 - sched.decode_reach) * 8, (67 + sched.decode_reach) * 8
+        outside = np.ones_like(moved)
+        outside[reach[0]:reach[1], reach[0]:reach[1]] = False
+        assert moved.any() and not moved[outside].any()
+        assert all(store.tile_version(k) == 2 for k in [(0, 0), (0, 1), (1, 0), (1, 1)])
+        results.append(np.asarray(store.latents[:, :128, :128]))
+        if run == 1:  # most of a tile: regenerated whole (placeholder until it lands)
+            assert sched.write_labels(64, 64, np.full((48, 48), 2, np.uint8)) == [(1, 1)]
+            assert store.tile_status((1, 1)) == 0 and sched.pending() == [(1, 1)]
+        store.close()
+    assert np.array_equal(results[0], results[1])

@@ -47,16 +47,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..sampling.blocks import Block, generate_block
+from ..sampling.blocks import Block, block_seed, generate_block
 from ..sampling.decode import decode_region, decode_strategy
 from ..sampling.options import SamplingOptions
-from ..sampling.random_patch import Cancelled
+from ..sampling.random_patch import Cancelled, sample_region
 from .grid import Rect, TileKey
 from .store import STATUS_EMPTY, STATUS_LATENTS, STATUS_PIXELS, CanvasStore, recorded_sampler
 
 __all__ = ["EarlyStart", "SchedulerStats", "TileScheduler"]
 
 log = logging.getLogger(__name__)
+
+#: Latents around an edit's changed cells that are sampled again with them (a local repaint); every other
+#: latent of the canvas stays as fixed context. Chosen with benchmarks/repaint_seams.py.
+REPAINT_MARGIN = 2
+#: Fixed context read around a repainted region, in latents.
+REPAINT_HALO = 8
+#: An edit that would repaint more than this share of a tile's latents regenerates the tile whole instead.
+REPAINT_MAX_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class SchedulerStats:
 
     state: str = "idle"  # "idle", "running", "paused", "stopped"
     tiles_done: int = 0  # tiles finished by this scheduler
+    repaints_done: int = 0  # local repaints of edited tissue finished
     tiles_queued: int = 0  # requests waiting (the running tile not included)
     current: TileKey | None = None
     current_fraction: float = 0.0  # sampling progress of the running tile, 0..1
@@ -92,7 +101,8 @@ class TileScheduler:
 
     def __init__(self, store: CanvasStore, model, *, device=None, progress: Callable | None = None,
                  on_tile_done: Callable[[TileKey], None] | None = None, max_request_level: int = 1,
-                 max_view_tiles: int = 64, max_batch: int = 64, allow_other_model: bool = False):
+                 max_view_tiles: int = 64, max_batch: int = 64, allow_other_model: bool = False,
+                 local_repaint: bool = True):
         if store.read_only:
             raise PermissionError(f"the canvas {store.root} is open read-only; open it with mode='r+' to generate")
         channels = int(model.image_unet.channels)
@@ -139,6 +149,9 @@ class TileScheduler:
         self.decode_reach = int(model.autoencoder.decoder_margin) if self.strategy == "margin" else lt // 2
         self.max_request_level = int(max_request_level)
         self.max_view_tiles = int(max_view_tiles)
+        self.local_repaint = bool(local_repaint)
+        #: edited tiles waiting for a local repaint: the latent cells to sample again (bool, tile-sized)
+        self._repaints: dict[TileKey, np.ndarray] = {}
         self._progress_callbacks: list[Callable[[SchedulerStats], None]] = [] if progress is None else [progress]
         self._tile_done_callbacks: list[Callable[[TileKey], None]] = [] if on_tile_done is None else [on_tile_done]
         self._error_callbacks: list[Callable[[TileKey, BaseException], None]] = []
@@ -150,6 +163,7 @@ class TileScheduler:
         self._view_queue: list[TileKey] = []
         self._explicit: dict[TileKey, None] = {}
         self._running: TileKey | None = None
+        self._repainting: set[TileKey] = set()  # the tiles of the running repaint
         self._epoch: dict[TileKey, int] = {}
         self._cancel_gen = 0
         self._paused = False
@@ -218,14 +232,84 @@ class TileScheduler:
             self._cv.notify_all()
 
     def write_labels(self, y0: int, x0: int, labels, *, where=None) -> list[TileKey]:
-        """Paint class ids into the canvas mask (latent pixels, see :meth:`CanvasStore.write_labels`) and
-        invalidate exactly the tiles whose labels changed. Returns those tiles."""
-        return self.invalidate_tiles(self.store.edit_labels(y0, x0, labels, where=where))
+        """Paint class ids into the canvas mask (latent pixels, see :meth:`CanvasStore.write_labels`). Returns
+        the tiles whose labels changed.
+
+        Where those tiles show tissue, the edit is repainted locally (``local_repaint``): only the changed
+        latents and :data:`REPAINT_MARGIN` around them are sampled again, with the rest of the canvas as fixed
+        context, before any tile request; the old tissue stays until the new lands (no placeholder), and
+        edits that come before it coalesce. Tiles without tissue yet, and edits of more than
+        :data:`REPAINT_MAX_SHARE` of a tile, invalidate the tile whole."""
+        changed, diff = self.store.edit_label_cells(y0, x0, labels, where=where)
+        if changed.empty:
+            return []
+        tiles = self.grid.tiles_changed(changed, diff)
+        if not self.local_repaint:
+            self.invalidate_tiles(tiles)
+            return tiles
+        local, whole = self._repaint_areas(changed, diff, tiles)
+        self.invalidate_tiles(whole)
+        if local:
+            with self._cv:
+                for key, cells in local.items():
+                    queued = self._repaints.get(key)
+                    self._repaints[key] = cells if queued is None else queued | cells
+                    if key in self._repainting:  # a repaint of this tile is running: restart it with both edits
+                        self._epoch[key] = self._epoch.get(key, 0) + 1
+                self._update_stats()
+                self._cv.notify_all()
+        return tiles
+
+    def _repaint_areas(self, changed: Rect, diff: np.ndarray, tiles: list[TileKey]):
+        """Split an edit into tiles to regenerate whole (not generated yet, or edited over more than
+        :data:`REPAINT_MAX_SHARE`) and local repaints ``{tile: cells}``: the other changed cells grown by
+        :data:`REPAINT_MARGIN`, per tile with tissue (the margin may reach into a neighbour)."""
+        from scipy.ndimage import binary_dilation
+
+        m = REPAINT_MARGIN
+        region = changed.grow(m).intersect(self._latent_bounds())
+        at = changed.offset(-region.y0, -region.x0)
+
+        def grown(cells: np.ndarray) -> np.ndarray:
+            out = np.zeros((region.height, region.width), bool)
+            out[at.slices] = cells
+            return binary_dilation(out, np.ones((2 * m + 1, 2 * m + 1), bool))
+
+        def in_tile(area: np.ndarray, key: TileKey) -> np.ndarray:
+            tr = self.grid.tile_latent_rect(key)
+            part = tr.intersect(region)
+            cells = np.zeros((tr.height, tr.width), bool)
+            if not part.empty:
+                cells[part.offset(-tr.y0, -tr.x0).slices] = area[part.offset(-region.y0, -region.x0).slices]
+            return cells
+
+        dirty = grown(diff)
+        whole = []
+        for t in tiles:
+            queued = self._repaints.get(t)
+            cells = in_tile(dirty, t) | (False if queued is None else queued)
+            if self.store.tile_status(t) < STATUS_PIXELS or cells.mean() > REPAINT_MAX_SHARE:
+                whole.append(t)
+        if whole:  # their changed cells are regenerated with them: no margin from there into the neighbours
+            keep = diff.copy()
+            for t in whole:
+                tr = self.grid.tile_latent_rect(t).intersect(changed).offset(-changed.y0, -changed.x0)
+                keep[tr.slices] = False
+            dirty = grown(keep)
+        local = {}
+        for t in self.grid.tiles_in_rect(self.grid.latent_to_px(region)):
+            if t in whole or self.store.tile_status(t) < STATUS_PIXELS:
+                continue  # a tile not generated yet reads the new labels when it is
+            cells = in_tile(dirty, t)
+            if cells.any():
+                local[t] = cells
+        return local, whole
 
     def pending(self) -> list[TileKey]:
-        """The waiting requests in the order they will run."""
+        """The waiting requests in the order they will run (tiles waiting for a local repaint first)."""
         with self._cv:
-            return list(self._explicit) + [t for t in self._view_queue if t not in self._explicit]
+            return list(self._repaints) + list(self._explicit) + [
+                t for t in self._view_queue if t not in self._explicit]
 
     def invalidate(self, rect_px) -> list[TileKey]:
         """The mask changed over ``rect_px`` (level-0 px): the tiles under it lose their latents and pixels
@@ -243,6 +327,7 @@ class TileScheduler:
         with self._cv:
             for t in tiles:
                 self._epoch[t] = self._epoch.get(t, 0) + 1
+                self._repaints.pop(t, None)  # regenerated whole
             self.store.set_status(tiles, STATUS_EMPTY)
             if self._view is None:  # nothing on screen: request them (a bounded number, centre first)
                 if around is None:
@@ -264,6 +349,7 @@ class TileScheduler:
                 seed = self.store.tile_seed(k) + 1 if new_seed is None else int(new_seed)
                 self.store.set_tile_seed(k, seed)
                 self._epoch[k] = self._epoch.get(k, 0) + 1
+                self._repaints.pop(k, None)
             self.store.set_status(keys, STATUS_EMPTY)
             for k in keys:
                 self._explicit.pop(k, None)
@@ -273,15 +359,38 @@ class TileScheduler:
             self._cv.notify_all()
         return keys
 
-    def _pop(self) -> TileKey | None:
+    def _pop(self) -> tuple[TileKey, np.ndarray | None] | None:
+        """The next job: ``(tile, {tile: cells, neighbour: cells...})`` for a local repaint (first: small edits
+        go first; an edit across tile borders is repainted in one window), ``(tile, None)`` for a tile to
+        generate."""
         with self._cv:
-            while self._explicit:
+            if self._repaints:
+                k = next(iter(self._repaints))
+                group = {k: self._repaints.pop(k)}
+                box = self._cells_box(k, group[k])
+                for n in self.grid.neighbours(k):
+                    if n in self._repaints:  # the same edit across a tile border: one window, if it stays small
+                        joined = box.union(self._cells_box(n, self._repaints[n]))
+                        if max(joined.height, joined.width) <= self.grid.latent_tile:
+                            group[n], box = self._repaints.pop(n), joined
+                return k, group
+            if self._explicit:
                 k = next(iter(self._explicit))
                 del self._explicit[k]
-                return k
+                return k, None
             if self._view_queue:
-                return self._view_queue.pop(0)
+                return self._view_queue.pop(0), None
             return None
+
+    def _cells_box(self, key: TileKey, cells: np.ndarray) -> Rect:
+        """The latent bounding rectangle of tile ``key``'s ``cells``."""
+        tile = self.grid.tile_latent_rect(key)
+        ys, xs = np.nonzero(cells)
+        return Rect(tile.y0 + int(ys.min()), tile.y0 + int(ys.max()) + 1, tile.x0 + int(xs.min()), tile.x0 + int(xs.max()) + 1)
+
+    def _has_work(self) -> bool:
+        # caller holds self._cv
+        return bool(self._repaints or self._explicit or self._view_queue)
 
     # ------------------------------------------------------------------ running
     def run_next(self) -> TileKey | None:
@@ -289,23 +398,37 @@ class TileScheduler:
         nothing is requested or the tile was abandoned (invalidated, cancelled)."""
         with self._gen_lock:
             with self._cv:
-                key = self._pop()
-                if key is None:
+                job = self._pop()
+                if job is None:
                     return None
+                key, group = job
                 self._running = key
+                self._repainting = set(group or ())
                 epoch = self._epoch.get(key, 0)
+                epochs = {k: self._epoch.get(k, 0) for k in group or ()}
                 cancel_gen = self._cancel_gen
                 self._update_stats(current=key, current_fraction=0.0)
             self._emit_progress(force=True)
             t0 = time.perf_counter()
             finished = False
             try:
-                self._generate(key, epoch, cancel_gen)
+                if group is None:
+                    self._generate(key, epoch, cancel_gen)
+                else:
+                    self._repaint(group, epochs, cancel_gen)
                 finished = True
             except Cancelled:
                 log.debug("tile %s abandoned", key)
                 with self._cv:
-                    if self._epoch.get(key, 0) != epoch and self._cancel_gen == cancel_gen and not self._stop:
+                    for k, cells in (group or {}).items():
+                        # a repaint interrupted by another edit or a cancel: its cells are repainted later
+                        # (unless the tile is regenerated whole meanwhile)
+                        if not self._stop and self.store.tile_status(k) == STATUS_PIXELS:
+                            queued = self._repaints.get(k)
+                            self._repaints[k] = cells if queued is None else queued | cells
+                    regenerate = group is None or self.store.tile_status(key) < STATUS_PIXELS
+                    if regenerate and self._epoch.get(key, 0) != epoch and self._cancel_gen == cancel_gen \
+                            and not self._stop:
                         # invalidated while running: it is wanted again, with the new mask
                         self._running = None
                         if self._view is None or key not in self.grid.tiles_in_rect(self._view):
@@ -324,19 +447,23 @@ class TileScheduler:
                 seconds = time.perf_counter() - t0
                 with self._cv:
                     self._running = None
+                    self._repainting = set()
                     self._busy_seconds += seconds
-                    if finished:
+                    if finished and group is not None:
+                        self._stats = replace(self._stats, repaints_done=self._stats.repaints_done + 1)
+                    elif finished:
                         done = self._stats.tiles_done + 1
                         self._stats = replace(self._stats, tiles_done=done, last_tile_seconds=seconds,
                                               tiles_per_second=done / max(self._busy_seconds, 1e-9))
                     self._update_stats(current=None, current_fraction=0.0)
                     self._cv.notify_all()
             if finished:
-                for fn in list(self._tile_done_callbacks):
-                    try:
-                        fn(key)
-                    except Exception:
-                        log.exception("on_tile_done callback failed")
+                for k in group or [key]:
+                    for fn in list(self._tile_done_callbacks):
+                        try:
+                            fn(k)
+                        except Exception:
+                            log.exception("on_tile_done callback failed")
             self._emit_progress(force=True)
             return key if finished else None
 
@@ -345,7 +472,7 @@ class TileScheduler:
         done: list[TileKey] = []
         while max_tiles is None or len(done) < max_tiles:
             with self._cv:
-                if not self._explicit and not self._view_queue:
+                if not self._has_work():
                     break
             key = self.run_next()
             if key is not None:
@@ -419,6 +546,63 @@ class TileScheduler:
 
         self._commit_status(key, epoch, cancel_gen, STATUS_LATENTS, write)
 
+    def _repaint(self, group: dict[TileKey, np.ndarray], epochs: dict[TileKey, int], cancel_gen: int) -> None:
+        """Sample the latents at the ``group``'s cells (neighbouring tiles, one window) again, every other latent
+        within :data:`REPAINT_HALO` being fixed context; decode the pixels those latents reach and update the
+        pyramid above them. The seed follows the first tile's seed and version, so the same edits on the same
+        canvas give the same tissue."""
+        key = next(iter(group))
+        with torch.no_grad():
+            dirty = functools.reduce(Rect.union, (self._cells_box(k, cells) for k, cells in group.items()))
+            window = dirty.grow(REPAINT_HALO).intersect(self._latent_bounds())
+            tr = self.grid.tile_range(self.grid.latent_to_px(window))
+            present = self._present_mask(window, tr, self.store.read_status(tr), centre=key)
+            redo = torch.zeros_like(present)
+            for k, cells in group.items():
+                part = self.grid.tile_latent_rect(k).intersect(window)
+                tile = self.grid.tile_latent_rect(k)
+                redo[part.offset(-window.y0, -window.x0).slices] |= torch.from_numpy(
+                    cells[part.offset(-tile.y0, -tile.x0).slices])
+            latents = torch.from_numpy(self.store.read_latents(window))
+            labels = torch.from_numpy(self.store.read_labels(window).astype(np.int64))
+            seed = block_seed(self.store.tile_seed(key), key[0], key[1], self.store.tile_version(key))
+
+            def progress(done, total):
+                with self._cv:
+                    self._update_stats(current_fraction=done / max(total, 1))
+                self._emit_progress()
+
+            def cancel():
+                return self._should_abort(key, epochs[key], cancel_gen) or any(
+                    self._epoch.get(k, 0) != e for k, e in epochs.items())
+
+            out = sample_region(
+                self.stepper, tuple(latents.shape), labels, schedule=self.stepper.schedule, steps=self.options.steps,
+                generator=torch.Generator().manual_seed(seed), mode=self.options.mode, window=self.options.window,
+                known=latents, known_mask=present & ~redo, progress=progress, cancel=cancel, device=self.device,
+            ).cpu().numpy()
+            with self._cv:  # all the group's latents, or none
+                if self._cancel_gen != cancel_gen or any(self._epoch.get(k, 0) != e for k, e in epochs.items()):
+                    raise Cancelled()
+                for k, cells in group.items():
+                    tile = self.grid.tile_latent_rect(k)
+                    tile_latents = self.store.read_latents(tile)
+                    part = tile.intersect(window)
+                    in_tile, in_window = part.offset(-tile.y0, -tile.x0), part.offset(-window.y0, -window.x0)
+                    where = cells[in_tile.slices]
+                    tile_latents[:, in_tile.y0:in_tile.y1, in_tile.x0:in_tile.x1][:, where] = \
+                        out[:, in_window.y0:in_window.y1, in_window.x0:in_window.x1][:, where]
+                    self.store.write_latents(k, tile_latents)
+                    self.store.bump_version(k)
+            # the pixels the new latents reach, in every tile with tissue (not abandoned from here on: the
+            # latents are written, so the pixels must follow them)
+            reach = dirty.grow(self.decode_reach).intersect(self._latent_bounds())
+            for k in self.grid.tiles_in_rect(self.grid.latent_to_px(reach)):
+                if k in group or self.store.tile_status(k) == STATUS_PIXELS:
+                    part = self.grid.tile_latent_rect(k).intersect(reach)
+                    self.store.write_tissue(self.grid.latent_to_px(part), self._decode(k, part))
+            self.store.update_pyramid(self.grid.latent_to_px(reach).intersect(self.grid.bounds()))
+
     def _decode_window(self, key: TileKey) -> tuple[Rect, torch.Tensor]:
         """Latents around tile ``key`` (its decode reach), with the area of neighbours that have no latents
         filled by replicating the tile's own edge."""
@@ -488,7 +672,7 @@ class TileScheduler:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and (self._paused or (not self._explicit and not self._view_queue)):
+                while not self._stop and (self._paused or not self._has_work()):
                     self._update_stats()
                     self._cv.wait()
                 if self._stop:
@@ -513,7 +697,7 @@ class TileScheduler:
 
     def cancel(self) -> None:
         """Drop every request and abandon the running tile (it stays not generated). The worker keeps running
-        and takes new requests."""
+        and takes new requests. Local repaints of edited tissue are kept: tissue must follow its mask."""
         with self._cv:
             self._cancel_gen += 1
             self._explicit.clear()
@@ -538,7 +722,7 @@ class TileScheduler:
         """Block until nothing is requested or running (or ``timeout`` s passed); True if idle."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while self._explicit or self._view_queue or self._running is not None:
+            while self._has_work() or self._running is not None:
                 no_worker = self._paused or self._stop or self._thread is None or not self._thread.is_alive()
                 if no_worker and self._running is None:
                     return False  # nobody will run the requests
@@ -565,7 +749,7 @@ class TileScheduler:
         state = "stopped" if self._stop else "paused" if self._paused else (
             "running" if (alive and (self._running is not None or self._explicit or self._view_queue)) or
             self._running is not None else "idle")
-        queued = len(self._explicit) + sum(1 for t in self._view_queue if t not in self._explicit)
+        queued = len(self._repaints) + len(self._explicit) + sum(1 for t in self._view_queue if t not in self._explicit)
         self._stats = replace(self._stats, state=state, tiles_queued=queued, **changes)
 
     def _emit_progress(self, force: bool = False) -> None:

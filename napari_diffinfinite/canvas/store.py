@@ -583,8 +583,13 @@ class CanvasStore:
     def edit_labels(self, y0: int, x0: int, labels, *, where=None) -> list[TileKey]:
         """:meth:`write_labels`, returning exactly the tiles whose labels changed (a stroke along a tile
         corner touches one or two tiles, not the four under its bounding box)."""
-        changed, diff = self._write_labels(y0, x0, labels, where)
+        changed, diff = self.edit_label_cells(y0, x0, labels, where=where)
         return [] if changed.empty else self.grid.tiles_changed(changed, diff)
+
+    def edit_label_cells(self, y0: int, x0: int, labels, *, where=None) -> tuple[Rect, np.ndarray | None]:
+        """:meth:`write_labels`, returning the latent cells whose labels changed: their bounding rectangle and a
+        bool array over it (an empty rectangle and None when nothing changed)."""
+        return self._write_labels(y0, x0, labels, where)
 
     def _write_labels(self, y0, x0, labels, where) -> tuple[Rect, np.ndarray | None]:
         # (the latent bounding box of the labels that changed, where they changed inside it)

@@ -46,11 +46,12 @@ def block_grid(height: int, width: int, block: int) -> list[Block]:
     return sorted(blocks, key=lambda b: (b.wave, b.i))
 
 
-def block_seed(seed: int, i: int, j: int) -> int:
-    """A 63-bit seed for block (i, j) of a canvas with ``seed``: independent streams, the same everywhere."""
-    if seed < 0 or i < 0 or j < 0:
+def block_seed(seed: int, i: int, j: int, *salt: int) -> int:
+    """A 63-bit seed for block (i, j) of a canvas with ``seed``: independent streams, the same everywhere.
+    ``salt`` (non-negative integers) draws further independent streams for the same block (e.g. repaints)."""
+    if seed < 0 or i < 0 or j < 0 or min(salt, default=0) < 0:
         raise ValueError(f"seeds and block indices must be non-negative, got seed={seed}, block=({i}, {j})")
-    hi, lo = np.random.SeedSequence([seed, i, j]).generate_state(2, dtype=np.uint32).tolist()
+    hi, lo = np.random.SeedSequence([seed, i, j, *salt]).generate_state(2, dtype=np.uint32).tolist()
     return (hi << 31) | (lo >> 1)
 
 
