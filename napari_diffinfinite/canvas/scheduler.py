@@ -97,12 +97,14 @@ class TileScheduler:
             decoder's reach may have changed too: see :meth:`changed_rect`).
         max_request_level, max_view_tiles: the coarse-zoom rule (module docstring).
         max_batch: UNet rows per forward pass.
+        local_repaint, repaint_margin, repaint_halo: small edits of tissue repaint locally (see
+            :meth:`write_labels`, :data:`REPAINT_MARGIN`, :data:`REPAINT_HALO`).
     """
 
     def __init__(self, store: CanvasStore, model, *, device=None, progress: Callable | None = None,
                  on_tile_done: Callable[[TileKey], None] | None = None, max_request_level: int = 1,
                  max_view_tiles: int = 64, max_batch: int = 64, allow_other_model: bool = False,
-                 local_repaint: bool = True):
+                 local_repaint: bool = True, repaint_margin: int = REPAINT_MARGIN, repaint_halo: int = REPAINT_HALO):
         if store.read_only:
             raise PermissionError(f"the canvas {store.root} is open read-only; open it with mode='r+' to generate")
         channels = int(model.image_unet.channels)
@@ -150,6 +152,7 @@ class TileScheduler:
         self.max_request_level = int(max_request_level)
         self.max_view_tiles = int(max_view_tiles)
         self.local_repaint = bool(local_repaint)
+        self.repaint_margin, self.repaint_halo = int(repaint_margin), int(repaint_halo)
         #: edited tiles waiting for a local repaint: the latent cells to sample again (bool, tile-sized)
         self._repaints: dict[TileKey, np.ndarray] = {}
         self._progress_callbacks: list[Callable[[SchedulerStats], None]] = [] if progress is None else [progress]
@@ -266,7 +269,7 @@ class TileScheduler:
         :data:`REPAINT_MARGIN`, per tile with tissue (the margin may reach into a neighbour)."""
         from scipy.ndimage import binary_dilation
 
-        m = REPAINT_MARGIN
+        m = self.repaint_margin
         region = changed.grow(m).intersect(self._latent_bounds())
         at = changed.offset(-region.y0, -region.x0)
 
@@ -554,7 +557,7 @@ class TileScheduler:
         key = next(iter(group))
         with torch.no_grad():
             dirty = functools.reduce(Rect.union, (self._cells_box(k, cells) for k, cells in group.items()))
-            window = dirty.grow(REPAINT_HALO).intersect(self._latent_bounds())
+            window = dirty.grow(self.repaint_halo).intersect(self._latent_bounds())
             tr = self.grid.tile_range(self.grid.latent_to_px(window))
             present = self._present_mask(window, tr, self.store.read_status(tr), centre=key)
             redo = torch.zeros_like(present)
