@@ -74,6 +74,7 @@ class SchedulerStats:
     state: str = "idle"  # "idle", "running", "paused", "stopped"
     tiles_done: int = 0  # tiles finished by this scheduler
     repaints_done: int = 0  # local repaints of edited tissue finished
+    repainted_latents: int = 0  # latents sampled again by them (the area they regenerated, in latents)
     tiles_queued: int = 0  # requests waiting (the running tile not included)
     current: TileKey | None = None
     current_fraction: float = 0.0  # sampling progress of the running tile, 0..1
@@ -453,7 +454,9 @@ class TileScheduler:
                     self._repainting = set()
                     self._busy_seconds += seconds
                     if finished and group is not None:
-                        self._stats = replace(self._stats, repaints_done=self._stats.repaints_done + 1)
+                        self._stats = replace(self._stats, repaints_done=self._stats.repaints_done + 1,
+                                              repainted_latents=self._stats.repainted_latents + sum(
+                                                  int(c.sum()) for c in group.values()))
                     elif finished:
                         done = self._stats.tiles_done + 1
                         self._stats = replace(self._stats, tiles_done=done, last_tile_seconds=seconds,
