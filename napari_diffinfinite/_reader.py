@@ -29,8 +29,14 @@ from pathlib import Path
 from . import DISCLAIMER
 from .widgets.reader_preferences import PLUGIN_NAME
 
-__all__ = ["PLUGIN_NAME", "get_reader", "is_canvas_folder", "is_diffinfinite_export", "read_canvas",
-           "read_export"]
+__all__ = [
+    "PLUGIN_NAME",
+    "get_reader",
+    "is_canvas_folder",
+    "is_diffinfinite_export",
+    "read_canvas",
+    "read_export",
+]
 
 _OME_SUFFIXES = (".ome.tif", ".ome.tiff")
 
@@ -125,17 +131,36 @@ def read_export(path) -> list[tuple]:
 
     def labels_layer(p: Path) -> tuple:
         levels = read_pyramid(p)
-        kwargs = {"name": p.name.split(".")[0], "scale": (ps, ps), "units": ("um", "um"), "multiscale": len(levels) > 1,
-                  "colormap": classes.color_dict(), "features": classes.features(), "opacity": 0.45,
-                  "metadata": metadata}
+        kwargs = {
+            "name": p.name.split(".")[0],
+            "scale": (ps, ps),
+            "units": ("um", "um"),
+            "multiscale": len(levels) > 1,
+            "colormap": classes.color_dict(),
+            "features": classes.features(),
+            "opacity": 0.45,
+            "metadata": metadata,
+        }
         return (levels if len(levels) > 1 else levels[0], kwargs, "labels")
 
     if kind == "labels":
         return [labels_layer(path)]
     levels = read_pyramid(path)
-    out = [(levels if len(levels) > 1 else levels[0],
-            {"name": name, "rgb": True, "multiscale": len(levels) > 1, "scale": (ps, ps), "units": ("um", "um"),
-             "contrast_limits": (0, 255), "metadata": metadata}, "image")]
+    out = [
+        (
+            levels if len(levels) > 1 else levels[0],
+            {
+                "name": name,
+                "rgb": True,
+                "multiscale": len(levels) > 1,
+                "scale": (ps, ps),
+                "units": ("um", "um"),
+                "contrast_limits": (0, 255),
+                "metadata": metadata,
+            },
+            "image",
+        )
+    ]
     if paths["mask"] is not None and paths["mask"].is_file():
         out.append(labels_layer(paths["mask"]))
     return out

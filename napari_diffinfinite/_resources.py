@@ -15,5 +15,7 @@ def resource_path(*parts: str) -> Path:
     root = Path(str(resources.files("napari_diffinfinite.resources")))
     path = root.joinpath(*parts)
     if not path.exists():
-        raise FileNotFoundError(f"shipped resource {'/'.join(parts)!r} is missing from {root}; reinstall the package")
+        raise FileNotFoundError(
+            f"shipped resource {'/'.join(parts)!r} is missing from {root}; reinstall the package"
+        )
     return path

@@ -73,8 +73,13 @@ def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | No
     if model is not None:
         store = CanvasStore.create_for_model(folder, model, shape_px=shape_px, **extra)
     else:
-        store = CanvasStore.create(folder, shape_px=shape_px, model_name=None,
-                                   settings={"num_classes": len(FIVE_CLASSES), **extra}, latent_channels=4)
+        store = CanvasStore.create(
+            folder,
+            shape_px=shape_px,
+            model_name=None,
+            settings={"num_classes": len(FIVE_CLASSES), **extra},
+            latent_channels=4,
+        )
     d = store.grid.downsampling
     labels = labels_at_cell_centres(load_demo_mask(), d)
     if store.num_classes < len(FIVE_CLASSES):
@@ -118,8 +123,11 @@ def notify_no_model(error: str) -> None:
     """Tell the user the demo canvas shows only its mask, and how to get a model."""
     from .widgets.canvas_controller import notify
 
-    notify(f"DiffInfinite: {error} The demo canvas shows its mask; choose a model in the DiffInfinite widget "
-           "and press Generate.", "warning")
+    notify(
+        f"DiffInfinite: {error} The demo canvas shows its mask; choose a model in the DiffInfinite widget "
+        "and press Generate.",
+        "warning",
+    )
 
 
 def new_demo_canvas(model=None, spec=None, *, settings: dict | None = None):
@@ -163,14 +171,29 @@ def demo_canvas() -> list[tuple]:
         # once napari has built the layers (a load beside the build slows both: one GIL, 2 cores), so that
         # opening does not freeze napari; generation starts when the model is in
         store, rect, layers = new_demo_canvas(manifest, spec)
-        schedule_attach(store.root, store=store, model=None, model_spec=spec, camera=(rect.centre, 1.0),
-                        start=True, load_model=True)
+        schedule_attach(
+            store.root,
+            store=store,
+            model=None,
+            model_spec=spec,
+            camera=(rect.centre, 1.0),
+            start=True,
+            load_model=True,
+        )
         return layers
     model, spec, error = demo_model()
     store, rect, layers = new_demo_canvas(model, spec)
     early = start_generating(store, model, rect)
-    schedule_attach(store.root, store=store, model=model, model_spec=spec, camera=(rect.centre, 1.0),
-                    start=model is not None, load_model=False, early=early)
+    schedule_attach(
+        store.root,
+        store=store,
+        model=model,
+        model_spec=spec,
+        camera=(rect.centre, 1.0),
+        start=model is not None,
+        load_model=False,
+        early=early,
+    )
     if error is not None:
         notify_no_model(error)
     return layers

@@ -49,13 +49,19 @@ MODEL_CHOICES: list[tuple[str, str, int | None]] = [
     ("DiffInfinite 10-class checkpoints", "diffinfinite-10", 10),
     ("Model folder...", "user", None),
 ]
-GENERATE_TOOLTIP = ("Generate the tissue in view on the open canvas (more is generated as you pan); without a canvas, "
-                    "a new one is made from the chosen mask layer")
+GENERATE_TOOLTIP = (
+    "Generate the tissue in view on the open canvas (more is generated as you pan); without a canvas, "
+    "a new one is made from the chosen mask layer"
+)
 MAX_SEED = 2**31 - 1
 #: The image samplers (model.diffusion.SAMPLERS, named; a test ties the two).
 SAMPLER_CHOICES = [(label, name) for name, label in sorted(SAMPLER_LABELS.items(), reverse=True)]
 UNPAINTED_CHOICES = [("unlabelled (label 0)", "unlabelled"), ("generated masks", "generated")]
-EXPORT_REGIONS = [("current view", "view"), ("drawn rectangle", "rectangle"), ("whole generated extent", "generated")]
+EXPORT_REGIONS = [
+    ("current view", "view"),
+    ("drawn rectangle", "rectangle"),
+    ("whole generated extent", "generated"),
+]
 MASK_FILE_FILTER = "Masks (*.png *.tif *.tiff *.geojson *.json);;All files (*)"
 
 
@@ -135,17 +141,26 @@ class DiffInfiniteWidget(Container):
         note.native.setWordWrap(True)
         self.disclaimer = note
         # -- model ---------------------------------------------------------------------------------------------
-        self.model = ComboBox(label="Model", choices=[(title, key) for title, key, _ in MODEL_CHOICES], value="embedded")
-        self.checkpoint = FileEdit(label="Image checkpoint", mode="r", filter="*.pt *.pth *.safetensors", visible=False)
+        self.model = ComboBox(
+            label="Model", choices=[(title, key) for title, key, _ in MODEL_CHOICES], value="embedded"
+        )
+        self.checkpoint = FileEdit(
+            label="Image checkpoint", mode="r", filter="*.pt *.pth *.safetensors", visible=False
+        )
         self.checkpoint.tooltip = "The released DiffInfinite image model (image_gen*/model-*.pt)"
-        self.mask_checkpoint = FileEdit(label="Mask checkpoint", mode="r", filter="*.pt *.pth *.safetensors",
-                                        visible=False)
-        self.mask_checkpoint.tooltip = "Optional: the released mask model (mask_gen*/model-*.pt), for Generate masks"
+        self.mask_checkpoint = FileEdit(
+            label="Mask checkpoint", mode="r", filter="*.pt *.pth *.safetensors", visible=False
+        )
+        self.mask_checkpoint.tooltip = (
+            "Optional: the released mask model (mask_gen*/model-*.pt), for Generate masks"
+        )
         self.vae = FileEdit(label="SD2 VAE folder", mode="d", visible=False)
         self.vae.tooltip = "Optional: a local Stable Diffusion 2 VAE folder (else the Hugging Face cache)"
         self.model_folder = FileEdit(label="Model folder", mode="d", visible=False)
         self.model_folder.tooltip = "A model folder with model.json (as `diffinfinite bundle` writes it)"
-        self.num_classes = ComboBox(label="Classes", choices=[(s.title, n) for n, s in CLASS_SETS.items()], value=5)
+        self.num_classes = ComboBox(
+            label="Classes", choices=[(s.title, n) for n, s in CLASS_SETS.items()], value=5
+        )
         self.num_classes.enabled = False
 
         from .model.device import select_device
@@ -158,24 +173,32 @@ class DiffInfiniteWidget(Container):
         self.load_model_button = PushButton(text="Load model")
         self.model_status = Label(value="no model loaded")
         self.omega = FloatSpinBox(label="Guidance ω", value=3.0, min=0.0, max=20.0, step=0.5)
-        self.omega.tooltip = ("Classifier-free guidance weight omega of the image model (the network's scale is "
-                              "omega + 1); 0 = unguided. Set to the model's default when a model loads. Applies to "
-                              "tiles generated from now on.")
+        self.omega.tooltip = (
+            "Classifier-free guidance weight omega of the image model (the network's scale is "
+            "omega + 1); 0 = unguided. Set to the model's default when a model loads. Applies to "
+            "tiles generated from now on."
+        )
         self.steps = SpinBox(label="Steps", value=50, min=1, max=1000)
         self.steps.tooltip = "Sampling steps; applies to tiles generated from now on"
         self.sampler = ComboBox(label="Sampler", choices=SAMPLER_CHOICES, value="ddim")
-        self.sampler.tooltip = ("DDIM is the reference's sampler (the released checkpoints' default); DPM-Solver++(2M) "
-                                "SDE is sharper and truer to the data at the same cost (the embedded model's "
-                                "default). Set to the model's when a model loads; applies to tiles generated from "
-                                "now on.")
+        self.sampler.tooltip = (
+            "DDIM is the reference's sampler (the released checkpoints' default); DPM-Solver++(2M) "
+            "SDE is sharper and truer to the data at the same cost (the embedded model's "
+            "default). Set to the model's when a model loads; applies to tiles generated from "
+            "now on."
+        )
         self.seed = SpinBox(label="Seed", value=0, min=0, max=MAX_SEED)
         self.seed.tooltip = "Seed of a new canvas and of generated masks"
         self.reroll = PushButton(text="Re-roll seed")
-        self.context = ComboBox(label="Context", choices=[(name, i) for i, name in CONTEXT_PROMPTS.items()], value=0)
+        self.context = ComboBox(
+            label="Context", choices=[(name, i) for i, name in CONTEXT_PROMPTS.items()], value=0
+        )
         self.context.tooltip = "Context prompt of the mask model"
         # -- canvas --------------------------------------------------------------------------------------------
         self.new_canvas_button = PushButton(text="New canvas...")
-        self.new_canvas_button.tooltip = "A new canvas in a folder you choose (the chosen mask layer is painted in)"
+        self.new_canvas_button.tooltip = (
+            "A new canvas in a folder you choose (the chosen mask layer is painted in)"
+        )
         self.open_canvas_button = PushButton(text="Open canvas...")
         self.demo_button = PushButton(text="Demo mode")
         self.demo_button.tooltip = "Open the demo canvas and generate it, with a guided tour"
@@ -190,19 +213,27 @@ class DiffInfiniteWidget(Container):
         self.palette_buttons: list[PushButton] = []
         self.apply_colors = PushButton(text="Use class colours on this layer")
         self.generate_masks_button = PushButton(text="Generate masks")
-        self.generate_masks_button.tooltip = ("Fill the selection (or the view) with a mask from the mask model for the "
-                                              "context; painted labels are kept unless 'overwrite' is ticked")
+        self.generate_masks_button.tooltip = (
+            "Fill the selection (or the view) with a mask from the mask model for the "
+            "context; painted labels are kept unless 'overwrite' is ticked"
+        )
         self.overwrite_masks = CheckBox(text="overwrite painted labels", value=False)
         self.unpainted = ComboBox(label="Unpainted areas", choices=UNPAINTED_CHOICES, value="unlabelled")
-        self.unpainted.tooltip = ("What tiles generated where no label is painted get: label 0 (unlabelled: the "
-                                  "model's 'no condition'), or a mask from the mask model for the context, generated "
-                                  "first (painted labels are never overwritten)")
+        self.unpainted.tooltip = (
+            "What tiles generated where no label is painted get: label 0 (unlabelled: the "
+            "model's 'no condition'), or a mask from the mask model for the context, generated "
+            "first (painted labels are never overwritten)"
+        )
         self.load_mask_button = PushButton(text="Load mask from file...")
-        self.load_mask_button.tooltip = ("A label image (PNG/TIFF of class ids) or a QuPath GeoJSON annotation export, "
-                                         "placed at the centre of the view; its unlabelled parts keep what is painted")
+        self.load_mask_button.tooltip = (
+            "A label image (PNG/TIFF of class ids) or a QuPath GeoJSON annotation export, "
+            "placed at the centre of the view; its unlabelled parts keep what is painted"
+        )
         self.mask_file_um = FloatSpinBox(label="Mask file µm/px", value=0.0, min=0.0, max=1000.0, step=0.25)
-        self.mask_file_um.tooltip = ("Micrometres per pixel of the mask file (a GeoJSON's coordinate unit). auto: one "
-                                     "label per 8 image px for label images, the canvas's pixel size for GeoJSON")
+        self.mask_file_um.tooltip = (
+            "Micrometres per pixel of the mask file (a GeoJSON's coordinate unit). auto: one "
+            "label per 8 image px for label images, the canvas's pixel size for GeoJSON"
+        )
         with contextlib.suppress(Exception):
             self.mask_file_um.native.setSpecialValueText("auto")
         # -- tissue --------------------------------------------------------------------------------------------
@@ -211,36 +242,77 @@ class DiffInfiniteWidget(Container):
         self.pause = PushButton(text="Pause")
         self.cancel = PushButton(text="Cancel")
         self.select_region = PushButton(text="Draw selection")
-        self.select_region.tooltip = "Add a rectangle layer: its last rectangle is the region to re-roll, mask or export"
+        self.select_region.tooltip = (
+            "Add a rectangle layer: its last rectangle is the region to re-roll, mask or export"
+        )
         self.reroll_region = PushButton(text="Re-roll tissue")
-        self.reroll_region.tooltip = "Generate the tissue under the selection (or the view) again with a new seed"
+        self.reroll_region.tooltip = (
+            "Generate the tissue under the selection (or the view) again with a new seed"
+        )
         self.progress = Label(value="")
         self.tile_progress = ProgressBar(label="Tile", min=0, max=100, value=0)
         # -- export --------------------------------------------------------------------------------------------
         self.export_path = FileEdit(label="Export to", mode="w", filter="*.ome.tif *.png")
-        self.export_format = ComboBox(label="Format", choices=[("pyramidal OME-TIFF", "ome.tif"), ("PNG", "png")],
-                                      value="ome.tif")
+        self.export_format = ComboBox(
+            label="Format", choices=[("pyramidal OME-TIFF", "ome.tif"), ("PNG", "png")], value="ome.tif"
+        )
         self.export_region = ComboBox(label="Region", choices=EXPORT_REGIONS, value="view")
-        self.export_region.tooltip = "What to export: the view, the rectangle drawn with 'Draw selection', or everything generated"
+        self.export_region.tooltip = (
+            "What to export: the view, the rectangle drawn with 'Draw selection', or everything generated"
+        )
         self.generate_missing = CheckBox(text="generate missing tiles first", value=False)
         self.overwrite_export = CheckBox(text="overwrite existing files", value=False)
         self.export_button = PushButton(text="Export")
         self.export_cancel = PushButton(text="Cancel export")
         self.export_progress = ProgressBar(label="Export", min=0, max=100, value=0)
 
-        self.extend([
-            note, self.model, self.checkpoint, self.mask_checkpoint, self.vae, self.model_folder, self.num_classes,
-            self.device, self.load_model_button, self.model_status, self.omega, self.steps, self.sampler, self.seed,
-            self.reroll,
-            self.context,
-            self.new_canvas_button, self.open_canvas_button, self.demo_button, self.canvas_status,
-            self.labels_layer, self.palette, self.apply_colors, self.generate_masks_button, self.overwrite_masks,
-            self.unpainted, self.load_mask_button, self.mask_file_um,
-            self.generate, self.pause, self.cancel, self.select_region, self.reroll_region, self.progress,
-            self.tile_progress,
-            self.export_path, self.export_format, self.export_region, self.generate_missing, self.overwrite_export, self.export_button,
-            self.export_cancel, self.export_progress,
-        ])
+        self.extend(
+            [
+                note,
+                self.model,
+                self.checkpoint,
+                self.mask_checkpoint,
+                self.vae,
+                self.model_folder,
+                self.num_classes,
+                self.device,
+                self.load_model_button,
+                self.model_status,
+                self.omega,
+                self.steps,
+                self.sampler,
+                self.seed,
+                self.reroll,
+                self.context,
+                self.new_canvas_button,
+                self.open_canvas_button,
+                self.demo_button,
+                self.canvas_status,
+                self.labels_layer,
+                self.palette,
+                self.apply_colors,
+                self.generate_masks_button,
+                self.overwrite_masks,
+                self.unpainted,
+                self.load_mask_button,
+                self.mask_file_um,
+                self.generate,
+                self.pause,
+                self.cancel,
+                self.select_region,
+                self.reroll_region,
+                self.progress,
+                self.tile_progress,
+                self.export_path,
+                self.export_format,
+                self.export_region,
+                self.generate_missing,
+                self.overwrite_export,
+                self.export_button,
+                self.export_cancel,
+                self.export_progress,
+            ]
+        )
 
         self.model.changed.connect(self._on_model_changed)
         self.num_classes.changed.connect(self._rebuild_palette)
@@ -361,9 +433,14 @@ class DiffInfiniteWidget(Container):
         ckpt = _path_of(self.checkpoint)
         if ckpt is None:
             raise ValueError("choose the DiffInfinite image checkpoint (image_gen*/model-*.pt) first")
-        return ModelSpec("diffinfinite", device=device, image_checkpoint=ckpt,
-                         mask_checkpoint=_path_of(self.mask_checkpoint), num_classes=self._model_classes[key],
-                         vae=_path_of(self.vae))
+        return ModelSpec(
+            "diffinfinite",
+            device=device,
+            image_checkpoint=ckpt,
+            mask_checkpoint=_path_of(self.mask_checkpoint),
+            num_classes=self._model_classes[key],
+            vae=_path_of(self.vae),
+        )
 
     @_guarded
     def load_selected_model(self, then=None):
@@ -403,7 +480,9 @@ class DiffInfiniteWidget(Container):
             ctrl = self.controller
             if ctrl is not None and ctrl.model is not model and not ctrl.read_only:
                 ctrl.set_model(model, spec)
-            if ctrl is not None and ctrl.sampler is not None:  # a canvas made without a model takes the model's
+            if (
+                ctrl is not None and ctrl.sampler is not None
+            ):  # a canvas made without a model takes the model's
                 self.sampler.value = ctrl.sampler
             if then is not None:
                 then(model)
@@ -455,7 +534,9 @@ class DiffInfiniteWidget(Container):
                 self.unpainted.value = ctrl.unpainted
         ctrl.unpainted_context = int(self.context.value)
         h, w = ctrl.grid.shape
-        self.canvas_status.value = f"{ctrl.folder.name}: {h} x {w} px" + ("  (read-only)" if ctrl.read_only else "")
+        self.canvas_status.value = f"{ctrl.folder.name}: {h} x {w} px" + (
+            "  (read-only)" if ctrl.read_only else ""
+        )
         self.canvas_status.tooltip = str(ctrl.folder)
 
     @_guarded
@@ -471,8 +552,10 @@ class DiffInfiniteWidget(Container):
             chosen = self.labels_layer.value
             from_layer = chosen if chosen is not None and canvas_meta(chosen) is None else None
         elif not isinstance(from_layer, Labels):
-            raise TypeError(f"{getattr(from_layer, 'name', from_layer)!r} is not a Labels layer; a canvas is painted "
-                            "from a Labels layer (class ids)")
+            raise TypeError(
+                f"{getattr(from_layer, 'name', from_layer)!r} is not a Labels layer; a canvas is painted "
+                "from a Labels layer (class ids)"
+            )
         if folder is None:
             from qtpy.QtWidgets import QFileDialog
 
@@ -492,8 +575,13 @@ class DiffInfiniteWidget(Container):
         from .widgets.canvas_controller import open_canvas
 
         spec = self.loaded_spec
-        settings = {"seed": int(self.seed.value), "omega": float(self.omega.value), "steps": int(self.steps.value),
-                    "sampler": self.sampler.value, "context": int(self.context.value)}
+        settings = {
+            "seed": int(self.seed.value),
+            "omega": float(self.omega.value),
+            "steps": int(self.steps.value),
+            "sampler": self.sampler.value,
+            "context": int(self.context.value),
+        }
         if spec is not None:
             settings["model_source"] = spec.source
         try:
@@ -551,6 +639,7 @@ class DiffInfiniteWidget(Container):
         if ctrl.read_only:
             raise PermissionError("this canvas is open read-only (another program is generating it)")
         if ctrl.scheduler is None:
+
             def go(model):
                 if ctrl.model is not model:
                     ctrl.set_model(model, self.loaded_spec)
@@ -606,8 +695,12 @@ class DiffInfiniteWidget(Container):
     def generate_masks(self, rect_px=None):
         """Generate masks for the selection (or view) with the chosen context (worker thread)."""
         ctrl = self._require_canvas(model=True)
-        return ctrl.generate_masks(rect_px, context=int(self.context.value), seed=int(self.seed.value),
-                                   overwrite=bool(self.overwrite_masks.value))
+        return ctrl.generate_masks(
+            rect_px,
+            context=int(self.context.value),
+            seed=int(self.seed.value),
+            overwrite=bool(self.overwrite_masks.value),
+        )
 
     @_guarded
     def set_unpainted(self, mode: str | None = None):
@@ -639,8 +732,9 @@ class DiffInfiniteWidget(Container):
         if path is None:
             from qtpy.QtWidgets import QFileDialog
 
-            path, _ = QFileDialog.getOpenFileName(self.native, "Load a mask (label image or QuPath GeoJSON)", "",
-                                                  MASK_FILE_FILTER)
+            path, _ = QFileDialog.getOpenFileName(
+                self.native, "Load a mask (label image or QuPath GeoJSON)", "", MASK_FILE_FILTER
+            )
             if not path:
                 return None
         return ctrl.load_mask_file(path, centre_px=centre_px, file_um=float(self.mask_file_um.value) or None)
@@ -657,7 +751,9 @@ class DiffInfiniteWidget(Container):
     def _require_canvas(self, model: bool = False):
         ctrl = self.controller
         if ctrl is None:
-            raise RuntimeError("open a canvas first (File > Open Sample > DiffInfinite demo canvas, or New canvas)")
+            raise RuntimeError(
+                "open a canvas first (File > Open Sample > DiffInfinite demo canvas, or New canvas)"
+            )
         if model and ctrl.model is None:
             raise RuntimeError("load a model first (Load model)")
         return ctrl
@@ -674,8 +770,13 @@ class DiffInfiniteWidget(Container):
             raise ValueError("choose a file to export to ('Export to')")
         if rect_px is None:
             rect_px = ctrl.region_rect(region or self.export_region.value)
-        return ctrl.export(path, rect_px, fmt=self.export_format.value, overwrite=bool(self.overwrite_export.value),
-                           generate_missing=bool(self.generate_missing.value))
+        return ctrl.export(
+            path,
+            rect_px,
+            fmt=self.export_format.value,
+            overwrite=bool(self.overwrite_export.value),
+            generate_missing=bool(self.generate_missing.value),
+        )
 
     @_guarded
     def cancel_export(self):
@@ -691,15 +792,19 @@ class DiffInfiniteWidget(Container):
             self.generate.enabled = not (ctrl is not None and ctrl.read_only)
             if ctrl is not None and ctrl.model is not None and ctrl.model is not self.loaded_model:
                 m = ctrl.model
-                self.model_status.value = f"canvas generates with {m.name}: {m.num_classes} classes on {m.device}"
+                self.model_status.value = (
+                    f"canvas generates with {m.name}: {m.num_classes} classes on {m.device}"
+                )
             if ctrl is None or ctrl.scheduler is None:
                 self.progress.value = "no canvas open" if ctrl is None else "no model loaded for this canvas"
                 self.tile_progress.value = 0
             else:
                 s = ctrl.scheduler.stats
                 state = "cancelled" if not ctrl.generating and s.state != "paused" else s.state
-                self.progress.value = (f"{state}: {s.tiles_done} tiles done, {s.tiles_queued} queued, "
-                                       f"{s.tiles_per_second:.2f} tiles/s")
+                self.progress.value = (
+                    f"{state}: {s.tiles_done} tiles done, {s.tiles_queued} queued, "
+                    f"{s.tiles_per_second:.2f} tiles/s"
+                )
                 self.tile_progress.value = round(100 * s.current_fraction) if s.current is not None else 0
             if ctrl is not None:
                 done, total = ctrl.export_progress

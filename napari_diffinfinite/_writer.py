@@ -39,7 +39,10 @@ def write_tissue(path: str, data: Any, meta: dict) -> list[str]:
     scale = meta.get("scale")
     pixel_size = float(scale[-1]) if scale is not None and len(scale) else 1.0
     if not (len(shape) == 3 and shape[-1] == 3 and np.dtype(level0.dtype) == np.uint8):
-        raise ValueError(f"the DiffInfinite OME-TIFF writer takes RGB uint8 (H, W, 3) images, not {level0.dtype} {shape}")
-    info = write_pyramidal_ome_tiff(Path(path), level0, kind="rgb", pixel_size_um=pixel_size, overwrite=True,
-                                    name=meta.get("name"))
+        raise ValueError(
+            f"the DiffInfinite OME-TIFF writer takes RGB uint8 (H, W, 3) images, not {level0.dtype} {shape}"
+        )
+    info = write_pyramidal_ome_tiff(
+        Path(path), level0, kind="rgb", pixel_size_um=pixel_size, overwrite=True, name=meta.get("name")
+    )
     return [str(info.path)]

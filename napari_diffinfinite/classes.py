@@ -88,7 +88,8 @@ def _make(key: str, title: str, names: list[str]) -> ClassSet:
         key,
         title,
         tuple(
-            TissueClass(i, n, TRANSPARENT if _COLORS[n] is None else _hex(_COLORS[n])) for i, n in enumerate(names)
+            TissueClass(i, n, TRANSPARENT if _COLORS[n] is None else _hex(_COLORS[n]))
+            for i, n in enumerate(names)
         ),
     )
 

@@ -74,10 +74,18 @@ class DemoPreset:
 
 PRESETS: dict[str, DemoPreset] = {
     # a 1:1 view of a laptop screen is ~12-20 tiles: on a CPU, fewer steps and only the central 12 tiles at once
-    "cpu": DemoPreset("cpu", steps=20, max_view_tiles=12,
-                      description="CPU: at most 20 steps, the 12 tiles nearest the centre of the view at once"),
-    "gpu": DemoPreset("gpu", steps=None, max_view_tiles=96,
-                      description="GPU: the model's steps, up to 96 tiles of the view at once"),
+    "cpu": DemoPreset(
+        "cpu",
+        steps=20,
+        max_view_tiles=12,
+        description="CPU: at most 20 steps, the 12 tiles nearest the centre of the view at once",
+    ),
+    "gpu": DemoPreset(
+        "gpu",
+        steps=None,
+        max_view_tiles=96,
+        description="GPU: the model's steps, up to 96 tiles of the view at once",
+    ),
 }
 
 
@@ -114,7 +122,9 @@ class DemoSession:
     """One demo in one viewer: the canvas controller, the panel, the preset, and the actions the panel's
     buttons call (kept here so they can be scripted and tested without clicking)."""
 
-    def __init__(self, viewer, controller, preset: DemoPreset, *, mask_rect=None, model_error: str | None = None):
+    def __init__(
+        self, viewer, controller, preset: DemoPreset, *, mask_rect=None, model_error: str | None = None
+    ):
         self.viewer = viewer
         self.controller = controller
         self.preset = preset
@@ -149,9 +159,19 @@ class DemoSession:
         done = np.zeros((i1 - i0, j1 - j0), bool)
         done[keys[:, 0] - i0, keys[:, 1] - j0] = True
         groups, n = ndimage.label(done)
-        boxes = ndimage.find_objects(groups) if n <= MAX_OUTLINES else [(slice(0, i1 - i0), slice(0, j1 - j0))]
-        return [(int(i0 + b[0].start) * t, int(i0 + b[0].stop) * t, int(j0 + b[1].start) * t,
-                 int(j0 + b[1].stop) * t) for b in boxes if b is not None]
+        boxes = (
+            ndimage.find_objects(groups) if n <= MAX_OUTLINES else [(slice(0, i1 - i0), slice(0, j1 - j0))]
+        )
+        return [
+            (
+                int(i0 + b[0].start) * t,
+                int(i0 + b[0].stop) * t,
+                int(j0 + b[1].start) * t,
+                int(j0 + b[1].stop) * t,
+            )
+            for b in boxes
+            if b is not None
+        ]
 
     def update_synthetic_outlines(self, *_args) -> None:
         """Outline every generated area with a "SYNTHETIC" label (a Shapes layer above the tissue). Runs when
@@ -169,10 +189,20 @@ class DemoSession:
         if layer is None or layer not in self.viewer.layers:
             active = self.viewer.layers.selection.active
             layer = self.viewer.add_shapes(
-                name=SYNTHETIC_LAYER_NAME, scale=(px, px), units=("um", "um"), edge_color="#ffd400", face_color="transparent",
-                edge_width=10, opacity=0.9,
-                text={"string": {"constant": "SYNTHETIC - not for diagnosis"}, "color": "#ffd400", "size": 10,
-                      "anchor": "upper_left", "translation": [-12, 0]},
+                name=SYNTHETIC_LAYER_NAME,
+                scale=(px, px),
+                units=("um", "um"),
+                edge_color="#ffd400",
+                face_color="transparent",
+                edge_width=10,
+                opacity=0.9,
+                text={
+                    "string": {"constant": "SYNTHETIC - not for diagnosis"},
+                    "color": "#ffd400",
+                    "size": 10,
+                    "anchor": "upper_left",
+                    "translation": [-12, 0],
+                },
                 metadata={"disclaimer": DISCLAIMER},
             )
             self.synthetic_layer = layer
@@ -236,8 +266,9 @@ class DemoSession:
             if on_done is not None:
                 on_done(paths)
 
-        self.controller.export(path, self.controller.current_view().rect, fmt=fmt, generate_missing=True,
-                               on_done=done)
+        self.controller.export(
+            path, self.controller.current_view().rect, fmt=fmt, generate_missing=True, on_done=done
+        )
         return path
 
     def show_controls(self):
@@ -255,7 +286,9 @@ class DemoSession:
             self.panel = None
 
 
-def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscreen: bool = False) -> DemoSession:
+def enter_demo_mode(
+    viewer, *, preset: str | DemoPreset | None = None, fullscreen: bool = False
+) -> DemoSession:
     """Open a new demo canvas in ``viewer`` generating at 1:1, dock the guided panel (alone, so the canvas keeps
     the room; its "All controls" button docks the full widget; if that widget is docked already the panel is
     tabbed with it), label the canvas synthetic and apply ``preset`` (see :func:`choose_preset`; default: from
@@ -283,8 +316,17 @@ def enter_demo_mode(viewer, *, preset: str | DemoPreset | None = None, fullscree
     early = start_generating(store, model, rect, **options)
     for data, kwargs, kind in layers:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
-    ctrl = open_canvas(viewer, store=store, model=model, model_spec=spec, camera=(rect.centre, 1.0),
-                       start=model is not None, load_model=False, early=early, scheduler_options=options)
+    ctrl = open_canvas(
+        viewer,
+        store=store,
+        model=model,
+        model_spec=spec,
+        camera=(rect.centre, 1.0),
+        start=model is not None,
+        load_model=False,
+        early=early,
+        scheduler_options=options,
+    )
     ctrl.labels_layer.opacity = DEMO_MASK_OPACITY
     session = DemoSession(viewer, ctrl, chosen, mask_rect=tuple(rect), model_error=error)
     if manifest is not None:
@@ -346,9 +388,14 @@ def _fill_screen(dock, fullscreen: bool) -> None:
         if screen is not None and not window.isFullScreen():
             window.setGeometry(screen.availableGeometry())
     window.resizeDocks([dock], [PANEL_WIDTH], Qt.Orientation.Horizontal)
-    left = [d for d in window.findChildren(QDockWidget)
-            if window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea and not d.isHidden()]
-    for d in left:  # napari's layer controls need 400 px; the panel has the brush size (Window menu brings it back)
+    left = [
+        d
+        for d in window.findChildren(QDockWidget)
+        if window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea and not d.isHidden()
+    ]
+    for d in (
+        left
+    ):  # napari's layer controls need 400 px; the panel has the brush size (Window menu brings it back)
         if d.windowTitle() == "layer controls":
             d.hide()
     left = [d for d in left if not d.isHidden()]

@@ -98,8 +98,24 @@ MASK_CHUNK = 2048
 #: The full-resolution class mask (H, W) uint8, next to the canvas arrays.
 MASK_ARRAY = "mask"
 #: Settings that must match for a re-run to resume an existing canvas.
-JOB_KEYS = ("model_name", "seed", "omega", "mask_omega", "steps", "sampler", "halo", "lookahead", "mode", "block",
-            "image_shape", "mask", "mask_sha1", "context", "decode_tile", "max_batch")
+JOB_KEYS = (
+    "model_name",
+    "seed",
+    "omega",
+    "mask_omega",
+    "steps",
+    "sampler",
+    "halo",
+    "lookahead",
+    "mode",
+    "block",
+    "image_shape",
+    "mask",
+    "mask_sha1",
+    "context",
+    "decode_tile",
+    "max_batch",
+)
 
 _PRIORITY_SAMPLE = 1 << 30  # sampling tasks (the critical path) before any decode task
 
@@ -163,7 +179,9 @@ class ModelPlugin(WorkerPlugin):
             logging.getLogger(__name__).warning(
                 "MALLOC_TRIM_THRESHOLD_=%s in this worker slows torch down (every large tensor is mmapped "
                 "afresh); start the workers with dask config distributed.nanny.pre-spawn-environ."
-                "MALLOC_TRIM_THRESHOLD_: null", trim)
+                "MALLOC_TRIM_THRESHOLD_: null",
+                trim,
+            )
         _MODELS[self.name] = self.ref.load()
 
     def teardown(self, worker) -> None:
@@ -212,12 +230,20 @@ def _model_info(ref: ModelRef, context) -> dict:
     model = ref.get()
     strategy = decode_strategy(model.autoencoder)
     info = {
-        "name": model.name, "num_classes": int(model.num_classes), "contexts": list(model.contexts),
-        "default_steps": int(model.default_steps), "default_omega": float(model.default_omega),
-        "default_mask_omega": float(model.default_mask_omega), "sampler": model.sampler, "window": int(model.window),
-        "downsampling": int(model.downsampling), "latent_channels": int(model.image_unet.channels),
-        "pixel_size_um": float(model.pixel_size_um), "has_mask_model": model.mask_unet is not None,
-        "decode_strategy": strategy, "device": str(model.device),
+        "name": model.name,
+        "num_classes": int(model.num_classes),
+        "contexts": list(model.contexts),
+        "default_steps": int(model.default_steps),
+        "default_omega": float(model.default_omega),
+        "default_mask_omega": float(model.default_mask_omega),
+        "sampler": model.sampler,
+        "window": int(model.window),
+        "downsampling": int(model.downsampling),
+        "latent_channels": int(model.image_unet.channels),
+        "pixel_size_um": float(model.pixel_size_um),
+        "has_mask_model": model.mask_unet is not None,
+        "decode_strategy": strategy,
+        "device": str(model.device),
         "decode_margin": int(model.autoencoder.decoder_margin) if strategy == MARGIN else None,
     }
     if context is not None:
@@ -227,8 +253,14 @@ def _model_info(ref: ModelRef, context) -> dict:
 
 # ---------------------------------------------------------------------------------------------- cluster
 @contextmanager
-def connect(scheduler: str | None = None, workers: int | None = None, *, torch_threads: int | None = None,
-            dashboard: bool = True, quiet: bool = True) -> Iterator[Client]:
+def connect(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    *,
+    torch_threads: int | None = None,
+    dashboard: bool = True,
+    quiet: bool = True,
+) -> Iterator[Client]:
     """A :class:`distributed.Client`: to the scheduler at ``scheduler`` (an existing cluster), or to a new
     ``LocalCluster`` of ``workers`` worker processes with one task thread each (default: one per GPU, else
     one per 2 CPU cores, at least 1). Closed (with the local cluster) on exit.
@@ -252,9 +284,13 @@ def connect(scheduler: str | None = None, workers: int | None = None, *, torch_t
     # dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which turns off glibc's dynamic mmap
     # threshold: every large tensor is then mmapped and unmapped afresh, and torch runs ~2.5x slower here
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=":0" if dashboard else None,
-                               silence_logs=logging.ERROR if quiet else logging.WARNING)
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0" if dashboard else None,
+            silence_logs=logging.ERROR if quiet else logging.WARNING,
+        )
     try:
         client = Client(cluster)
         try:
@@ -402,9 +438,17 @@ def _sample_block_task(ref: ModelRef, job: CanvasJob, i: int, j: int, hook=None)
         done = (rows[:, None] + cols[None, :]) < (i + j)
         local = Block(i, j, y0 - wy0, x0 - wx0, y1 - wy0, x1 - wx0)
         with torch.no_grad():
-            generate_block(job.options.stepper(model.image_unet), latents, done, labels, local, seed=job.seed,
-                           options=job.options, device=model.device)
-        out = latents[:, local.y0:local.y1, local.x0:local.x1].numpy()
+            generate_block(
+                job.options.stepper(model.image_unet),
+                latents,
+                done,
+                labels,
+                local,
+                seed=job.seed,
+                options=job.options,
+                device=model.device,
+            )
+        out = latents[:, local.y0 : local.y1, local.x0 : local.x1].numpy()
         if not np.isfinite(out).all():
             raise FloatingPointError(f"block ({i}, {j}): latents contain NaN or infinity; not written")
         store.latents[:, y0:y1, x0:x1] = out  # the block is one chunk: written whole, by this task only
@@ -437,8 +481,17 @@ def _decode_block_task(ref: ModelRef, job: CanvasJob, i: int, j: int, hook=None)
             return window[..., ys.start - wy0 : ys.stop - wy0, xs.start - wx0 : xs.stop - wx0]
 
         with torch.no_grad():
-            px = decode_region(model.autoencoder, read, ry0, rx0, ry1, rx1, job.latent_shape,
-                               tile=job.decode_tile, out_device="cpu")[0]
+            px = decode_region(
+                model.autoencoder,
+                read,
+                ry0,
+                rx0,
+                ry1,
+                rx1,
+                job.latent_shape,
+                tile=job.decode_tile,
+                out_device="cpu",
+            )[0]
         d = job.downsampling
         px = px[:, (y0 - ry0) * d : (y1 - ry0) * d, (x0 - rx0) * d : (x1 - rx0) * d]
         rgb = (px.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -448,8 +501,17 @@ def _decode_block_task(ref: ModelRef, job: CanvasJob, i: int, j: int, hook=None)
     return {"kind": "decode", "key": (i, j), "worker": _worker_name(), "seconds": time.perf_counter() - t0}
 
 
-def _mask_task(ref: ModelRef, canvas: str, size: tuple[int, int], context, seed: int, steps: int,
-               omega: float | None, mode: str, hook=None) -> dict:
+def _mask_task(
+    ref: ModelRef,
+    canvas: str,
+    size: tuple[int, int],
+    context,
+    seed: int,
+    steps: int,
+    omega: float | None,
+    mode: str,
+    hook=None,
+) -> dict:
     """Generate the class mask as :func:`~napari_diffinfinite.generation.generate` does and store it."""
     from .generation import generate_mask
 
@@ -457,8 +519,9 @@ def _mask_task(ref: ModelRef, canvas: str, size: tuple[int, int], context, seed:
     if hook is not None:
         hook("mask", 0, 0)
     model = ref.get()
-    labels = generate_mask(model, tuple(size), context=context, seed=seed, steps=steps, omega=omega,
-                           mode=mode)
+    labels = generate_mask(
+        model, tuple(size), context=context, seed=seed, steps=steps, omega=omega, mode=mode
+    )
     _mask_array(canvas, mode="r+")[...] = labels.astype(np.uint8)
     return {"kind": "mask", "worker": _worker_name(), "seconds": time.perf_counter() - t0}
 
@@ -471,8 +534,15 @@ def _mask_array(canvas, *, mode: str, shape: tuple[int, int] | None = None):
     store = AtomicLocalStore(Path(canvas) / MASK_ARRAY, read_only=mode == "r")
     if mode == "w":
         h, w = shape
-        return zarr.create_array(store=store, shape=(h, w), chunks=(min(h, MASK_CHUNK), min(w, MASK_CHUNK)),
-                                 dtype="uint8", fill_value=0, dimension_names=("y", "x"), overwrite=True)
+        return zarr.create_array(
+            store=store,
+            shape=(h, w),
+            chunks=(min(h, MASK_CHUNK), min(w, MASK_CHUNK)),
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=("y", "x"),
+            overwrite=True,
+        )
     return zarr.open_array(store=store, mode=mode)
 
 
@@ -549,20 +619,43 @@ def _labels_for(mask, mask_scale, size, num_classes: int) -> np.ndarray:
     return labels
 
 
-def _job_settings(info: dict, options: SamplingOptions, *, seed, mask_omega, block, shape, mask_kind, mask_sha1,
-                  context, decode_tile, latent_hw) -> dict:
+def _job_settings(
+    info: dict,
+    options: SamplingOptions,
+    *,
+    seed,
+    mask_omega,
+    block,
+    shape,
+    mask_kind,
+    mask_sha1,
+    context,
+    decode_tile,
+    latent_hw,
+) -> dict:
     return {
-        **options.recorded(), "max_batch": int(options.max_batch),
-        "seed": int(seed), "mask_omega": None if mask_omega is None else float(mask_omega), "block": int(block),
-        "image_shape": [int(shape[0]), int(shape[1])], "latent_shape": [int(latent_hw[0]), int(latent_hw[1])],
-        "mask": mask_kind, "mask_sha1": mask_sha1, "context": context, "decode_tile": int(decode_tile),
-        "model_name": info["name"], "num_classes": info["num_classes"], "pixel_size_um": info["pixel_size_um"],
-        "mask_ready": False, "job": "distributed-canvas",
+        **options.recorded(),
+        "max_batch": int(options.max_batch),
+        "seed": int(seed),
+        "mask_omega": None if mask_omega is None else float(mask_omega),
+        "block": int(block),
+        "image_shape": [int(shape[0]), int(shape[1])],
+        "latent_shape": [int(latent_hw[0]), int(latent_hw[1])],
+        "mask": mask_kind,
+        "mask_sha1": mask_sha1,
+        "context": context,
+        "decode_tile": int(decode_tile),
+        "model_name": info["name"],
+        "num_classes": info["num_classes"],
+        "pixel_size_um": info["pixel_size_um"],
+        "mask_ready": False,
+        "job": "distributed-canvas",
     }
 
 
-def _open_or_create(canvas: Path, info: dict, settings: dict, grid_px: tuple[int, int], tile_px: int,
-                    overwrite: bool):
+def _open_or_create(
+    canvas: Path, info: dict, settings: dict, grid_px: tuple[int, int], tile_px: int, overwrite: bool
+):
     from .canvas.store import CanvasStore
 
     if (canvas / "zarr.json").is_file():
@@ -581,9 +674,16 @@ def _open_or_create(canvas: Path, info: dict, settings: dict, grid_px: tuple[int
             )
     elif canvas.exists() and canvas.is_dir() and any(canvas.iterdir()) and not overwrite:
         raise FileExistsError(f"{canvas} exists and is not a canvas; choose another canvas folder")
-    store = CanvasStore.create(canvas, shape_px=grid_px, model_name=info["name"], settings=settings,
-                               latent_channels=info["latent_channels"], downsampling=info["downsampling"],
-                               tile=tile_px, overwrite=True)
+    store = CanvasStore.create(
+        canvas,
+        shape_px=grid_px,
+        model_name=info["name"],
+        settings=settings,
+        latent_channels=info["latent_channels"],
+        downsampling=info["downsampling"],
+        tile=tile_px,
+        overwrite=True,
+    )
     return store, False
 
 
@@ -661,13 +761,29 @@ def generate_canvas(
     canvas = Path(canvas).absolute()
     ref = _model_ref(model, device, torch_threads)
     _register(client, ref)
-    info = client.submit(_model_info, ref, context if mask is None else None, pure=False,
-                         key=f"diffinfinite-info-{uuid.uuid4().hex[:8]}").result()
-    defaults = SamplingOptions(steps=info["default_steps"], omega=info["default_omega"], sampler=info["sampler"],
-                               window=info["window"])
+    info = client.submit(
+        _model_info,
+        ref,
+        context if mask is None else None,
+        pure=False,
+        key=f"diffinfinite-info-{uuid.uuid4().hex[:8]}",
+    ).result()
+    defaults = SamplingOptions(
+        steps=info["default_steps"],
+        omega=info["default_omega"],
+        sampler=info["sampler"],
+        window=info["window"],
+    )
     # the lookahead never leaves the halo (generate_block's rule); recorded, and checked on resume
-    options = defaults.replaced(steps=steps or None, omega=omega, sampler=sampler, mode=mode, halo=halo,
-                                lookahead=min(LOOKAHEAD, halo), max_batch=max_batch)
+    options = defaults.replaced(
+        steps=steps or None,
+        omega=omega,
+        sampler=sampler,
+        mode=mode,
+        halo=halo,
+        lookahead=min(LOOKAHEAD, halo),
+        max_batch=max_batch,
+    )
     steps = options.steps
     if mask is None:  # the mask model's guidance, recorded only when it generates the mask
         mask_omega = info["default_mask_omega"] if mask_omega is None else float(mask_omega)
@@ -692,12 +808,22 @@ def generate_canvas(
     lh, lw = -(-h // d), -(-w // d)
     rows, cols = -(-lh // block), -(-lw // block)
     tile_px = block * d
-    settings = _job_settings(info, options, seed=seed, mask_omega=mask_omega, block=block,
-                             shape=(h, w), mask_kind="given" if mask is not None else "generated",
-                             mask_sha1=mask_sha1, context=context_display, decode_tile=decode_tile,
-                             latent_hw=(lh, lw))
-    store, _resumed = _open_or_create(canvas, info, settings, (rows * tile_px, cols * tile_px), tile_px,
-                                      overwrite)
+    settings = _job_settings(
+        info,
+        options,
+        seed=seed,
+        mask_omega=mask_omega,
+        block=block,
+        shape=(h, w),
+        mask_kind="given" if mask is not None else "generated",
+        mask_sha1=mask_sha1,
+        context=context_display,
+        decode_tile=decode_tile,
+        latent_hw=(lh, lw),
+    )
+    store, _resumed = _open_or_create(
+        canvas, info, settings, (rows * tile_px, cols * tile_px), tile_px, overwrite
+    )
     outstanding: dict[str, tuple[str, tuple[int, int]]] = {}
     futures: dict[str, Any] = {}
     try:
@@ -708,18 +834,37 @@ def generate_canvas(
                 _mask_array(canvas, mode="w", shape=(h, w))[...] = labels.astype(np.uint8)
             else:
                 _mask_array(canvas, mode="w", shape=(h, w))
-                client.submit(_mask_task, ref, str(canvas), (h, w), context, seed, steps, mask_omega, mode,
-                              task_hook, retries=retries, pure=False,
-                              key=f"diffinfinite-mask-{token}").result()
+                client.submit(
+                    _mask_task,
+                    ref,
+                    str(canvas),
+                    (h, w),
+                    context,
+                    seed,
+                    steps,
+                    mask_omega,
+                    mode,
+                    task_hook,
+                    retries=retries,
+                    pure=False,
+                    key=f"diffinfinite-mask-{token}",
+                ).result()
             arr = _mask_array(canvas, mode="r")
             lat = np.asarray(arr.oindex[cell_centres(h, d), cell_centres(w, d)])  # as generate() reads it
             store.write_labels(0, 0, lat)
             store.update_settings(mask_ready=True)
 
         # ------------------------------------------------------------------ the wavefront
-        job = CanvasJob(canvas=str(canvas), latent_shape=(info["latent_channels"], lh, lw), block=block,
-                        seed=int(seed), options=options, decode_tile=int(decode_tile),
-                        decode_margin=info["decode_margin"], downsampling=d)
+        job = CanvasJob(
+            canvas=str(canvas),
+            latent_shape=(info["latent_channels"], lh, lw),
+            block=block,
+            seed=int(seed),
+            options=options,
+            decode_tile=int(decode_tile),
+            decode_margin=info["decode_margin"],
+            downsampling=d,
+        )
         context_deps, decode_deps = block_dependencies(job)
         sample_waiters: dict[tuple[int, int], list] = {k: [] for k in context_deps}
         decode_waiters: dict[tuple[int, int], list] = {k: [] for k in context_deps}
@@ -743,21 +888,29 @@ def generate_canvas(
             else:
                 fn, prio = _decode_block_task, -(i + j)
             key = f"diffinfinite-{kind}-{token}-{i}-{j}"
-            fut = client.submit(fn, ref, job, i, j, task_hook, key=key, pure=False, retries=retries,
-                                priority=prio)
+            fut = client.submit(
+                fn, ref, job, i, j, task_hook, key=key, pure=False, retries=retries, priority=prio
+            )
             submitted.add((kind, k))
             outstanding[key] = (kind, k)
             futures[key] = fut
             ac.add(fut)
 
         def consider_sample(k):
-            if k not in has_latents and ("block", k) not in submitted \
-                    and all(dep in has_latents for dep in context_deps[k]):
+            if (
+                k not in has_latents
+                and ("block", k) not in submitted
+                and all(dep in has_latents for dep in context_deps[k])
+            ):
                 submit("block", k)
 
         def consider_decode(k):
-            if k not in has_pixels and ("decode", k) not in submitted and k in has_latents \
-                    and all(dep in has_latents for dep in decode_deps[k]):
+            if (
+                k not in has_pixels
+                and ("decode", k) not in submitted
+                and k in has_latents
+                and all(dep in has_latents for dep in decode_deps[k])
+            ):
                 submit("decode", k)
 
         t_wave = time.perf_counter()
@@ -786,8 +939,11 @@ def generate_canvas(
                 keys = group_done.pop(gk)
                 if pyramid:
                     t = store.grid.tile
-                    store.update_pyramid(store.grid.clip(Rect(gk[0] * g * t, (gk[0] + 1) * g * t,
-                                                              gk[1] * g * t, (gk[1] + 1) * g * t)))
+                    store.update_pyramid(
+                        store.grid.clip(
+                            Rect(gk[0] * g * t, (gk[0] + 1) * g * t, gk[1] * g * t, (gk[1] + 1) * g * t)
+                        )
+                    )
                 store.set_status(keys, STATUS_PIXELS)
 
         for fut in ac:
@@ -818,11 +974,20 @@ def generate_canvas(
                     progress(len(has_pixels), total)
         if len(has_pixels) != total:  # pragma: no cover - every block is reachable from wave 0
             raise RuntimeError(f"the wavefront stopped with {total - len(has_pixels)} blocks unfinished")
-        return CanvasRun(canvas=canvas, shape=(h, w), grid=(rows, cols), blocks=total, sampled=sampled,
-                         decoded=decoded, resumed=resumed, workers=sorted(workers),
-                         seconds=time.perf_counter() - t_start,
-                         wavefront_seconds=time.perf_counter() - t_wave, settings=store.settings,
-                         task_seconds=task_seconds)
+        return CanvasRun(
+            canvas=canvas,
+            shape=(h, w),
+            grid=(rows, cols),
+            blocks=total,
+            sampled=sampled,
+            decoded=decoded,
+            resumed=resumed,
+            workers=sorted(workers),
+            seconds=time.perf_counter() - t_start,
+            wavefront_seconds=time.perf_counter() - t_wave,
+            settings=store.settings,
+            task_seconds=task_seconds,
+        )
     finally:
         if futures:
             client.cancel(list(futures.values()))
@@ -834,8 +999,19 @@ def _batch_paths(stem: Path, fmt: str, count: int) -> list[Path]:
     return [stem.with_name(f"{stem.name}_{k + 1:04d}") for k in range(count)]
 
 
-def _image_task(ref: ModelRef, stem: str, fmt: str, index: int, count: int, seed: int, run: str, mask,
-                gen_kwargs: dict, export_kwargs: dict, hook=None) -> dict:
+def _image_task(
+    ref: ModelRef,
+    stem: str,
+    fmt: str,
+    index: int,
+    count: int,
+    seed: int,
+    run: str,
+    mask,
+    gen_kwargs: dict,
+    export_kwargs: dict,
+    hook=None,
+) -> dict:
     import json
 
     from .generation import generate
@@ -850,19 +1026,43 @@ def _image_task(ref: ModelRef, stem: str, fmt: str, index: int, count: int, seed
         try:  # written by an earlier attempt of this very task (killed after committing its files)
             doc = json.loads(sidecar.read_text())
             if doc.get("batch", {}).get("run") == run and doc.get("seed") == seed:
-                return {"index": index, "seed": seed, "paths": {k: str(v) for k, v in paths.items() if v},
-                        "worker": _worker_name(), "seconds": time.perf_counter() - t0, "skipped": True}
+                return {
+                    "index": index,
+                    "seed": seed,
+                    "paths": {k: str(v) for k, v in paths.items() if v},
+                    "worker": _worker_name(),
+                    "seconds": time.perf_counter() - t0,
+                    "skipped": True,
+                }
         except (OSError, ValueError):
             pass
     model = ref.get()
     result = generate(model, mask=mask, seed=seed, **gen_kwargs)
-    settings = {**result.settings, "out": str(paths["image"]),
-                "batch": {"index": index + 1, "count": count, "first_seed": seed - index, "run": run}}
-    written = export_region(stem, result.image, result.mask, result.image.shape[:2], settings, fmt=fmt,
-                            pixel_size_um=model.pixel_size_um, **export_kwargs)
-    return {"index": index, "seed": seed, "paths": {k: str(v) for k, v in written.items() if v is not None},
-            "worker": _worker_name(), "seconds": time.perf_counter() - t0, "skipped": False,
-            "shape": list(result.image.shape[:2]), "window_evals": result.stats.window_evals}
+    settings = {
+        **result.settings,
+        "out": str(paths["image"]),
+        "batch": {"index": index + 1, "count": count, "first_seed": seed - index, "run": run},
+    }
+    written = export_region(
+        stem,
+        result.image,
+        result.mask,
+        result.image.shape[:2],
+        settings,
+        fmt=fmt,
+        pixel_size_um=model.pixel_size_um,
+        **export_kwargs,
+    )
+    return {
+        "index": index,
+        "seed": seed,
+        "paths": {k: str(v) for k, v in written.items() if v is not None},
+        "worker": _worker_name(),
+        "seconds": time.perf_counter() - t0,
+        "skipped": False,
+        "shape": list(result.image.shape[:2]),
+        "window_evals": result.stats.window_evals,
+    }
 
 
 def batch_stems(out_stem: str | os.PathLike, count: int) -> list[Path]:
@@ -923,14 +1123,37 @@ def generate_batch(
     if mask is not None:
         # once to every worker (not once per task); broadcast, so a dead worker does not take the only copy
         mask_arg = client.scatter(np.asarray(mask), broadcast=True)
-    gen_kwargs = {"size": None if size is None else tuple(size), "mask_scale": mask_scale, "context": context,
-                  "omega": omega, "mask_omega": mask_omega, "steps": steps, "sampler": sampler, "mode": mode,
-                  "block": block}
+    gen_kwargs = {
+        "size": None if size is None else tuple(size),
+        "mask_scale": mask_scale,
+        "context": context,
+        "omega": omega,
+        "mask_omega": mask_omega,
+        "steps": steps,
+        "sampler": sampler,
+        "mode": mode,
+        "block": block,
+    }
     export_kwargs = {"compression": compression, "overwrite": True}
     futures = [
-        client.submit(_image_task, ref, str(stem), fmt, k, count, seed + k, run, mask_arg, gen_kwargs,
-                      export_kwargs, task_hook, key=f"diffinfinite-image-{run}-{k + 1:04d}", pure=False,
-                      retries=retries, priority=-k)
+        client.submit(
+            _image_task,
+            ref,
+            str(stem),
+            fmt,
+            k,
+            count,
+            seed + k,
+            run,
+            mask_arg,
+            gen_kwargs,
+            export_kwargs,
+            task_hook,
+            key=f"diffinfinite-image-{run}-{k + 1:04d}",
+            pure=False,
+            retries=retries,
+            priority=-k,
+        )
         for k, stem in enumerate(stems)
     ]
     images, workers = [], set()
@@ -971,8 +1194,9 @@ def run_cli(args, stem: Path, fmt: str) -> int:
     )
 
     if args.scheduler and args.workers:
-        return report_error(EXIT_USAGE, "give either --scheduler ADDRESS (an existing cluster) or "
-                                        "--workers N (a local one)")
+        return report_error(
+            EXIT_USAGE, "give either --scheduler ADDRESS (an existing cluster) or --workers N (a local one)"
+        )
     if args.workers is not None and args.workers < 1:
         return report_error(EXIT_USAGE, f"--workers must be >= 1, got {args.workers}")
     if args.count < 1:
@@ -1001,8 +1225,13 @@ def run_cli(args, stem: Path, fmt: str) -> int:
     def progress(done, total):
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc="blocks" if args.count == 1 else "images", unit="block"
-                       if args.count == 1 else "image", dynamic_ncols=True, disable=args.quiet)
+            bar = tqdm(
+                total=total,
+                desc="blocks" if args.count == 1 else "images",
+                unit="block" if args.count == 1 else "image",
+                dynamic_ncols=True,
+                disable=args.quiet,
+            )
         bar.update(done - bar.n)
 
     try:
@@ -1025,61 +1254,110 @@ def run_cli(args, stem: Path, fmt: str) -> int:
                 except (FileNotFoundError, MaskError, ValueError) as e:
                     return report_error(EXIT_MASK, str(e))
             size = tuple(args.size) if args.size else None
-            common = {"mask": mask, "size": size, "mask_scale": args.mask_scale, "context": args.context,
-                      "omega": args.omega, "mask_omega": getattr(args, "mask_omega", None), "steps": args.steps,
-                      "sampler": getattr(args, "sampler", None), "seed": args.seed, "mode": args.mode,
-                      "block": args.block, "device": args.device, "torch_threads": threads,
-                      "progress": progress}
+            common = {
+                "mask": mask,
+                "size": size,
+                "mask_scale": args.mask_scale,
+                "context": args.context,
+                "omega": args.omega,
+                "mask_omega": getattr(args, "mask_omega", None),
+                "steps": args.steps,
+                "sampler": getattr(args, "sampler", None),
+                "seed": args.seed,
+                "mode": args.mode,
+                "block": args.block,
+                "device": args.device,
+                "torch_threads": threads,
+                "progress": progress,
+            }
             try:
                 if args.count > 1:
-                    batch = generate_batch(client, args.model, stem, count=args.count, fmt=fmt,
-                                           compression=args.compression, overwrite=args.overwrite, **common)
+                    batch = generate_batch(
+                        client,
+                        args.model,
+                        stem,
+                        count=args.count,
+                        fmt=fmt,
+                        compression=args.compression,
+                        overwrite=args.overwrite,
+                        **common,
+                    )
                     if bar is not None:
                         bar.close()
                     if not args.quiet:
                         for r in batch.images:
                             print(f"wrote {r['paths']['image']} (seed {r['seed']})")
-                        print(f"{len(batch.images)} images on {len(batch.workers)} workers in "
-                              f"{batch.seconds:.1f} s ({batch.images_per_second:.2f} images/s)")
+                        print(
+                            f"{len(batch.images)} images on {len(batch.workers)} workers in "
+                            f"{batch.seconds:.1f} s ({batch.images_per_second:.2f} images/s)"
+                        )
                         print(DISCLAIMER)
                     return EXIT_OK
                 canvas = Path(args.canvas) if args.canvas else stem.with_name(stem.name + ".canvas")
                 # the default canvas is a work area deleted after the export, which reads level 0 only
-                run = generate_canvas(client, args.model, canvas, overwrite=args.overwrite,
-                                      pyramid=bool(args.canvas), **common)
+                run = generate_canvas(
+                    client, args.model, canvas, overwrite=args.overwrite, pyramid=bool(args.canvas), **common
+                )
             except CanvasMismatchError as e:
                 return report_error(EXIT_OUTPUT, str(e))
             except ValueError as e:
                 return report_error(EXIT_MASK if mask is not None else EXIT_USAGE, str(e))
             except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-                return report_error(EXIT_MEMORY, f"out of memory ({e}); use smaller blocks (--block 64) or "
-                                                "--device cpu")
+                return report_error(
+                    EXIT_MEMORY, f"out of memory ({e}); use smaller blocks (--block 64) or --device cpu"
+                )
             finally:
                 if bar is not None:
                     bar.close()
     except KeyboardInterrupt:
-        return report_error(EXIT_CANCELLED, "interrupted; finished blocks are kept in the canvas: run the "
-                                            "same command again to resume")
+        return report_error(
+            EXIT_CANCELLED,
+            "interrupted; finished blocks are kept in the canvas: run the same command again to resume",
+        )
     except OSError as e:  # no scheduler at that address
         return report_error(EXIT_USAGE, f"cannot reach the dask scheduler {args.scheduler!r}: {e}")
 
     from .io import export_region
 
-    gen_settings = {"model": run.settings["model_name"], "seed": args.seed, "omega": run.settings["omega"],
-                    "mask_omega": run.settings.get("mask_omega"),
-                    "steps": run.settings["steps"], "sampler": run.settings["sampler"], "mode": args.mode,
-                    "block": args.block,
-                    "context": run.settings["context"], "mask": run.settings["mask"], "size": list(run.shape),
-                    "pixel_size_um": run.settings["pixel_size_um"]}
+    gen_settings = {
+        "model": run.settings["model_name"],
+        "seed": args.seed,
+        "omega": run.settings["omega"],
+        "mask_omega": run.settings.get("mask_omega"),
+        "steps": run.settings["steps"],
+        "sampler": run.settings["sampler"],
+        "mode": args.mode,
+        "block": args.block,
+        "context": run.settings["context"],
+        "mask": run.settings["mask"],
+        "size": list(run.shape),
+        "pixel_size_um": run.settings["pixel_size_um"],
+    }
     from . import __version__
 
-    settings = {**gen_settings, "version": __version__, "out": str(args.out),
-                "distributed": {"blocks": run.blocks, "grid": list(run.grid), "workers": len(run.workers),
-                                "canvas": str(run.canvas)}}
+    settings = {
+        **gen_settings,
+        "version": __version__,
+        "out": str(args.out),
+        "distributed": {
+            "blocks": run.blocks,
+            "grid": list(run.grid),
+            "workers": len(run.workers),
+            "canvas": str(run.canvas),
+        },
+    }
     try:
-        written = export_region(stem, run.read_image, run.read_mask, run.shape, settings, fmt=fmt,
-                                compression=args.compression, pixel_size_um=run.settings["pixel_size_um"],
-                                overwrite=args.overwrite)
+        written = export_region(
+            stem,
+            run.read_image,
+            run.read_mask,
+            run.shape,
+            settings,
+            fmt=fmt,
+            compression=args.compression,
+            pixel_size_um=run.settings["pixel_size_um"],
+            overwrite=args.overwrite,
+        )
     except (OSError, ValueError) as e:
         return report_error(EXIT_OUTPUT, str(e))
     if not args.canvas:  # the default canvas folder was a work area: the exported files hold the result
@@ -1089,14 +1367,17 @@ def run_cli(args, stem: Path, fmt: str) -> int:
             if path is not None:
                 print(f"wrote {path}")
         h, w = run.shape
-        print(f"{w}x{h} px: {run.blocks} blocks ({run.grid[0]} x {run.grid[1]}; {run.sampled} sampled, "
-              f"{run.decoded} decoded, {run.resumed} resumed) on {len(run.workers)} workers in "
-              f"{run.seconds:.1f} s ({run.blocks_per_second:.2f} blocks/s)")
+        print(
+            f"{w}x{h} px: {run.blocks} blocks ({run.grid[0]} x {run.grid[1]}; {run.sampled} sampled, "
+            f"{run.decoded} decoded, {run.resumed} resumed) on {len(run.workers)} workers in "
+            f"{run.seconds:.1f} s ({run.blocks_per_second:.2f} blocks/s)"
+        )
         n_workers = n_local if local else len(client_workers)
         if run.blocks < 2 * n_workers:
-            print(f"note: {run.blocks} blocks for {n_workers} workers leave workers idle; a smaller --block "
-                  "(e.g. 64 latents = 512 px) gives more blocks per wavefront colour (the image changes "
-                  "with it)")
+            print(
+                f"note: {run.blocks} blocks for {n_workers} workers leave workers idle; a smaller --block "
+                "(e.g. 64 latents = 512 px) gives more blocks per wavefront colour (the image changes "
+                "with it)"
+            )
         print(DISCLAIMER)
     return EXIT_OK
-

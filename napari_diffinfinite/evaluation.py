@@ -289,8 +289,16 @@ def hf_energy(images, masks, label: int, erode: int = 4) -> float | None:
     return None if n == 0 else total / n
 
 
-def compare_classes(real_images, real_masks, gen_images, gen_masks, labels: Iterable[int] = CLASS_LABELS, *,
-                    erode: int = 4, num_classes: int = 5) -> dict:
+def compare_classes(
+    real_images,
+    real_masks,
+    gen_images,
+    gen_masks,
+    labels: Iterable[int] = CLASS_LABELS,
+    *,
+    erode: int = 4,
+    num_classes: int = 5,
+) -> dict:
     """Per class, generated vs real: Lab mean/std of each side, the CIE76 Delta E between the means, the
     high-frequency energies and their ratio (generated / real), each checked against :data:`TARGETS`.
 
@@ -368,8 +376,15 @@ def class_separation(means: Mapping[int, Sequence]) -> dict:
     }
 
 
-def class_dependence(model, labels: Iterable[int] = DEPENDENCE_LABELS, seeds: Iterable[int] = (0, 1, 2), *,
-                     size: int = 256, steps: int | None = None, **generate_kwargs) -> tuple[dict, dict]:
+def class_dependence(
+    model,
+    labels: Iterable[int] = DEPENDENCE_LABELS,
+    seeds: Iterable[int] = (0, 1, 2),
+    *,
+    size: int = 256,
+    steps: int | None = None,
+    **generate_kwargs,
+) -> tuple[dict, dict]:
     """Generate a ``size`` x ``size`` mask filled with one class, for each class and seed, and measure
     :func:`class_separation` of the images' Lab means (the pass criterion). For information, ``"texture"``
     is the same separation of ``log10`` :func:`hf_energy` per image (texture, which mean colour misses).
@@ -385,8 +400,9 @@ def class_dependence(model, labels: Iterable[int] = DEPENDENCE_LABELS, seeds: It
             images.setdefault(label, []).append(image)
             means.setdefault(label, []).append(image_lab_mean(image))
     report = class_separation(means)
-    report["texture"] = class_separation({k: [_log_hf(im, np.ones(im.shape[:2], bool)) for im in v]
-                                          for k, v in images.items()})
+    report["texture"] = class_separation(
+        {k: [_log_hf(im, np.ones(im.shape[:2], bool)) for im in v] for k, v in images.items()}
+    )
     report["names"] = {str(k): class_name(k, model.num_classes) for k in means}
     report["size"] = size
     return report, images
@@ -432,9 +448,14 @@ def _dihedral(thumbs: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-def nearest_neighbour_distances(queries: np.ndarray, references: np.ndarray, *, exclude_self: bool = False,
-                                groups: Sequence | None = None,
-                                dihedral: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbour_distances(
+    queries: np.ndarray,
+    references: np.ndarray,
+    *,
+    exclude_self: bool = False,
+    groups: Sequence | None = None,
+    dihedral: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """For each query thumbnail ``(N, s, s, 3)``, the distance to its nearest reference ``(M, s, s, 3)`` and
     that reference's index.
 
@@ -494,8 +515,14 @@ def _percentiles(values: np.ndarray) -> dict:
     }
 
 
-def anti_copying(generated: np.ndarray, training: np.ndarray, *, training_names: Sequence[str] | None = None,
-                 dihedral: bool = True, closest: int = 5) -> dict:
+def anti_copying(
+    generated: np.ndarray,
+    training: np.ndarray,
+    *,
+    training_names: Sequence[str] | None = None,
+    dihedral: bool = True,
+    closest: int = 5,
+) -> dict:
     """Nearest-neighbour distances of generated thumbnails to the training thumbnails, against those between
     different training thumbnails (each training patch's nearest other one); both ``(N, s, s, 3)`` Lab, e.g.
     from :func:`lab_thumbnail`. ``training_names``: the patch of each training thumbnail (the crops of one
@@ -514,20 +541,25 @@ def anti_copying(generated: np.ndarray, training: np.ndarray, *, training_names:
     if len(names) != training.shape[0]:
         raise ValueError(f"{len(names)} training names for {training.shape[0]} training thumbnails")
     # thumbnails of one training patch (its crops) share a name and are not each other's neighbours
-    t_dist, t_idx = nearest_neighbour_distances(training, training, exclude_self=True, groups=names,
-                                                dihedral=dihedral)
+    t_dist, t_idx = nearest_neighbour_distances(
+        training, training, exclude_self=True, groups=names, dihedral=dihedral
+    )
     g, t = _percentiles(g_dist), _percentiles(t_dist)
     order = np.argsort(g_dist)[:closest]
     return {
-        "distance": "RMS per-pixel CIE76 Delta E of 64-px Lab thumbnails" + (", min over 8 rotations/flips"
-                                                                             if dihedral else ""),
+        "distance": "RMS per-pixel CIE76 Delta E of 64-px Lab thumbnails"
+        + (", min over 8 rotations/flips" if dihedral else ""),
         "generated_to_train": g,
         "train_to_train": t,
         "pass": bool(g["p1"] >= t["p5"]),
-        "closest_generated": [{"generated": int(i), "train": names[int(g_idx[i])], "distance": float(g_dist[i])}
-                              for i in order],
-        "closest_train_pair": {"a": names[int(t_dist.argmin())], "b": names[int(t_idx[t_dist.argmin()])],
-                               "distance": float(t_dist.min())},
+        "closest_generated": [
+            {"generated": int(i), "train": names[int(g_idx[i])], "distance": float(g_dist[i])} for i in order
+        ],
+        "closest_train_pair": {
+            "a": names[int(t_dist.argmin())],
+            "b": names[int(t_idx[t_dist.argmin()])],
+            "distance": float(t_dist.min()),
+        },
     }
 
 
@@ -578,8 +610,14 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def sample_grid(rows: Sequence[tuple[str, Sequence[np.ndarray | None]]], column_titles: Sequence[str], *,
-                cell: int = 192, note: str = SYNTHETIC_NOTE, title: str | None = None):
+def sample_grid(
+    rows: Sequence[tuple[str, Sequence[np.ndarray | None]]],
+    column_titles: Sequence[str],
+    *,
+    cell: int = 192,
+    note: str = SYNTHETIC_NOTE,
+    title: str | None = None,
+):
     """A labelled grid (a PIL image): one row per class (its name on the left), one column per title; each
     cell an RGB image resized to ``cell`` px (``None``: left blank), and ``note`` along the bottom."""
     from PIL import Image, ImageDraw
@@ -602,7 +640,8 @@ def sample_grid(rows: Sequence[tuple[str, Sequence[np.ndarray | None]]], column_
             if image is None:
                 continue
             tile = Image.fromarray(np.ascontiguousarray(np.asarray(image, dtype=np.uint8))).resize(
-                (cell, cell), Image.Resampling.LANCZOS)
+                (cell, cell), Image.Resampling.LANCZOS
+            )
             grid.paste(tile, (label_w + pad + j * (cell + pad), y))
     draw.text((pad, height - foot_h + 6), note, fill=(160, 0, 0), font=font)
     return grid
@@ -617,7 +656,7 @@ def load_holdout(path) -> list[str]:
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or not isinstance(data.get("held_out"), list):
         # a ValueError like the JSON decoder's: the file's content is wrong, not the caller's argument
-        raise ValueError(f"{path}: expected a JSON object {{\"held_out\": [patch names]}}")  # noqa: TRY004
+        raise ValueError(f'{path}: expected a JSON object {{"held_out": [patch names]}}')  # noqa: TRY004
     return [str(n) for n in data["held_out"]]
 
 
@@ -640,12 +679,25 @@ def _log_default(message: str) -> None:
     print(message, flush=True)
 
 
-def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequence[int] = (0, 1, 2),
-             steps: int | None = None, omega: float | None = None, sampler: str | None = None, size: int = 2048,
-             class_size: int | None = None,
-             labels: Sequence[int] = CLASS_LABELS, dependence_labels: Sequence[int] = DEPENDENCE_LABELS,
-             crop: int | None = None, thumb: int = 64, erode: int = 4, seam_tile: int = 512,
-             log: Callable[[str], None] | None = _log_default) -> EvaluationResult:
+def evaluate(
+    model,
+    patches: Sequence,
+    held_out: Iterable[str],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int | None = None,
+    omega: float | None = None,
+    sampler: str | None = None,
+    size: int = 2048,
+    class_size: int | None = None,
+    labels: Sequence[int] = CLASS_LABELS,
+    dependence_labels: Sequence[int] = DEPENDENCE_LABELS,
+    crop: int | None = None,
+    thumb: int = 64,
+    erode: int = 4,
+    seam_tile: int = 512,
+    log: Callable[[str], None] | None = _log_default,
+) -> EvaluationResult:
     """All the measurements of issue 4 on ``model`` (a :class:`~napari_diffinfinite.generation.DiffInfiniteModel`).
 
     ``patches``: the labelled dataset (``Patch`` objects), split into held-out (names in ``held_out``) and
@@ -674,11 +726,20 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
     timings: dict[str, float] = {}
     report: dict[str, Any] = {
         "model": model.name,
-        "settings": {"seeds": seeds, "steps": steps, "omega": omega, "sampler": sampler,
-                     "mask_omega": model.default_mask_omega,
-                     "size": size,
-                     "class_size": class_size, "crop": crop, "thumbnail": thumb, "erode": erode,
-                     "held_out": [p.name for p in held], "train_patches": len(train)},
+        "settings": {
+            "seeds": seeds,
+            "steps": steps,
+            "omega": omega,
+            "sampler": sampler,
+            "mask_omega": model.default_mask_omega,
+            "size": size,
+            "class_size": class_size,
+            "crop": crop,
+            "thumbnail": thumb,
+            "erode": erode,
+            "held_out": [p.name for p in held],
+            "train_patches": len(train),
+        },
         "targets": dict(TARGETS),
         "note": SYNTHETIC_NOTE,
     }
@@ -699,16 +760,25 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
         log(f"generated {len(seeds)} image(s) for held-out mask {i + 1}/{len(held)} ({p.name})")
     timings["held_out_masks_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    report["per_class"] = compare_classes([p.image for p in held], [p.mask for p in held], gen_images, gen_masks,
-                                          labels, erode=erode, num_classes=model.num_classes)
+    report["per_class"] = compare_classes(
+        [p.image for p in held],
+        [p.mask for p in held],
+        gen_images,
+        gen_masks,
+        labels,
+        erode=erode,
+        num_classes=model.num_classes,
+    )
     timings["per_class_s"] = time.perf_counter() - t
-    report["real_data_reference"] = real_data_reference(held, train, labels, crop=crop, thumb=thumb, erode=erode,
-                                                        num_classes=model.num_classes)
+    report["real_data_reference"] = real_data_reference(
+        held, train, labels, crop=crop, thumb=thumb, erode=erode, num_classes=model.num_classes
+    )
 
     t = time.perf_counter()
     log(f"class dependence: {len(dependence_labels)} classes x {len(seeds)} seeds, {class_size} px")
-    dep, dep_images = class_dependence(model, dependence_labels, seeds, size=class_size, steps=steps, omega=omega,
-                                       sampler=sampler)
+    dep, dep_images = class_dependence(
+        model, dependence_labels, seeds, size=class_size, steps=steps, omega=omega, sampler=sampler
+    )
     # the same figure on the real data, for scale: per-patch means of each class's pixels (>= 5% of a patch)
     real_means: dict[int, list[np.ndarray]] = {}
     real_hf: dict[int, list[float]] = {}
@@ -727,7 +797,9 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
     t = time.perf_counter()
     large = []
     for seed in seeds:
-        large.append(generate(model, size=(size, size), seed=seed, steps=steps, omega=omega, sampler=sampler).image)
+        large.append(
+            generate(model, size=(size, size), seed=seed, steps=steps, omega=omega, sampler=sampler).image
+        )
         log(f"generated a {size} px image with its mask, seed {seed}")
     timings["large_images_s"] = time.perf_counter() - t
     report["seams"] = seam_report(large, tile=seam_tile) if size > seam_tile else None
@@ -739,9 +811,13 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
     gen_crops += [c for image in large for c in image_crops(image, crop)]
     gen_thumbs = np.stack([lab_thumbnail(c, thumb) for c in gen_crops])
     n_held_crops = sum(len(image_crops(image, crop)) for image in gen_images)
-    report["anti_copying"] = anti_copying(gen_thumbs, train_thumbs, training_names=[n for n, _ in train_crops])
-    report["anti_copying"]["generated_sources"] = {"held_out_mask_crops": n_held_crops,
-                                                   "large_image_crops": len(gen_crops) - n_held_crops}
+    report["anti_copying"] = anti_copying(
+        gen_thumbs, train_thumbs, training_names=[n for n, _ in train_crops]
+    )
+    report["anti_copying"]["generated_sources"] = {
+        "held_out_mask_crops": n_held_crops,
+        "large_image_crops": len(gen_crops) - n_held_crops,
+    }
     timings["anti_copying_s"] = time.perf_counter() - t
 
     rows = []
@@ -760,16 +836,28 @@ def evaluate(model, patches: Sequence, held_out: Iterable[str], *, seeds: Sequen
         cells.extend(dep_images.get(label, [None])[:1])
         rows.append((f"{label} {class_name(label, model.num_classes)}", cells))
     titles = ["held-out real"] + [f"generated, seed {s}" for s in seeds] + ["generated, whole-class mask"]
-    grid = sample_grid(rows, titles, title=f"{model.name}: held-out real patch | generated with its mask "
-                                           f"({steps} steps, {sampler}, omega {omega:g})")
+    grid = sample_grid(
+        rows,
+        titles,
+        title=f"{model.name}: held-out real patch | generated with its mask "
+        f"({steps} steps, {sampler}, omega {omega:g})",
+    )
 
     report["summary"] = _summary(report)
     report["seconds"] = timings
     return EvaluationResult(report=report, grid=grid)
 
 
-def real_data_reference(held: Sequence, train: Sequence, labels: Sequence[int] = CLASS_LABELS, *, crop: int = 512,
-                        thumb: int = 64, erode: int = 4, num_classes: int = 5) -> dict:
+def real_data_reference(
+    held: Sequence,
+    train: Sequence,
+    labels: Sequence[int] = CLASS_LABELS,
+    *,
+    crop: int = 512,
+    thumb: int = 64,
+    erode: int = 4,
+    num_classes: int = 5,
+) -> dict:
     """The per-class and anti-copying figures with real patches in place of generated ones: the training
     patches against the held-out ones (colour, texture), and the held-out patches against the training ones
     (nearest-neighbour distances).
@@ -778,17 +866,32 @@ def real_data_reference(held: Sequence, train: Sequence, labels: Sequence[int] =
     scores: where the data itself misses a target (few patches of a class, held-out patches unlike the training
     ones), the model's miss is not the model's alone.
     """
-    per_class = compare_classes([p.image for p in held], [p.mask for p in held], [p.image for p in train],
-                                [p.mask for p in train], labels, erode=erode, num_classes=num_classes)
+    per_class = compare_classes(
+        [p.image for p in held],
+        [p.mask for p in held],
+        [p.image for p in train],
+        [p.mask for p in train],
+        labels,
+        erode=erode,
+        num_classes=num_classes,
+    )
     train_crops = [(p.name, c) for p in train for c in image_crops(p.image, crop)]
     held_thumbs = np.stack([lab_thumbnail(c, thumb) for p in held for c in image_crops(p.image, crop)])
-    copying = anti_copying(held_thumbs, np.stack([lab_thumbnail(c, thumb) for _, c in train_crops]),
-                           training_names=[n for n, _ in train_crops])
-    return {"what": "real patches in place of generated ones: training vs held-out (per class), held-out -> "
-                    "training (anti-copying)",
-            "per_class": per_class,
-            "anti_copying": {"held_out_to_train": copying["generated_to_train"],
-                             "train_to_train": copying["train_to_train"], "pass": copying["pass"]}}
+    copying = anti_copying(
+        held_thumbs,
+        np.stack([lab_thumbnail(c, thumb) for _, c in train_crops]),
+        training_names=[n for n, _ in train_crops],
+    )
+    return {
+        "what": "real patches in place of generated ones: training vs held-out (per class), held-out -> "
+        "training (anti-copying)",
+        "per_class": per_class,
+        "anti_copying": {
+            "held_out_to_train": copying["generated_to_train"],
+            "train_to_train": copying["train_to_train"],
+            "pass": copying["pass"],
+        },
+    }
 
 
 def _summary(report: dict) -> dict:
@@ -811,16 +914,31 @@ def _summary(report: dict) -> dict:
     ref_copy = ref.get("anti_copying")
     summary = {
         "reconstruction_psnr_db": {"value": rec["mean_db"], "target": ">= 26", "pass": rec["pass"]},
-        "delta_e_max_over_classes": {"value": max(des) if des else None, "target": "<= 8",
-                                     "pass": verdict(des, lambda v: v <= TARGETS["delta_e_max"])},
-        "hf_ratio_min_over_classes": {"value": min(hfs) if hfs else None, "target": ">= 0.7",
-                                      "pass": verdict(hfs, lambda v: v >= TARGETS["hf_ratio_min"])},
-        "class_dependence": {"value": dep["min_distance"], "target": f"> max spread {dep['max_spread']:.2f}",
-                             "pass": dep["pass"]},
-        "anti_copying": {"value": ac["generated_to_train"]["p1"],
-                         "target": f">= train p5 {ac['train_to_train']['p5']:.2f}", "pass": ac["pass"]},
-        "seam_ratio_max": {"value": None if seams is None else seams["max"], "target": "<= 1.10",
-                           "pass": None if seams is None else seams["pass"]},
+        "delta_e_max_over_classes": {
+            "value": max(des) if des else None,
+            "target": "<= 8",
+            "pass": verdict(des, lambda v: v <= TARGETS["delta_e_max"]),
+        },
+        "hf_ratio_min_over_classes": {
+            "value": min(hfs) if hfs else None,
+            "target": ">= 0.7",
+            "pass": verdict(hfs, lambda v: v >= TARGETS["hf_ratio_min"]),
+        },
+        "class_dependence": {
+            "value": dep["min_distance"],
+            "target": f"> max spread {dep['max_spread']:.2f}",
+            "pass": dep["pass"],
+        },
+        "anti_copying": {
+            "value": ac["generated_to_train"]["p1"],
+            "target": f">= train p5 {ac['train_to_train']['p5']:.2f}",
+            "pass": ac["pass"],
+        },
+        "seam_ratio_max": {
+            "value": None if seams is None else seams["max"],
+            "target": "<= 1.10",
+            "pass": None if seams is None else seams["pass"],
+        },
     }
     # the same criterion scored by real patches (real_data_reference), where there is one
     summary["delta_e_max_over_classes"]["real_data"] = max(ref_des) if ref_des else None
@@ -840,55 +958,86 @@ def _fmt(value, spec: str = ".2f") -> str:
 def format_report(report: dict) -> str:
     """The report as a plain-text table."""
     st = report["settings"]
-    lines = [(f"model {report['model']}  (steps {st['steps']}, sampler {st.get('sampler', 'ddim')}, "
-              f"seeds {st['seeds']})"),
-             "", f"{'criterion':<28} {'value':>9}  {'target':<24} pass  {'real data':>9}"]
+    lines = [
+        (
+            f"model {report['model']}  (steps {st['steps']}, sampler {st.get('sampler', 'ddim')}, "
+            f"seeds {st['seeds']})"
+        ),
+        "",
+        f"{'criterion':<28} {'value':>9}  {'target':<24} pass  {'real data':>9}",
+    ]
     for key, row in report["summary"].items():
         verdict = {True: "yes", False: "NO", None: "-"}[row["pass"]]
-        lines.append(f"{key:<28} {_fmt(row['value']):>9}  {row['target']:<24} {verdict:<4}  "
-                     f"{_fmt(row.get('real_data')):>9}")
+        lines.append(
+            f"{key:<28} {_fmt(row['value']):>9}  {row['target']:<24} {verdict:<4}  "
+            f"{_fmt(row.get('real_data')):>9}"
+        )
     lines.append("  (real data: the criterion scored by real patches, training vs held-out; see below)")
     ref_per = (report.get("real_data_reference") or {}).get("per_class", {})
-    lines += ["", (f"{'class':<16} {'dE76':>6} {'real L a b':>20} {'gen L a b':>20} {'hf real':>9} "
-                   f"{'hf gen':>9} {'ratio':>6} | {'train dE':>8} {'train L a b':>20} {'ratio':>6}")]
+    lines += [
+        "",
+        (
+            f"{'class':<16} {'dE76':>6} {'real L a b':>20} {'gen L a b':>20} {'hf real':>9} "
+            f"{'hf gen':>9} {'ratio':>6} | {'train dE':>8} {'train L a b':>20} {'ratio':>6}"
+        ),
+    ]
     for label, v in report["per_class"].items():
+
         def lab(side):
             return "-" if side is None else " ".join(f"{x:6.1f}" for x in side["mean"])
 
         r = ref_per.get(label, {})
-        lines.append(f"{label + ' ' + v['name']:<16} {_fmt(v['delta_e'], '.1f'):>6} {lab(v['real']):>20} "
-                     f"{lab(v['generated']):>20} {_fmt(v['hf_real'], '.1f'):>9} {_fmt(v['hf_generated'], '.1f'):>9} "
-                     f"{_fmt(v['hf_ratio']):>6} | {_fmt(r.get('delta_e'), '.1f'):>8} {lab(r.get('generated')):>20} "
-                     f"{_fmt(r.get('hf_ratio')):>6}")
-    lines.append("  (right of |: the training patches' own figures against the held-out ones, what a model that "
-                 "reproduced its training data would score)")
+        lines.append(
+            f"{label + ' ' + v['name']:<16} {_fmt(v['delta_e'], '.1f'):>6} {lab(v['real']):>20} "
+            f"{lab(v['generated']):>20} {_fmt(v['hf_real'], '.1f'):>9} {_fmt(v['hf_generated'], '.1f'):>9} "
+            f"{_fmt(v['hf_ratio']):>6} | {_fmt(r.get('delta_e'), '.1f'):>8} {lab(r.get('generated')):>20} "
+            f"{_fmt(r.get('hf_ratio')):>6}"
+        )
+    lines.append(
+        "  (right of |: the training patches' own figures against the held-out ones, what a model that "
+        "reproduced its training data would score)"
+    )
     dep = report["class_dependence"]
     real = dep.get("real_data_reference") or {}
-    lines += ["", "class dependence: distance between class centroids vs the larger within-class spread",
-              (f"  {'pair':<6} {'Lab (pass criterion)':>22} {'log10 hf (info)':>18} {'real data Lab':>16} "
-               f"{'real log10 hf':>16}")]
+    lines += [
+        "",
+        "class dependence: distance between class centroids vs the larger within-class spread",
+        (
+            f"  {'pair':<6} {'Lab (pass criterion)':>22} {'log10 hf (info)':>18} {'real data Lab':>16} "
+            f"{'real log10 hf':>16}"
+        ),
+    ]
 
     def pair_text(sep, pair, spec):
         if not sep:
             return "-"
         key = pair if pair in sep["pairs"] else "-".join(pair.split("-")[::-1])
         p = sep["pairs"].get(key)
-        return "-" if p is None else f"{p['distance']:{spec}} vs {p['spread']:{spec}}{'' if p['pass'] else ' x'}"
+        return (
+            "-" if p is None else f"{p['distance']:{spec}} vs {p['spread']:{spec}}{'' if p['pass'] else ' x'}"
+        )
 
     for pair in dep["pairs"]:
-        lines.append(f"  {pair:<6} {pair_text(dep, pair, '.2f'):>22} {pair_text(dep.get('texture'), pair, '.2f'):>18} "
-                     f"{pair_text(real, pair, '.1f'):>16} {pair_text(real.get('texture'), pair, '.2f'):>16}")
+        lines.append(
+            f"  {pair:<6} {pair_text(dep, pair, '.2f'):>22} {pair_text(dep.get('texture'), pair, '.2f'):>18} "
+            f"{pair_text(real, pair, '.1f'):>16} {pair_text(real.get('texture'), pair, '.2f'):>16}"
+        )
     lines.append("  (x: the distance does not exceed the spread)")
     ac = report["anti_copying"]
     g, t = ac["generated_to_train"], ac["train_to_train"]
-    lines += ["", f"anti-copying ({ac['distance']}):",
-              f"  generated -> train  n={g['n']:<4} p1 {g['p1']:.2f}  p5 {g['p5']:.2f}  p50 {g['p50']:.2f}",
-              f"  train -> train      n={t['n']:<4} p1 {t['p1']:.2f}  p5 {t['p5']:.2f}  p50 {t['p50']:.2f}"]
+    lines += [
+        "",
+        f"anti-copying ({ac['distance']}):",
+        f"  generated -> train  n={g['n']:<4} p1 {g['p1']:.2f}  p5 {g['p5']:.2f}  p50 {g['p50']:.2f}",
+        f"  train -> train      n={t['n']:<4} p1 {t['p1']:.2f}  p5 {t['p5']:.2f}  p50 {t['p50']:.2f}",
+    ]
     ref_copy = (report.get("real_data_reference") or {}).get("anti_copying")
     if ref_copy:
         h = ref_copy["held_out_to_train"]
-        lines.append(f"  held-out -> train   n={h['n']:<4} p1 {h['p1']:.2f}  p5 {h['p5']:.2f}  p50 {h['p50']:.2f}"
-                     "  (real patches never trained on)")
+        lines.append(
+            f"  held-out -> train   n={h['n']:<4} p1 {h['p1']:.2f}  p5 {h['p5']:.2f}  p50 {h['p50']:.2f}"
+            "  (real patches never trained on)"
+        )
     rec = report["reconstruction"]
     lines += ["", f"reconstruction PSNR: mean {_fmt(rec['mean_db'])} dB, min {_fmt(rec['min_db'])} dB"]
     if report.get("seams"):
@@ -954,9 +1103,13 @@ def nucleus_blobs(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     positive = ndimage.binary_erosion(haematoxylin > HAEMATOXYLIN_THRESHOLD, footprint, border_value=1)
     positive = ndimage.binary_dilation(positive, footprint, border_value=0)
     lo, hi = NUCLEUS_AREA
-    centroids = [r.centroid for r in regionprops(label(positive, connectivity=2))
-                 if lo <= r.area <= hi and r.solidity >= NUCLEUS_MIN_SOLIDITY
-                 and r.eccentricity <= NUCLEUS_MAX_ECCENTRICITY]
+    centroids = [
+        r.centroid
+        for r in regionprops(label(positive, connectivity=2))
+        if lo <= r.area <= hi
+        and r.solidity >= NUCLEUS_MIN_SOLIDITY
+        and r.eccentricity <= NUCLEUS_MAX_ECCENTRICITY
+    ]
     return positive, np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
 
 
@@ -966,8 +1119,9 @@ def _centroid_pixels(centroids: np.ndarray, shape: tuple[int, int]) -> np.ndarra
     return np.clip(pixels, 0, np.array(shape[:2]) - 1)
 
 
-def cell_occupancy(centroids: np.ndarray, shape: tuple[int, int],
-                   cell: int = OCCUPANCY_CELL) -> tuple[int, int]:
+def cell_occupancy(
+    centroids: np.ndarray, shape: tuple[int, int], cell: int = OCCUPANCY_CELL
+) -> tuple[int, int]:
     """``(cells holding at least one centroid, cells)`` of the non-overlapping ``cell`` x ``cell`` grid from
     the top-left; a centroid belongs to the cell its (row, col) point falls in, ``floor(coordinate / cell)``
     (whole cells only; a centroid in the leftover margin counts nowhere).
@@ -986,13 +1140,23 @@ def cell_occupancy(centroids: np.ndarray, shape: tuple[int, int],
 
 
 def _nuclear_figures(positive: int, pixels: int, blobs: int) -> dict:
-    return {"positive_fraction": positive / pixels if pixels else None,
-            "blobs_per_mpx": blobs / pixels * 1e6 if pixels else None,
-            "pixels": int(pixels), "positive_pixels": int(positive), "blobs": int(blobs)}
+    return {
+        "positive_fraction": positive / pixels if pixels else None,
+        "blobs_per_mpx": blobs / pixels * 1e6 if pixels else None,
+        "pixels": int(pixels),
+        "positive_pixels": int(positive),
+        "blobs": int(blobs),
+    }
 
 
-def nuclear_structure(images, masks=None, labels: Iterable[int] = CLASS_LABELS, *, num_classes: int = 5,
-                      cell: int = OCCUPANCY_CELL) -> dict:
+def nuclear_structure(
+    images,
+    masks=None,
+    labels: Iterable[int] = CLASS_LABELS,
+    *,
+    num_classes: int = 5,
+    cell: int = OCCUPANCY_CELL,
+) -> dict:
     """Nuclear structure of an image set (:func:`nucleus_blobs`), pooled over the images.
 
     Why: an image model's tissue must hold nuclei where the training tissue does, as many and as much; pooling
@@ -1031,12 +1195,19 @@ def nuclear_structure(images, masks=None, labels: Iterable[int] = CLASS_LABELS, 
                 per[label][0] += int(positive[region].sum())
                 per[label][1] += int(region.sum())
                 per[label][2] += int((blob_labels == label).sum())
-    out = {"images": len(pairs), **_nuclear_figures(pos, pix, blobs),
-           "cell_occupancy": occupied / cells if cells else None, "cells": cells, "occupied_cells": occupied,
-           "cell": cell}
+    out = {
+        "images": len(pairs),
+        **_nuclear_figures(pos, pix, blobs),
+        "cell_occupancy": occupied / cells if cells else None,
+        "cells": cells,
+        "occupied_cells": occupied,
+        "cell": cell,
+    }
     if masks is not None:
-        out["per_class"] = {str(label): {"name": class_name(label, num_classes), **_nuclear_figures(*v)}
-                            for label, v in per.items()}
+        out["per_class"] = {
+            str(label): {"name": class_name(label, num_classes), **_nuclear_figures(*v)}
+            for label, v in per.items()
+        }
     return out
 
 
@@ -1056,10 +1227,16 @@ def compare_nuclear(real: dict, other: dict, target: tuple[float, float] = NUCLE
     keys = ("positive_fraction", "blobs_per_mpx")
     ratio = {k: _ratio(other.get(k), real.get(k)) for k in (*keys, "cell_occupancy")}
     real_per = real.get("per_class", {})
-    ratio["per_class"] = {label: {k: _ratio(v.get(k), real_per[label].get(k)) for k in keys}
-                          for label, v in other.get("per_class", {}).items() if label in real_per}
-    checks = {"whole_positive_fraction": ratio["positive_fraction"],
-              "whole_blobs_per_mpx": ratio["blobs_per_mpx"], "cell_occupancy": ratio["cell_occupancy"]}
+    ratio["per_class"] = {
+        label: {k: _ratio(v.get(k), real_per[label].get(k)) for k in keys}
+        for label, v in other.get("per_class", {}).items()
+        if label in real_per
+    }
+    checks = {
+        "whole_positive_fraction": ratio["positive_fraction"],
+        "whole_blobs_per_mpx": ratio["blobs_per_mpx"],
+        "cell_occupancy": ratio["cell_occupancy"],
+    }
     carcinoma = ratio["per_class"].get("1")
     if carcinoma is not None:
         checks["carcinoma_positive_fraction"] = carcinoma["positive_fraction"]
@@ -1085,9 +1262,16 @@ def evenly_spaced(items: Sequence, limit: int | None) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, int(limit)).round().astype(int)]
 
 
-def generate_from_masks(model, patches: Sequence, *, seed0: int = 0, steps: int | None = None,
-                        sampler: str | None = None, omega: float | None = None,
-                        log: Callable[[str], None] | None = None) -> list[np.ndarray]:
+def generate_from_masks(
+    model,
+    patches: Sequence,
+    *,
+    seed0: int = 0,
+    steps: int | None = None,
+    sampler: str | None = None,
+    omega: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[np.ndarray]:
     """One image per patch's mask, as :func:`evaluate` generates from the held-out masks: ``generate(model,
     mask=patch.mask, seed=seed0 + index, ...)``. ``steps``, ``sampler``, ``omega``: defaults the model's."""
     from .generation import generate
@@ -1104,10 +1288,19 @@ def generate_from_masks(model, patches: Sequence, *, seed0: int = 0, steps: int 
     return images
 
 
-def nuclear_report(model, train_patches: Sequence, held_patches: Sequence, *, seed0: int = 0,
-                   steps: int | None = None, sampler: str | None = None, omega: float | None = None,
-                   limit: int | None = None, generated: Mapping[str, Sequence[np.ndarray]] | None = None,
-                   log: Callable[[str], None] | None = None) -> dict:
+def nuclear_report(
+    model,
+    train_patches: Sequence,
+    held_patches: Sequence,
+    *,
+    seed0: int = 0,
+    steps: int | None = None,
+    sampler: str | None = None,
+    omega: float | None = None,
+    limit: int | None = None,
+    generated: Mapping[str, Sequence[np.ndarray]] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Issue 15's nuclear-structure figures of ``model``: every training mask through the model (one image
     each, seed ``seed0 + index``; :func:`generate_from_masks`), pooled, against the training patches; the same
     for the held-out masks. ``limit`` caps the training patches (:func:`evenly_spaced`), for quick runs.
@@ -1126,8 +1319,15 @@ def nuclear_report(model, train_patches: Sequence, held_patches: Sequence, *, se
     sampler = model.sampler if sampler is None else sampler
     generated = dict(generated or {})
     report: dict[str, Any] = {
-        "settings": {"seed0": seed0, "steps": steps, "sampler": sampler, "omega": omega, "limit": limit,
-                     "train_patches": len(train), "held_out_patches": len(held)},
+        "settings": {
+            "seed0": seed0,
+            "steps": steps,
+            "sampler": sampler,
+            "omega": omega,
+            "limit": limit,
+            "train_patches": len(train),
+            "held_out_patches": len(held),
+        },
         "definition": nuclear_definition(),
     }
     for key, patches in (("train", train), ("held_out", held)):
@@ -1136,20 +1336,23 @@ def nuclear_report(model, train_patches: Sequence, held_patches: Sequence, *, se
             continue
         images = generated.get(key)
         if images is None:
-            images = generate_from_masks(model, patches, seed0=seed0, steps=steps, sampler=sampler,
-                                         omega=omega, log=log)
+            images = generate_from_masks(
+                model, patches, seed0=seed0, steps=steps, sampler=sampler, omega=omega, log=log
+            )
         images = list(images)[: len(patches)]
         if len(images) != len(patches):
             raise ValueError(f"{len(images)} generated images for {len(patches)} {key} masks")
         masks = [p.mask for p in patches]
-        report[key] = compare_nuclear(nuclear_structure([p.image for p in patches], masks,
-                                                        num_classes=model.num_classes),
-                                      nuclear_structure(images, masks, num_classes=model.num_classes))
+        report[key] = compare_nuclear(
+            nuclear_structure([p.image for p in patches], masks, num_classes=model.num_classes),
+            nuclear_structure(images, masks, num_classes=model.num_classes),
+        )
     return report
 
 
-def reconstruction_nuclear(autoencoder, patches: Sequence, *, images: Sequence[np.ndarray] | None = None,
-                           num_classes: int = 5) -> dict:
+def reconstruction_nuclear(
+    autoencoder, patches: Sequence, *, images: Sequence[np.ndarray] | None = None, num_classes: int = 5
+) -> dict:
     """The nuclear figures of the autoencoder's reconstructions (:func:`reconstruct`) against the patches
     themselves (:func:`compare_nuclear`).
 
@@ -1160,16 +1363,23 @@ def reconstruction_nuclear(autoencoder, patches: Sequence, *, images: Sequence[n
     if images is None:
         images = [reconstruct(autoencoder, p.image) for p in patches]
     masks = [p.mask for p in patches]
-    return compare_nuclear(nuclear_structure([p.image for p in patches], masks, num_classes=num_classes),
-                           nuclear_structure(images, masks, num_classes=num_classes))
+    return compare_nuclear(
+        nuclear_structure([p.image for p in patches], masks, num_classes=num_classes),
+        nuclear_structure(images, masks, num_classes=num_classes),
+    )
 
 
 def nuclear_definition() -> dict:
     """The constants of the nuclear-structure figures, for the report."""
-    return {"haematoxylin_threshold": HAEMATOXYLIN_THRESHOLD, "opening_radius": NUCLEUS_OPENING_RADIUS,
-            "area_px": list(NUCLEUS_AREA), "min_solidity": NUCLEUS_MIN_SOLIDITY,
-            "max_eccentricity": NUCLEUS_MAX_ECCENTRICITY, "occupancy_cell": OCCUPANCY_CELL,
-            "target_ratio": list(NUCLEAR_TARGET)}
+    return {
+        "haematoxylin_threshold": HAEMATOXYLIN_THRESHOLD,
+        "opening_radius": NUCLEUS_OPENING_RADIUS,
+        "area_px": list(NUCLEUS_AREA),
+        "min_solidity": NUCLEUS_MIN_SOLIDITY,
+        "max_eccentricity": NUCLEUS_MAX_ECCENTRICITY,
+        "occupancy_cell": OCCUPANCY_CELL,
+        "target_ratio": list(NUCLEAR_TARGET),
+    }
 
 
 def _nuclear_rows(comparison: dict) -> list[tuple[str, Any, Any, Any, bool | None, str]]:
@@ -1178,19 +1388,44 @@ def _nuclear_rows(comparison: dict) -> list[tuple[str, Any, Any, Any, bool | Non
     real, gen, ratio, passed = (comparison[k] for k in ("real", "generated", "ratio", "pass"))
 
     def pair(name, r, g, q, key=None):  # key: the figures' name in ``passed`` (None: no target)
-        ok = (None, None) if key is None else (passed.get(f"{key}_positive_fraction"),
-                                               passed.get(f"{key}_blobs_per_mpx"))
-        return [(f"haematoxylin-positive area, {name}", r["positive_fraction"], g["positive_fraction"],
-                 q["positive_fraction"], ok[0], ".4f"),
-                (f"nucleus-like blobs / Mpx, {name}", r["blobs_per_mpx"], g["blobs_per_mpx"],
-                 q["blobs_per_mpx"], ok[1], ".1f")]
+        ok = (
+            (None, None)
+            if key is None
+            else (passed.get(f"{key}_positive_fraction"), passed.get(f"{key}_blobs_per_mpx"))
+        )
+        return [
+            (
+                f"haematoxylin-positive area, {name}",
+                r["positive_fraction"],
+                g["positive_fraction"],
+                q["positive_fraction"],
+                ok[0],
+                ".4f",
+            ),
+            (
+                f"nucleus-like blobs / Mpx, {name}",
+                r["blobs_per_mpx"],
+                g["blobs_per_mpx"],
+                q["blobs_per_mpx"],
+                ok[1],
+                ".1f",
+            ),
+        ]
 
     rows = pair("whole", real, gen, ratio, "whole")
     per_real, per_gen = real.get("per_class", {}), gen.get("per_class", {})
     if "1" in per_real:
         rows += pair(per_real["1"]["name"], per_real["1"], per_gen["1"], ratio["per_class"]["1"], "carcinoma")
-    rows.append((f"{real['cell']} px cells with a blob", real["cell_occupancy"], gen["cell_occupancy"],
-                 ratio["cell_occupancy"], passed.get("cell_occupancy"), ".3f"))
+    rows.append(
+        (
+            f"{real['cell']} px cells with a blob",
+            real["cell_occupancy"],
+            gen["cell_occupancy"],
+            ratio["cell_occupancy"],
+            passed.get("cell_occupancy"),
+            ".3f",
+        )
+    )
     for label, r in per_real.items():
         if label != "1":
             rows += pair(r["name"], r, per_gen[label], ratio["per_class"][label])
@@ -1202,8 +1437,12 @@ def format_nuclear(report: dict, autoencoder: dict | None = None) -> str:
     :func:`reconstruction_nuclear` of the training patches) its figures and ratio in two more columns."""
     st = report["settings"]
     lo, hi = report["definition"]["target_ratio"]
-    lines = [(f"nuclear structure (issue 15): {st['steps']} steps, {st['sampler']}, omega {st['omega']:g}, "
-              f"seed {st['seed0']} + index")]
+    lines = [
+        (
+            f"nuclear structure (issue 15): {st['steps']} steps, {st['sampler']}, omega {st['omega']:g}, "
+            f"seed {st['seed0']} + index"
+        )
+    ]
     for key, title in (("train", "training masks"), ("held_out", "held-out masks")):
         comparison = report.get(key)
         if comparison is None:
@@ -1222,8 +1461,10 @@ def format_nuclear(report: dict, autoencoder: dict | None = None) -> str:
             if ae_rows is not None:
                 line += f" {_fmt(ae_rows[i][2], spec):>11} {_fmt(ae_rows[i][3]):>6}"
             lines.append(line)
-    lines.append("  (pooled over the patches: a class's figures over that class's pixels; stroma and "
-                 "necrosis hold few nuclei, their ratios are noisy)")
+    lines.append(
+        "  (pooled over the patches: a class's figures over that class's pixels; stroma and "
+        "necrosis hold few nuclei, their ratios are noisy)"
+    )
     return "\n".join(lines)
 
 
@@ -1252,13 +1493,20 @@ def _c2st_net(width: int = 16):
         layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         return layers + ([nn.MaxPool2d(2)] if pool else [])
 
-    return nn.Sequential(*block(3, width, True), *block(width, 2 * width, True),
-                         *block(2 * width, 4 * width, True), *block(4 * width, 4 * width, False),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, 1))
+    return nn.Sequential(
+        *block(3, width, True),
+        *block(width, 2 * width, True),
+        *block(2 * width, 4 * width, True),
+        *block(4 * width, 4 * width, False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * width, 1),
+    )
 
 
-def _random_crops(images: Sequence[np.ndarray], crop: int, per_image: int,
-                  rng: np.random.Generator) -> np.ndarray:
+def _random_crops(
+    images: Sequence[np.ndarray], crop: int, per_image: int, rng: np.random.Generator
+) -> np.ndarray:
     out = np.empty((len(images) * per_image, crop, crop, 3), dtype=np.uint8)
     k = 0
     for image in images:
@@ -1277,9 +1525,17 @@ def _to_tensor(crops: np.ndarray):
     return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
 
 
-def classifier_accuracy(real_images: Sequence[np.ndarray], other_images: Sequence[np.ndarray], seed: int = 0,
-                        *, crop: int = C2ST_CROP, crops_per_image: int = C2ST_CROPS_PER_IMAGE,
-                        steps: int = C2ST_STEPS, batch: int = C2ST_BATCH, lr: float = C2ST_LR) -> float:
+def classifier_accuracy(
+    real_images: Sequence[np.ndarray],
+    other_images: Sequence[np.ndarray],
+    seed: int = 0,
+    *,
+    crop: int = C2ST_CROP,
+    crops_per_image: int = C2ST_CROPS_PER_IMAGE,
+    steps: int = C2ST_STEPS,
+    batch: int = C2ST_BATCH,
+    lr: float = C2ST_LR,
+) -> float:
     """One classifier two-sample test: the accuracy of a small CNN (:func:`_c2st_net`) telling ``crop``-px
     crops of ``other_images`` from crops of ``real_images``, on images it never saw.
 
@@ -1306,14 +1562,19 @@ def classifier_accuracy(real_images: Sequence[np.ndarray], other_images: Sequenc
         return [images[i] for i in perm[:half]], [images[i] for i in perm[half:]]
 
     (real_train, real_test), (other_train, other_test) = halves(real, perm_real), halves(other, perm_other)
-    train = [_random_crops(real_train, crop, crops_per_image, rng),
-             _random_crops(other_train, crop, crops_per_image, rng)]
-    test = [_random_crops(real_test, crop, crops_per_image, rng),
-            _random_crops(other_test, crop, crops_per_image, rng)]
+    train = [
+        _random_crops(real_train, crop, crops_per_image, rng),
+        _random_crops(other_train, crop, crops_per_image, rng),
+    ]
+    test = [
+        _random_crops(real_test, crop, crops_per_image, rng),
+        _random_crops(other_test, crop, crops_per_image, rng),
+    ]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         net = _c2st_net()
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+
     def decay(step):  # the learning rate's factor: a half cosine, 1 to 0
         return 0.5 + 0.5 * math.cos(math.pi * step / steps)
 
@@ -1343,8 +1604,13 @@ def classifier_accuracy(real_images: Sequence[np.ndarray], other_images: Sequenc
     return float(np.mean(accuracies))
 
 
-def classifier_two_sample(real_images: Sequence[np.ndarray], other_images: Sequence[np.ndarray], *,
-                          seeds: Sequence[int] = (0, 1), **kwargs) -> float:
+def classifier_two_sample(
+    real_images: Sequence[np.ndarray],
+    other_images: Sequence[np.ndarray],
+    *,
+    seeds: Sequence[int] = (0, 1),
+    **kwargs,
+) -> float:
     """Realism as a classifier two-sample test: the mean over ``seeds`` of :func:`classifier_accuracy`
     (held-out balanced accuracy of a small CNN telling crops of ``other_images`` from crops of
     ``real_images``).
@@ -1359,9 +1625,15 @@ def classifier_two_sample(real_images: Sequence[np.ndarray], other_images: Seque
     return float(np.mean([classifier_accuracy(real_images, other_images, s, **kwargs) for s in seeds]))
 
 
-def realism_report(train_images: Sequence[np.ndarray], generated: Sequence[np.ndarray] | None = None,
-                   reconstructions: Sequence[np.ndarray] | None = None, *, seeds: Sequence[int] = (0, 1),
-                   log: Callable[[str], None] | None = None, **kwargs) -> dict:
+def realism_report(
+    train_images: Sequence[np.ndarray],
+    generated: Sequence[np.ndarray] | None = None,
+    reconstructions: Sequence[np.ndarray] | None = None,
+    *,
+    seeds: Sequence[int] = (0, 1),
+    log: Callable[[str], None] | None = None,
+    **kwargs,
+) -> dict:
     """Issue 15's three classifier two-sample tests (:func:`classifier_accuracy` per seed, and their mean):
     ``generated`` (the model's images, from the training masks) vs the training patches, the autoencoder's
     ``reconstructions`` vs the training patches, and two halves of the training patches against each other
@@ -1369,13 +1641,19 @@ def realism_report(train_images: Sequence[np.ndarray], generated: Sequence[np.nd
     """
     train = list(train_images)
     seeds = [int(s) for s in seeds]
-    tests = {"generated_vs_train": (train, generated),
-             "reconstructions_vs_train": (train, reconstructions),
-             "train_half_vs_half": (train[0::2], train[1::2])}
-    settings = {"seeds": seeds, "crop": kwargs.get("crop", C2ST_CROP),
-                "crops_per_image": kwargs.get("crops_per_image", C2ST_CROPS_PER_IMAGE),
-                "steps": kwargs.get("steps", C2ST_STEPS), "batch": kwargs.get("batch", C2ST_BATCH),
-                "train_images": len(train)}
+    tests = {
+        "generated_vs_train": (train, generated),
+        "reconstructions_vs_train": (train, reconstructions),
+        "train_half_vs_half": (train[0::2], train[1::2]),
+    }
+    settings = {
+        "seeds": seeds,
+        "crop": kwargs.get("crop", C2ST_CROP),
+        "crops_per_image": kwargs.get("crops_per_image", C2ST_CROPS_PER_IMAGE),
+        "steps": kwargs.get("steps", C2ST_STEPS),
+        "batch": kwargs.get("batch", C2ST_BATCH),
+        "train_images": len(train),
+    }
     out: dict[str, Any] = {"settings": settings}
     for key, (real, other) in tests.items():
         if other is None:
@@ -1383,8 +1661,12 @@ def realism_report(train_images: Sequence[np.ndarray], generated: Sequence[np.nd
             continue
         t = time.perf_counter()
         per_seed = [classifier_accuracy(real, other, s, **kwargs) for s in seeds]
-        out[key] = {"accuracy": float(np.mean(per_seed)), "per_seed": per_seed,
-                    "images": [len(real), len(other)], "seconds": time.perf_counter() - t}
+        out[key] = {
+            "accuracy": float(np.mean(per_seed)),
+            "per_seed": per_seed,
+            "images": [len(real), len(other)],
+            "seconds": time.perf_counter() - t,
+        }
         if log is not None:
             log(f"realism {key}: {out[key]['accuracy']:.3f} ({out[key]['seconds']:.0f} s)")
     return out
@@ -1393,11 +1675,17 @@ def realism_report(train_images: Sequence[np.ndarray], generated: Sequence[np.nd
 def format_realism(report: dict) -> str:
     """:func:`realism_report` as plain text."""
     st = report["settings"]
-    lines = [(f"realism: classifier two-sample test ({st['crop']} px crops, held-out accuracy, mean of seeds "
-              f"{st['seeds']}; 0.5 = indistinguishable)")]
-    names = {"generated_vs_train": "generated (training masks) vs training patches",
-             "reconstructions_vs_train": "autoencoder reconstructions vs training patches",
-             "train_half_vs_half": "training patches, half vs half"}
+    lines = [
+        (
+            f"realism: classifier two-sample test ({st['crop']} px crops, held-out accuracy, mean of seeds "
+            f"{st['seeds']}; 0.5 = indistinguishable)"
+        )
+    ]
+    names = {
+        "generated_vs_train": "generated (training masks) vs training patches",
+        "reconstructions_vs_train": "autoencoder reconstructions vs training patches",
+        "train_half_vs_half": "training patches, half vs half",
+    }
     for key, name in names.items():
         r = report.get(key)
         if r is not None:

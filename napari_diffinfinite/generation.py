@@ -95,7 +95,9 @@ class DiffInfiniteModel:
         if isinstance(context, str):
             key = " ".join(context.strip().lower().split())
             if key not in CONTEXT_NAMES:
-                raise ValueError(f"unknown context {context!r}; {self.name} supports: {', '.join(self.contexts)}")
+                raise ValueError(
+                    f"unknown context {context!r}; {self.name} supports: {', '.join(self.contexts)}"
+                )
             value = CONTEXT_NAMES[key]
         else:
             value = int(context)
@@ -107,8 +109,16 @@ class DiffInfiniteModel:
         return value
 
 
-def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=None, mask_checkpoint=None,
-               num_classes: int = 5, vae=None, allow_download: bool = False) -> DiffInfiniteModel:
+def load_model(
+    spec: str | Path = "embedded",
+    *,
+    device=None,
+    image_checkpoint=None,
+    mask_checkpoint=None,
+    num_classes: int = 5,
+    vae=None,
+    allow_download: bool = False,
+) -> DiffInfiniteModel:
     """A model bundle by name or folder.
 
     - ``"embedded"``: the small model shipped with the package (CPU-interactive).
@@ -132,7 +142,9 @@ def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=N
         raise FileNotFoundError(f"{folder} is not a model folder: it has no model.json")
     meta = json.loads(manifest.read_text())
     if "image" not in meta:
-        raise FileNotFoundError(f"{folder} has no image model yet (model.json lists no 'image'); train and bundle it")
+        raise FileNotFoundError(
+            f"{folder} has no image model yet (model.json lists no 'image'); train and bundle it"
+        )
     ae_meta = meta["autoencoder"]
     if ae_meta.get("type") != "compact":
         raise ValueError(f"{manifest}: unsupported autoencoder type {ae_meta.get('type')!r}")
@@ -145,15 +157,22 @@ def load_model(spec: str | Path = "embedded", *, device=None, image_checkpoint=N
         codec = SimplexMaskCodec(c["num_labels"], c["cells_per_latent"])
     d = MANIFEST_DEFAULTS
     return DiffInfiniteModel(
-        name=meta.get("name", folder.name), image_unet=image, autoencoder=autoencoder, mask_unet=mask_unet,
-        mask_codec=codec, num_classes=image.num_classes, contexts=meta.get("contexts", ["adenocarcinoma"]),
+        name=meta.get("name", folder.name),
+        image_unet=image,
+        autoencoder=autoencoder,
+        mask_unet=mask_unet,
+        mask_codec=codec,
+        num_classes=image.num_classes,
+        contexts=meta.get("contexts", ["adenocarcinoma"]),
         default_steps=meta.get("default_steps", d["default_steps"]),
         default_omega=meta.get("default_omega", d["default_omega"]),
         default_mask_omega=meta.get("mask", {}).get("omega", meta.get("default_omega", d["default_omega"])),
         sampler=check_sampler(meta["image"].get("sampler", d["sampler"])),
-        window=meta["image"].get("window", d["window"]), mask_window=meta.get("mask", {}).get("window", 32),
+        window=meta["image"].get("window", d["window"]),
+        mask_window=meta.get("mask", {}).get("window", 32),
         mask_px=meta.get("mask", {}).get("mask_px", 1),
-        pixel_size_um=meta.get("pixel_size_um", d["pixel_size_um"]), device=device,
+        pixel_size_um=meta.get("pixel_size_um", d["pixel_size_um"]),
+        device=device,
     )
 
 
@@ -162,16 +181,27 @@ def _load_released(image_checkpoint, mask_checkpoint, num_classes, vae, allow_do
 
     if image_checkpoint is None:
         raise ValueError("the released DiffInfinite model needs image_checkpoint (image_gen*/model-10.pt)")
-    image = for_inference(load_diffinfinite_checkpoint(image_checkpoint, "image", num_classes=num_classes), device)
+    image = for_inference(
+        load_diffinfinite_checkpoint(image_checkpoint, "image", num_classes=num_classes), device
+    )
     autoencoder = SD2VAE.from_pretrained(vae, allow_download=allow_download, device=device)
     mask_unet = codec = None
     if mask_checkpoint is not None:
         mask_unet = for_inference(load_diffinfinite_checkpoint(mask_checkpoint, "mask"), device)
         codec = SD2MaskCodec(autoencoder, image.num_classes)
     return DiffInfiniteModel(
-        name=f"diffinfinite-{image.num_classes}", image_unet=image, autoencoder=autoencoder, mask_unet=mask_unet,
-        mask_codec=codec, num_classes=image.num_classes, contexts=["adenocarcinoma", "squamous cell carcinoma"],
-        default_steps=50, window=64, mask_window=16, mask_px=4, device=device,
+        name=f"diffinfinite-{image.num_classes}",
+        image_unet=image,
+        autoencoder=autoencoder,
+        mask_unet=mask_unet,
+        mask_codec=codec,
+        num_classes=image.num_classes,
+        contexts=["adenocarcinoma", "squamous cell carcinoma"],
+        default_steps=50,
+        window=64,
+        mask_window=16,
+        mask_px=4,
+        device=device,
     )
 
 
@@ -190,9 +220,18 @@ def _mask_generator_seed(seed: int) -> int:
 
 
 @torch.no_grad()
-def generate_mask(model: DiffInfiniteModel, size: tuple[int, int], *, context="adenocarcinoma", seed: int = 0,
-                  steps: int | None = None, omega: float | None = None, mode: str = "batched",
-                  progress: Progress | None = None, cancel=None) -> np.ndarray:
+def generate_mask(
+    model: DiffInfiniteModel,
+    size: tuple[int, int],
+    *,
+    context="adenocarcinoma",
+    seed: int = 0,
+    steps: int | None = None,
+    omega: float | None = None,
+    mode: str = "batched",
+    progress: Progress | None = None,
+    cancel=None,
+) -> np.ndarray:
     """A class mask (H, W) at image resolution for a context prompt, by random-patch sampling of the mask model.
 
     Labels are decoded correctly (not squashed) and cleaned: class borders become bands of label 0. ``omega``:
@@ -204,12 +243,20 @@ def generate_mask(model: DiffInfiniteModel, size: tuple[int, int], *, context="a
     h, w = size
     f = model.mask_latent_px
     shape = (model.mask_codec.latent_channels, -(-h // f), -(-w // f))
-    stepper = MaskStepper(model.mask_unet, cosine_schedule(), ctx,
-                          (model.default_mask_omega if omega is None else omega) + 1)
+    stepper = MaskStepper(
+        model.mask_unet, cosine_schedule(), ctx, (model.default_mask_omega if omega is None else omega) + 1
+    )
     latents = sample_region(
-        stepper, shape, None, schedule=stepper.schedule, steps=steps or model.default_steps,
-        generator=torch.Generator().manual_seed(_mask_generator_seed(seed)), mode=mode, window=model.mask_window,
-        progress=None if progress is None else (lambda d, t: progress("mask", d, t)), cancel=cancel,
+        stepper,
+        shape,
+        None,
+        schedule=stepper.schedule,
+        steps=steps or model.default_steps,
+        generator=torch.Generator().manual_seed(_mask_generator_seed(seed)),
+        mode=mode,
+        window=model.mask_window,
+        progress=None if progress is None else (lambda d, t: progress("mask", d, t)),
+        cancel=cancel,
         device=model.device,
     )
     labels = model.mask_codec.decode(latents[None].to(model.device))[0].cpu().numpy()
@@ -218,11 +265,26 @@ def generate_mask(model: DiffInfiniteModel, size: tuple[int, int], *, context="a
 
 
 @torch.no_grad()
-def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | None = None, mask_scale: int | None = None,
-             context="adenocarcinoma", omega: float | None = None, mask_omega: float | None = None,
-             steps: int | None = None, seed: int = 0, mode: str = "batched", block: int = 512, halo: int = 16,
-             window: int | None = None, sampler: str | None = None, max_batch: int = 64, progress: Progress | None = None,
-             cancel=None) -> GenerationResult:
+def generate(
+    model: DiffInfiniteModel,
+    *,
+    mask=None,
+    size: tuple[int, int] | None = None,
+    mask_scale: int | None = None,
+    context="adenocarcinoma",
+    omega: float | None = None,
+    mask_omega: float | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    mode: str = "batched",
+    block: int = 512,
+    halo: int = 16,
+    window: int | None = None,
+    sampler: str | None = None,
+    max_batch: int = 64,
+    progress: Progress | None = None,
+    cancel=None,
+) -> GenerationResult:
     """Synthetic H&E for a painted mask (``mask``, label ids, at image resolution or coarser by ``mask_scale``)
     or, without a mask, for a mask generated for ``context`` at ``size`` (H, W) pixels.
 
@@ -234,15 +296,32 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     """
     timings = {}
     t0 = time.perf_counter()
-    options = SamplingOptions.for_model(model, steps=steps or None, omega=omega, sampler=sampler, mode=mode,
-                                        window=window, halo=halo, max_batch=max_batch)
+    options = SamplingOptions.for_model(
+        model,
+        steps=steps or None,
+        omega=omega,
+        sampler=sampler,
+        mode=mode,
+        window=window,
+        halo=halo,
+        max_batch=max_batch,
+    )
     steps = options.steps
     if mask is None:
         if size is None:
             raise ValueError("give a mask, or a size (H, W) to generate one")
         mask_omega = model.default_mask_omega if mask_omega is None else float(mask_omega)
-        labels = generate_mask(model, size, context=context, seed=seed, steps=steps, omega=mask_omega, mode=mode,
-                               progress=progress, cancel=cancel)
+        labels = generate_mask(
+            model,
+            size,
+            context=context,
+            seed=seed,
+            steps=steps,
+            omega=mask_omega,
+            mode=mode,
+            progress=progress,
+            cancel=cancel,
+        )
         timings["mask_s"] = time.perf_counter() - t0
     else:
         labels = validate_labels(np.asarray(mask), model.num_classes)
@@ -256,9 +335,16 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     stats = SamplingStats()
     t1 = time.perf_counter()
     latents = generate_latents(
-        stepper, (model.image_unet.channels, lh, lw), latent_labels, seed=seed, options=options, block=block,
+        stepper,
+        (model.image_unet.channels, lh, lw),
+        latent_labels,
+        seed=seed,
+        options=options,
+        block=block,
         progress=None if progress is None else (lambda done, total: progress("tissue", done, total)),
-        cancel=cancel, stats=stats, device=model.device,
+        cancel=cancel,
+        stats=stats,
+        device=model.device,
     )
     stats.extra["unet_rows"] = stepper.rows_evaluated
     timings["tissue_s"] = time.perf_counter() - t1
@@ -271,11 +357,18 @@ def generate(model: DiffInfiniteModel, *, mask=None, size: tuple[int, int] | Non
     timings["decode_s"] = time.perf_counter() - t2
     image = (pixels[:, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     settings = dict(
-        model=model.name, seed=seed, omega=options.omega, steps=steps, sampler=options.sampler, mode=mode,
+        model=model.name,
+        seed=seed,
+        omega=options.omega,
+        steps=steps,
+        sampler=options.sampler,
+        mode=mode,
         block=block,
         mask_omega=mask_omega if mask is None else None,
         context=CONTEXT_DISPLAY.get(model.context_id(context), str(context)) if mask is None else None,
-        mask="generated" if mask is None else "given", size=[h, w], pixel_size_um=model.pixel_size_um,
+        mask="generated" if mask is None else "given",
+        size=[h, w],
+        pixel_size_um=model.pixel_size_um,
         version=__version__,
     )
     timings["total_s"] = time.perf_counter() - t0

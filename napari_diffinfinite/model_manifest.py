@@ -17,8 +17,13 @@ from pathlib import Path
 #: without importing torch).
 SAMPLER_LABELS = {"ddim": "DDIM (reference)", "dpmpp-2m-sde": "DPM-Solver++(2M) SDE"}
 #: Defaults of the optional ``model.json`` fields (one place for the loader and for the canvas).
-MANIFEST_DEFAULTS = {"default_steps": 25, "default_omega": 3.0, "sampler": "ddim", "window": 64,
-                     "pixel_size_um": 0.5}
+MANIFEST_DEFAULTS = {
+    "default_steps": 25,
+    "default_omega": 3.0,
+    "sampler": "ddim",
+    "window": 64,
+    "pixel_size_um": 0.5,
+}
 #: ``CompactAutoencoder``'s downsampling where its config does not name one (the 8x weights written before
 #: 4x existed).
 COMPACT_DOWNSAMPLING = 8
@@ -79,8 +84,11 @@ def read_manifest(source: str | Path) -> ModelManifest | None:
         return None
     image = meta["image"]
     return ModelManifest(
-        name=meta.get("name", folder.name), latent_channels=channels, downsampling=downsampling,
-        num_classes=classes, default_steps=meta.get("default_steps", MANIFEST_DEFAULTS["default_steps"]),
+        name=meta.get("name", folder.name),
+        latent_channels=channels,
+        downsampling=downsampling,
+        num_classes=classes,
+        default_steps=meta.get("default_steps", MANIFEST_DEFAULTS["default_steps"]),
         default_omega=meta.get("default_omega", MANIFEST_DEFAULTS["default_omega"]),
         sampler=image.get("sampler", MANIFEST_DEFAULTS["sampler"]),
         window=image.get("window", MANIFEST_DEFAULTS["window"]),

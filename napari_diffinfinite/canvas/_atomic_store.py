@@ -30,7 +30,6 @@ from .._atomic import PARTIAL_TAG, atomic_write_bytes, pid_alive
 __all__ = ["PARTIAL_TAG", "AtomicLocalStore", "atomic_write_bytes", "remove_stale_partials"]
 
 
-
 def remove_stale_partials(root: Path, *, all_processes: bool = False) -> int:
     """Delete the temporaries (``*.partial-<pid>-*``, and zarr's own ``*.partial``) under ``root`` left by
     processes that are gone (or by every process, when the caller holds the writer lock: ``all_processes``).

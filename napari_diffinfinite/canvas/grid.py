@@ -59,7 +59,9 @@ class Rect(NamedTuple):
         return (self.y0 + self.y1) / 2, (self.x0 + self.x1) / 2
 
     def intersect(self, other: Rect) -> Rect:
-        r = Rect(max(self.y0, other.y0), min(self.y1, other.y1), max(self.x0, other.x0), min(self.x1, other.x1))
+        r = Rect(
+            max(self.y0, other.y0), min(self.y1, other.y1), max(self.x0, other.x0), min(self.x1, other.x1)
+        )
         return r if not r.empty else Rect(r.y0, r.y0, r.x0, r.x0)
 
     def grow(self, by: int) -> Rect:
@@ -70,7 +72,9 @@ class Rect(NamedTuple):
             return other
         if other.empty:
             return self
-        return Rect(min(self.y0, other.y0), max(self.y1, other.y1), min(self.x0, other.x0), max(self.x1, other.x1))
+        return Rect(
+            min(self.y0, other.y0), max(self.y1, other.y1), min(self.x0, other.x0), max(self.x1, other.x1)
+        )
 
     def scaled_out(self, factor: int) -> Rect:
         """The rectangle at ``factor`` times coarser resolution that covers this one (floor / ceil)."""
@@ -109,7 +113,9 @@ class CanvasGrid:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.tile % self.downsampling:
-            raise ValueError(f"tile ({self.tile} px) must be a multiple of the downsampling ({self.downsampling})")
+            raise ValueError(
+                f"tile ({self.tile} px) must be a multiple of the downsampling ({self.downsampling})"
+            )
         if self.height % self.tile or self.width % self.tile:
             raise ValueError(
                 f"the canvas ({self.height} x {self.width} px) must be a whole number of {self.tile}-px tiles a side"
@@ -200,8 +206,11 @@ class CanvasGrid:
         """Tiles holding a True of ``changed`` (a bool array over the level-0 latent rectangle ``rect_latent``),
         row-major: exactly the tiles an edit touched, not every tile under its bounding box."""
         r = as_rect(rect_latent)
-        return [k for k in self.tiles_in_rect(self.latent_to_px(r))
-                if changed[self.tile_latent_rect(k).intersect(r).offset(-r.y0, -r.x0).slices].any()]
+        return [
+            k
+            for k in self.tiles_in_rect(self.latent_to_px(r))
+            if changed[self.tile_latent_rect(k).intersect(r).offset(-r.y0, -r.x0).slices].any()
+        ]
 
     def tile_range(self, rect, level: int = 0) -> Rect:
         """The tiles intersecting ``rect`` as a rectangle of tile indices (empty if none)."""
@@ -225,7 +234,9 @@ class CanvasGrid:
         if level < 1:
             return []
         rows, cols = self.level_tiles_shape(level - 1)
-        return [(level - 1, y, x) for y in (2 * i, 2 * i + 1) for x in (2 * j, 2 * j + 1) if y < rows and x < cols]
+        return [
+            (level - 1, y, x) for y in (2 * i, 2 * i + 1) for x in (2 * j, 2 * j + 1) if y < rows and x < cols
+        ]
 
     # ------------------------------------------------------------------ conversions
     def px_to_latent(self, rect_px) -> Rect:

@@ -102,12 +102,26 @@ class TileScheduler:
             :meth:`write_labels`, :data:`REPAINT_MARGIN`, :data:`REPAINT_HALO`).
     """
 
-    def __init__(self, store: CanvasStore, model, *, device=None, progress: Callable | None = None,
-                 on_tile_done: Callable[[TileKey], None] | None = None, max_request_level: int = 1,
-                 max_view_tiles: int = 64, max_batch: int = 64, allow_other_model: bool = False,
-                 local_repaint: bool = True, repaint_margin: int = REPAINT_MARGIN, repaint_halo: int = REPAINT_HALO):
+    def __init__(
+        self,
+        store: CanvasStore,
+        model,
+        *,
+        device=None,
+        progress: Callable | None = None,
+        on_tile_done: Callable[[TileKey], None] | None = None,
+        max_request_level: int = 1,
+        max_view_tiles: int = 64,
+        max_batch: int = 64,
+        allow_other_model: bool = False,
+        local_repaint: bool = True,
+        repaint_margin: int = REPAINT_MARGIN,
+        repaint_halo: int = REPAINT_HALO,
+    ):
         if store.read_only:
-            raise PermissionError(f"the canvas {store.root} is open read-only; open it with mode='r+' to generate")
+            raise PermissionError(
+                f"the canvas {store.root} is open read-only; open it with mode='r+' to generate"
+            )
         channels = int(model.image_unet.channels)
         if channels != store.latent_channels or model.downsampling != store.grid.downsampling:
             raise ValueError(
@@ -135,10 +149,15 @@ class TileScheduler:
         halo = int(settings.get("halo", 16))
         #: the canvas's recorded settings, the model's defaults where it records none
         self.options = SamplingOptions.for_model(
-            model, steps=settings.get("steps") or None, omega=settings.get("omega"), halo=halo,
+            model,
+            steps=settings.get("steps") or None,
+            omega=settings.get("omega"),
+            halo=halo,
             # new canvases record the sampler's lookahead; one made before it existed keeps sampling as it began
-            lookahead=settings.get("lookahead", 0), sampler=recorded_sampler(settings),
-            mode=settings.get("mode"), max_batch=max_batch,
+            lookahead=settings.get("lookahead", 0),
+            sampler=recorded_sampler(settings),
+            mode=settings.get("mode"),
+            max_batch=max_batch,
             # One window over the tile and its context halo: one (tile + 2 halo)^2 forward per step instead of up
             # to 2 x 2 windows of the model's size (1.5x faster per tile with context), and the context steers the
             # whole tile at every step. Measured seams across joins are as good or better
@@ -156,8 +175,12 @@ class TileScheduler:
         self.repaint_margin, self.repaint_halo = int(repaint_margin), int(repaint_halo)
         #: edited tiles waiting for a local repaint: the latent cells to sample again (bool, tile-sized)
         self._repaints: dict[TileKey, np.ndarray] = {}
-        self._progress_callbacks: list[Callable[[SchedulerStats], None]] = [] if progress is None else [progress]
-        self._tile_done_callbacks: list[Callable[[TileKey], None]] = [] if on_tile_done is None else [on_tile_done]
+        self._progress_callbacks: list[Callable[[SchedulerStats], None]] = (
+            [] if progress is None else [progress]
+        )
+        self._tile_done_callbacks: list[Callable[[TileKey], None]] = (
+            [] if on_tile_done is None else [on_tile_done]
+        )
         self._error_callbacks: list[Callable[[TileKey, BaseException], None]] = []
 
         self._cv = threading.Condition(threading.RLock())
@@ -191,7 +214,11 @@ class TileScheduler:
 
     def changed_rect(self, key: TileKey) -> Rect:
         """Level-0 pixels that finishing tile ``key`` may have changed: the tile and its neighbours' borders."""
-        return self.grid.tile_rect(key).grow(self.decode_reach * self.grid.downsampling).intersect(self.grid.bounds())
+        return (
+            self.grid.tile_rect(key)
+            .grow(self.decode_reach * self.grid.downsampling)
+            .intersect(self.grid.bounds())
+        )
 
     # ------------------------------------------------------------------ requests
     def request_view(self, level: int, rect_px) -> list[TileKey]:
@@ -219,8 +246,11 @@ class TileScheduler:
         tr = self.grid.tile_range(rect)
         status = self.store.read_status(tr)
         self._view_queue = [
-            t for t in tiles
-            if status[t[0] - tr.y0, t[1] - tr.x0] < STATUS_PIXELS and t != self._running and t not in self._explicit
+            t
+            for t in tiles
+            if status[t[0] - tr.y0, t[1] - tr.x0] < STATUS_PIXELS
+            and t != self._running
+            and t not in self._explicit
         ]
         self._update_stats()
 
@@ -258,7 +288,9 @@ class TileScheduler:
                 for key, cells in local.items():
                     queued = self._repaints.get(key)
                     self._repaints[key] = cells if queued is None else queued | cells
-                    if key in self._repainting:  # a repaint of this tile is running: restart it with both edits
+                    if (
+                        key in self._repainting
+                    ):  # a repaint of this tile is running: restart it with both edits
                         self._epoch[key] = self._epoch.get(key, 0) + 1
                 self._update_stats()
                 self._cv.notify_all()
@@ -312,8 +344,11 @@ class TileScheduler:
     def pending(self) -> list[TileKey]:
         """The waiting requests in the order they will run (tiles waiting for a local repaint first)."""
         with self._cv:
-            return list(self._repaints) + list(self._explicit) + [
-                t for t in self._view_queue if t not in self._explicit]
+            return (
+                list(self._repaints)
+                + list(self._explicit)
+                + [t for t in self._view_queue if t not in self._explicit]
+            )
 
     def invalidate(self, rect_px) -> list[TileKey]:
         """The mask changed over ``rect_px`` (level-0 px): the tiles under it lose their latents and pixels
@@ -345,8 +380,11 @@ class TileScheduler:
     def reroll(self, tiles, new_seed: int | None = None) -> list[TileKey]:
         """Generate tile(s) again with a new seed (``None``: the tile's current seed + 1), keeping the mask
         and the neighbours as context. ``tiles``: a key or an iterable of keys. They are requested first."""
-        keys = [tiles] if (isinstance(tiles, tuple) and len(tiles) == 2 and not isinstance(tiles[0], tuple)) \
+        keys = (
+            [tiles]
+            if (isinstance(tiles, tuple) and len(tiles) == 2 and not isinstance(tiles[0], tuple))
             else list(tiles)
+        )
         keys = [self.grid.check_tile(k) for k in keys]
         with self._cv:
             for k in keys:
@@ -373,7 +411,9 @@ class TileScheduler:
                 group = {k: self._repaints.pop(k)}
                 box = self._cells_box(k, group[k])
                 for n in self.grid.neighbours(k):
-                    if n in self._repaints:  # the same edit across a tile border: one window, if it stays small
+                    if (
+                        n in self._repaints
+                    ):  # the same edit across a tile border: one window, if it stays small
                         joined = box.union(self._cells_box(n, self._repaints[n]))
                         if max(joined.height, joined.width) <= self.grid.latent_tile:
                             group[n], box = self._repaints.pop(n), joined
@@ -390,7 +430,12 @@ class TileScheduler:
         """The latent bounding rectangle of tile ``key``'s ``cells``."""
         tile = self.grid.tile_latent_rect(key)
         ys, xs = np.nonzero(cells)
-        return Rect(tile.y0 + int(ys.min()), tile.y0 + int(ys.max()) + 1, tile.x0 + int(xs.min()), tile.x0 + int(xs.max()) + 1)
+        return Rect(
+            tile.y0 + int(ys.min()),
+            tile.y0 + int(ys.max()) + 1,
+            tile.x0 + int(xs.min()),
+            tile.x0 + int(xs.max()) + 1,
+        )
 
     def _has_work(self) -> bool:
         # caller holds self._cv
@@ -431,8 +476,12 @@ class TileScheduler:
                             queued = self._repaints.get(k)
                             self._repaints[k] = cells if queued is None else queued | cells
                     regenerate = group is None or self.store.tile_status(key) < STATUS_PIXELS
-                    if regenerate and self._epoch.get(key, 0) != epoch and self._cancel_gen == cancel_gen \
-                            and not self._stop:
+                    if (
+                        regenerate
+                        and self._epoch.get(key, 0) != epoch
+                        and self._cancel_gen == cancel_gen
+                        and not self._stop
+                    ):
                         # invalidated while running: it is wanted again, with the new mask
                         self._running = None
                         if self._view is None or key not in self.grid.tiles_in_rect(self._view):
@@ -454,13 +503,20 @@ class TileScheduler:
                     self._repainting = set()
                     self._busy_seconds += seconds
                     if finished and group is not None:
-                        self._stats = replace(self._stats, repaints_done=self._stats.repaints_done + 1,
-                                              repainted_latents=self._stats.repainted_latents + sum(
-                                                  int(c.sum()) for c in group.values()))
+                        self._stats = replace(
+                            self._stats,
+                            repaints_done=self._stats.repaints_done + 1,
+                            repainted_latents=self._stats.repainted_latents
+                            + sum(int(c.sum()) for c in group.values()),
+                        )
                     elif finished:
                         done = self._stats.tiles_done + 1
-                        self._stats = replace(self._stats, tiles_done=done, last_tile_seconds=seconds,
-                                              tiles_per_second=done / max(self._busy_seconds, 1e-9))
+                        self._stats = replace(
+                            self._stats,
+                            tiles_done=done,
+                            last_tile_seconds=seconds,
+                            tiles_per_second=done / max(self._busy_seconds, 1e-9),
+                        )
                     self._update_stats(current=None, current_fraction=0.0)
                     self._cv.notify_all()
             if finished:
@@ -508,8 +564,14 @@ class TileScheduler:
         tr = Rect(max(0, i - 1), min(rows, i + 2), max(0, j - 1), min(cols, j + 2))
         return tr, self.store.read_status(tr)
 
-    def _present_mask(self, window: Rect, tr: Rect, status: np.ndarray, centre: TileKey | None,
-                      minimum: int = STATUS_LATENTS) -> torch.Tensor:
+    def _present_mask(
+        self,
+        window: Rect,
+        tr: Rect,
+        status: np.ndarray,
+        centre: TileKey | None,
+        minimum: int = STATUS_LATENTS,
+    ) -> torch.Tensor:
         """bool (h, w) over latent ``window``: latents of tiles with status >= ``minimum`` (and ``centre``)."""
         mask = torch.zeros(window.height, window.width, dtype=torch.bool)
         for a in range(tr.y0, tr.y1):
@@ -532,7 +594,9 @@ class TileScheduler:
         done = self._present_mask(window, tr, status, centre=None)
         done[tile.y0 - window.y0 : tile.y1 - window.y0, tile.x0 - window.x0 : tile.x1 - window.x0] = False
         labels = torch.from_numpy(self.store.read_labels(window).astype(np.int64))
-        block = Block(key[0], key[1], tile.y0 - window.y0, tile.x0 - window.x0, tile.y1 - window.y0, tile.x1 - window.x0)
+        block = Block(
+            key[0], key[1], tile.y0 - window.y0, tile.x0 - window.x0, tile.y1 - window.y0, tile.x1 - window.x0
+        )
 
         def progress(d, t):
             with self._cv:
@@ -540,9 +604,16 @@ class TileScheduler:
             self._emit_progress()
 
         generate_block(
-            self.stepper, latents, done, labels if labels.any() else None, block, seed=self.store.tile_seed(key),
+            self.stepper,
+            latents,
+            done,
+            labels if labels.any() else None,
+            block,
+            seed=self.store.tile_seed(key),
             options=self.options,
-            progress=progress, cancel=lambda: self._should_abort(key, epoch, cancel_gen), device=self.device,
+            progress=progress,
+            cancel=lambda: self._should_abort(key, epoch, cancel_gen),
+            device=self.device,
         )
         out = latents[:, block.y0 : block.y1, block.x0 : block.x1].numpy()
 
@@ -568,7 +639,8 @@ class TileScheduler:
                 part = self.grid.tile_latent_rect(k).intersect(window)
                 tile = self.grid.tile_latent_rect(k)
                 redo[part.offset(-window.y0, -window.x0).slices] |= torch.from_numpy(
-                    cells[part.offset(-tile.y0, -tile.x0).slices])
+                    cells[part.offset(-tile.y0, -tile.x0).slices]
+                )
             latents = torch.from_numpy(self.store.read_latents(window))
             labels = torch.from_numpy(self.store.read_labels(window).astype(np.int64))
             seed = block_seed(self.store.tile_seed(key), key[0], key[1], self.store.tile_version(key))
@@ -580,15 +652,32 @@ class TileScheduler:
 
             def cancel():
                 return self._should_abort(key, epochs[key], cancel_gen) or any(
-                    self._epoch.get(k, 0) != e for k, e in epochs.items())
+                    self._epoch.get(k, 0) != e for k, e in epochs.items()
+                )
 
-            out = sample_region(
-                self.stepper, tuple(latents.shape), labels, schedule=self.stepper.schedule, steps=self.options.steps,
-                generator=torch.Generator().manual_seed(seed), mode=self.options.mode, window=self.options.window,
-                known=latents, known_mask=present & ~redo, progress=progress, cancel=cancel, device=self.device,
-            ).cpu().numpy()
+            out = (
+                sample_region(
+                    self.stepper,
+                    tuple(latents.shape),
+                    labels,
+                    schedule=self.stepper.schedule,
+                    steps=self.options.steps,
+                    generator=torch.Generator().manual_seed(seed),
+                    mode=self.options.mode,
+                    window=self.options.window,
+                    known=latents,
+                    known_mask=present & ~redo,
+                    progress=progress,
+                    cancel=cancel,
+                    device=self.device,
+                )
+                .cpu()
+                .numpy()
+            )
             with self._cv:  # all the group's latents, or none
-                if self._cancel_gen != cancel_gen or any(self._epoch.get(k, 0) != e for k, e in epochs.items()):
+                if self._cancel_gen != cancel_gen or any(
+                    self._epoch.get(k, 0) != e for k, e in epochs.items()
+                ):
                     raise Cancelled()
                 for k, cells in group.items():
                     tile = self.grid.tile_latent_rect(k)
@@ -596,8 +685,9 @@ class TileScheduler:
                     part = tile.intersect(window)
                     in_tile, in_window = part.offset(-tile.y0, -tile.x0), part.offset(-window.y0, -window.x0)
                     where = cells[in_tile.slices]
-                    tile_latents[:, in_tile.y0:in_tile.y1, in_tile.x0:in_tile.x1][:, where] = \
-                        out[:, in_window.y0:in_window.y1, in_window.x0:in_window.x1][:, where]
+                    tile_latents[:, in_tile.y0 : in_tile.y1, in_tile.x0 : in_tile.x1][:, where] = out[
+                        :, in_window.y0 : in_window.y1, in_window.x0 : in_window.x1
+                    ][:, where]
                     self.store.write_latents(k, tile_latents)
                     self.store.bump_version(k)
             # the pixels the new latents reach, in every tile with tissue (not abandoned from here on: the
@@ -618,7 +708,9 @@ class TileScheduler:
         tr, status = self._neighbour_status(key)
         present = self._present_mask(window, tr, status, centre=key)
         if not bool(present.all()):
-            centre = raw[:, tile.y0 - window.y0 : tile.y1 - window.y0, tile.x0 - window.x0 : tile.x1 - window.x0]
+            centre = raw[
+                :, tile.y0 - window.y0 : tile.y1 - window.y0, tile.x0 - window.x0 : tile.x1 - window.x0
+            ]
             pad = (tile.x0 - window.x0, window.x1 - tile.x1, tile.y0 - window.y0, window.y1 - tile.y1)
             filled = F.pad(centre[None], pad, mode="replicate")[0]
             raw = torch.where(present[None], raw, filled)
@@ -632,10 +724,21 @@ class TileScheduler:
         def read(ys: slice, xs: slice) -> torch.Tensor:
             if ys.start < window.y0 or ys.stop > window.y1 or xs.start < window.x0 or xs.stop > window.x1:
                 raise AssertionError(f"decode read {ys}, {xs} outside the window {tuple(window)}")
-            return lat[..., ys.start - window.y0 : ys.stop - window.y0, xs.start - window.x0 : xs.stop - window.x0]
+            return lat[
+                ..., ys.start - window.y0 : ys.stop - window.y0, xs.start - window.x0 : xs.stop - window.x0
+            ]
 
-        px = decode_region(self.model.autoencoder, read, region.y0, region.x0, region.y1, region.x1,
-                           self.store.latent_shape, tile=self.grid.latent_tile, out_device="cpu")[0]
+        px = decode_region(
+            self.model.autoencoder,
+            read,
+            region.y0,
+            region.x0,
+            region.y1,
+            region.x1,
+            self.store.latent_shape,
+            tile=self.grid.latent_tile,
+            out_device="cpu",
+        )[0]
         return (px.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
     def _generate(self, key: TileKey, epoch: int, cancel_gen: int) -> None:
@@ -752,10 +855,23 @@ class TileScheduler:
     def _update_stats(self, **changes) -> None:
         # caller holds self._cv
         alive = self._thread is not None and self._thread.is_alive() and not self._stop
-        state = "stopped" if self._stop else "paused" if self._paused else (
-            "running" if (alive and (self._running is not None or self._explicit or self._view_queue)) or
-            self._running is not None else "idle")
-        queued = len(self._repaints) + len(self._explicit) + sum(1 for t in self._view_queue if t not in self._explicit)
+        state = (
+            "stopped"
+            if self._stop
+            else "paused"
+            if self._paused
+            else (
+                "running"
+                if (alive and (self._running is not None or self._explicit or self._view_queue))
+                or self._running is not None
+                else "idle"
+            )
+        )
+        queued = (
+            len(self._repaints)
+            + len(self._explicit)
+            + sum(1 for t in self._view_queue if t not in self._explicit)
+        )
         self._stats = replace(self._stats, state=state, tiles_queued=queued, **changes)
 
     def _emit_progress(self, force: bool = False) -> None:
@@ -781,8 +897,15 @@ class EarlyStart:
     sooner. Tiles finished before the hand-over are kept and replayed to the new owner's callback, in order.
     """
 
-    def __init__(self, store: CanvasStore, model, *, centre_px: tuple[float, float],
-                 view_px: tuple[int, int] = (1080, 1920), **options):
+    def __init__(
+        self,
+        store: CanvasStore,
+        model,
+        *,
+        centre_px: tuple[float, float],
+        view_px: tuple[int, int] = (1080, 1920),
+        **options,
+    ):
         self.scheduler = TileScheduler(store, model, **options)
         self._lock = threading.Lock()
         self._landed: list[TileKey] = []

@@ -92,6 +92,7 @@ STATUS_TTL = 1.0
 #: Tissue fill value: white, like an empty slide, in viewers that do not know the status array.
 TISSUE_FILL = 255
 
+
 def recorded_sampler(settings: Mapping) -> str | None:
     """The image sampler a canvas's ``settings`` record: DDIM for canvases from before samplers were recorded,
     None for one made without a model (it takes the generating model's)."""
@@ -139,33 +140,48 @@ def _ngff_tissue(grid: CanvasGrid, pixel_size: float) -> dict:
     datasets = []
     for level in range(grid.levels):
         f = 1 << level
-        datasets.append({
-            "path": str(level),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, pixel_size * f, pixel_size * f]},
-                # a 2 x 2 mean's pixel centre sits half a parent pixel in from its children's first centre
-                {"type": "translation", "translation": [0.0, pixel_size * (f - 1) / 2, pixel_size * (f - 1) / 2]},
-            ],
-        })
+        datasets.append(
+            {
+                "path": str(level),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, pixel_size * f, pixel_size * f]},
+                    # a 2 x 2 mean's pixel centre sits half a parent pixel in from its children's first centre
+                    {
+                        "type": "translation",
+                        "translation": [0.0, pixel_size * (f - 1) / 2, pixel_size * (f - 1) / 2],
+                    },
+                ],
+            }
+        )
+
     def channel(label, colour):
         return {
-            "label": label, "color": colour, "active": True, "coefficient": 1.0, "family": "linear",
-            "inverted": False, "window": {"min": 0, "max": 255, "start": 0, "end": 255},
+            "label": label,
+            "color": colour,
+            "active": True,
+            "coefficient": 1.0,
+            "family": "linear",
+            "inverted": False,
+            "window": {"min": 0, "max": 255, "start": 0, "end": 255},
         }
 
     return {
         "version": NGFF_VERSION,
-        "multiscales": [{
-            "name": "tissue",
-            "axes": [
-                {"name": "c", "type": "channel"},
-                {"name": "y", "type": "space", "unit": "micrometer"},
-                {"name": "x", "type": "space", "unit": "micrometer"},
-            ],
-            "datasets": datasets,
-            "type": "mean",
-            "metadata": {"description": "2 x 2 mean of the level below (DiffInfinite canvas, synthetic H&E)"},
-        }],
+        "multiscales": [
+            {
+                "name": "tissue",
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": datasets,
+                "type": "mean",
+                "metadata": {
+                    "description": "2 x 2 mean of the level below (DiffInfinite canvas, synthetic H&E)"
+                },
+            }
+        ],
         "omero": {
             "name": "tissue",
             "channels": [channel("R", "FF0000"), channel("G", "00FF00"), channel("B", "0000FF")],
@@ -179,25 +195,31 @@ def _ngff_labels(grid: CanvasGrid, pixel_size: float) -> dict:
     datasets = []
     for level in range(grid.levels):
         s = pixel_size * d * (1 << level)
-        datasets.append({
-            "path": str(level),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [s, s]},
-                {"type": "translation", "translation": [pixel_size * (d - 1) / 2] * 2},
-            ],
-        })
+        datasets.append(
+            {
+                "path": str(level),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [s, s]},
+                    {"type": "translation", "translation": [pixel_size * (d - 1) / 2] * 2},
+                ],
+            }
+        )
     return {
         "version": NGFF_VERSION,
-        "multiscales": [{
-            "name": "labels",
-            "axes": [
-                {"name": "y", "type": "space", "unit": "micrometer"},
-                {"name": "x", "type": "space", "unit": "micrometer"},
-            ],
-            "datasets": datasets,
-            "type": "subsample",
-            "metadata": {"description": "class ids, 0 = unlabelled; level k takes every 2nd pixel of level k-1"},
-        }],
+        "multiscales": [
+            {
+                "name": "labels",
+                "axes": [
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": datasets,
+                "type": "subsample",
+                "metadata": {
+                    "description": "class ids, 0 = unlabelled; level k takes every 2nd pixel of level k-1"
+                },
+            }
+        ],
     }
 
 
@@ -277,9 +299,20 @@ class CanvasStore:
 
     # ------------------------------------------------------------------ create / open
     @classmethod
-    def create(cls, folder, *, shape_px=(DEFAULT_SIDE, DEFAULT_SIDE), model_name: str, settings: Mapping | None = None,
-               latent_channels: int = 4, downsampling: int = 8, tile: int = 512, overwrite: bool = False,
-               fsync: bool = False, lock: bool = True) -> CanvasStore:
+    def create(
+        cls,
+        folder,
+        *,
+        shape_px=(DEFAULT_SIDE, DEFAULT_SIDE),
+        model_name: str,
+        settings: Mapping | None = None,
+        latent_channels: int = 4,
+        downsampling: int = 8,
+        tile: int = 512,
+        overwrite: bool = False,
+        fsync: bool = False,
+        lock: bool = True,
+    ) -> CanvasStore:
         """A new, empty canvas in ``folder`` (created; it must not exist or be empty unless ``overwrite``).
 
         ``settings`` are recorded in the group attributes over :data:`DEFAULT_SETTINGS` (seed, omega, steps,
@@ -305,38 +338,73 @@ class CanvasStore:
         try:
             store = AtomicLocalStore(root, fsync=fsync)
             attrs = {
-                ATTRS_KEY: plain_json({
-                    "format": FORMAT,
-                    "format_version": FORMAT_VERSION,
-                    "model": model_name,
-                    "geometry": dict(grid.as_dict(), latent_channels=int(latent_channels), pixel_size_um=pixel_size),
-                    "settings": merged,
-                    "status_codes": {str(k): v for k, v in STATUS_CODES.items()},
-                    "synthetic": True,
-                }),
+                ATTRS_KEY: plain_json(
+                    {
+                        "format": FORMAT,
+                        "format_version": FORMAT_VERSION,
+                        "model": model_name,
+                        "geometry": dict(
+                            grid.as_dict(), latent_channels=int(latent_channels), pixel_size_um=pixel_size
+                        ),
+                        "settings": merged,
+                        "status_codes": {str(k): v for k, v in STATUS_CODES.items()},
+                        "synthetic": True,
+                    }
+                ),
             }
             group = zarr.open_group(store=store, mode="w", zarr_format=3, attributes=attrs)
             lh, lw = grid.latent_shape
             lt = grid.latent_tile
             cfg = {"write_empty_chunks": False}
-            group.create_array("latents", shape=(int(latent_channels), lh, lw), chunks=(int(latent_channels), lt, lt),
-                               dtype="float32", fill_value=0.0, dimension_names=("c", "y", "x"), config=cfg)
+            group.create_array(
+                "latents",
+                shape=(int(latent_channels), lh, lw),
+                chunks=(int(latent_channels), lt, lt),
+                dtype="float32",
+                fill_value=0.0,
+                dimension_names=("c", "y", "x"),
+                config=cfg,
+            )
             rows, cols = grid.tiles_shape
             tc = (min(TILE_ARRAY_CHUNK, rows), min(TILE_ARRAY_CHUNK, cols))
-            for name, dtype, fill in (("status", "uint8", 0), ("version", "uint32", 0), ("seed", "int64", -1)):
-                group.create_array(name, shape=(rows, cols), chunks=tc, dtype=dtype, fill_value=fill,
-                                   dimension_names=("tile_y", "tile_x"), config=cfg)
+            for name, dtype, fill in (
+                ("status", "uint8", 0),
+                ("version", "uint32", 0),
+                ("seed", "int64", -1),
+            ):
+                group.create_array(
+                    name,
+                    shape=(rows, cols),
+                    chunks=tc,
+                    dtype=dtype,
+                    fill_value=fill,
+                    dimension_names=("tile_y", "tile_x"),
+                    config=cfg,
+                )
             tissue = group.create_group("tissue", attributes={"ome": _ngff_tissue(grid, pixel_size)})
             labels = group.create_group("labels", attributes={"ome": _ngff_labels(grid, pixel_size)})
             for level in range(grid.levels):
                 th, tw = grid.level_shape(level)
-                tissue.create_array(str(level), shape=(3, th, tw), chunks=(3, tile, tile), dtype="uint8",
-                                    fill_value=TISSUE_FILL, dimension_names=("c", "y", "x"), config=cfg,
-                                    compressors=ZstdCodec(level=1))
+                tissue.create_array(
+                    str(level),
+                    shape=(3, th, tw),
+                    chunks=(3, tile, tile),
+                    dtype="uint8",
+                    fill_value=TISSUE_FILL,
+                    dimension_names=("c", "y", "x"),
+                    config=cfg,
+                    compressors=ZstdCodec(level=1),
+                )
                 lh_k, lw_k = -(-lh // (1 << level)), -(-lw // (1 << level))
-                labels.create_array(str(level), shape=(lh_k, lw_k),
-                                    chunks=(min(LABEL_CHUNK, lh_k), min(LABEL_CHUNK, lw_k)), dtype="uint8",
-                                    fill_value=0, dimension_names=("y", "x"), config=cfg)
+                labels.create_array(
+                    str(level),
+                    shape=(lh_k, lw_k),
+                    chunks=(min(LABEL_CHUNK, lh_k), min(LABEL_CHUNK, lw_k)),
+                    dtype="uint8",
+                    fill_value=0,
+                    dimension_names=("y", "x"),
+                    config=cfg,
+                )
             handle.shared.pop("status", None)  # a new canvas where an old one was (overwrite)
             return cls(root, zarr.open_group(store=store, mode="r+"), read_only=False, handle=handle)
         except BaseException:
@@ -344,8 +412,16 @@ class CanvasStore:
             raise
 
     @classmethod
-    def create_for_model(cls, folder, model, *, shape_px=(DEFAULT_SIDE, DEFAULT_SIDE), tile: int = 512,
-                         overwrite: bool = False, **settings) -> CanvasStore:
+    def create_for_model(
+        cls,
+        folder,
+        model,
+        *,
+        shape_px=(DEFAULT_SIDE, DEFAULT_SIDE),
+        tile: int = 512,
+        overwrite: bool = False,
+        **settings,
+    ) -> CanvasStore:
         """:meth:`create` with the name, latent channels, downsampling, steps, guidance, sampler, classes and
         pixel size of ``model`` (a :class:`~napari_diffinfinite.generation.DiffInfiniteModel`, or the
         :class:`~napari_diffinfinite.model_manifest.ModelManifest` of one not loaded yet); ``settings``
@@ -359,9 +435,16 @@ class CanvasStore:
             "window": model.window,
         }
         merged.update(settings)
-        return cls.create(folder, shape_px=shape_px, model_name=model.name, settings=merged,
-                          latent_channels=int(model.latent_channels), downsampling=model.downsampling,
-                          tile=tile, overwrite=overwrite)
+        return cls.create(
+            folder,
+            shape_px=shape_px,
+            model_name=model.name,
+            settings=merged,
+            latent_channels=int(model.latent_channels),
+            downsampling=model.downsampling,
+            tile=tile,
+            overwrite=overwrite,
+        )
 
     @classmethod
     def open(cls, folder, mode: str = "r+", *, fsync: bool = False, lock: bool = True) -> CanvasStore:
@@ -379,7 +462,9 @@ class CanvasStore:
                 remove_stale_partials(root, all_processes=True)  # we hold the lock: no writer is alive
             group = zarr.open_group(store=AtomicLocalStore(root, read_only=read_only, fsync=fsync), mode=mode)
             if ATTRS_KEY not in group.attrs:
-                raise ValueError(f"{root} is a zarr group but not a DiffInfinite canvas (no {ATTRS_KEY!r} attributes)")
+                raise ValueError(
+                    f"{root} is a zarr group but not a DiffInfinite canvas (no {ATTRS_KEY!r} attributes)"
+                )
             return cls(root, group, read_only=read_only, handle=handle)
         except BaseException:
             if handle is not None:
@@ -484,8 +569,11 @@ class CanvasStore:
         self._check_writable()
         if value not in STATUS_CODES:
             raise ValueError(f"status must be one of {sorted(STATUS_CODES)}, got {value!r}")
-        keys = [keys] if (isinstance(keys, tuple) and len(keys) == 2 and isinstance(keys[0], (int, np.integer))) \
+        keys = (
+            [keys]
+            if (isinstance(keys, tuple) and len(keys) == 2 and isinstance(keys[0], (int, np.integer)))
             else list(keys)
+        )
         keys = [self._tile_index(k) for k in keys]
         if not keys:
             return
@@ -545,8 +633,10 @@ class CanvasStore:
         r = as_rect(rect)
         lh, lw = self.grid.latent_shape
         if not (0 <= r.y0 < r.y1 <= lh and 0 <= r.x0 < r.x1 <= lw):
-            raise ValueError(f"latent rectangle {tuple(r)} is empty or outside the canvas's {lh} x {lw} latents")
-        return np.asarray(self.latents[:, r.y0:r.y1, r.x0:r.x1])
+            raise ValueError(
+                f"latent rectangle {tuple(r)} is empty or outside the canvas's {lh} x {lw} latents"
+            )
+        return np.asarray(self.latents[:, r.y0 : r.y1, r.x0 : r.x1])
 
     def write_latents(self, key, latents) -> None:
         """Write tile ``key``'s latents (C, T/d, T/d) as one chunk (all-or-nothing)."""
@@ -555,11 +645,13 @@ class CanvasStore:
         r = self.grid.tile_latent_rect(key)
         arr = np.asarray(latents, dtype=np.float32)
         if arr.shape != (self.latent_channels, r.height, r.width):
-            raise ValueError(f"tile latents must have shape {(self.latent_channels, r.height, r.width)}, got {arr.shape}")
+            raise ValueError(
+                f"tile latents must have shape {(self.latent_channels, r.height, r.width)}, got {arr.shape}"
+            )
         if not np.isfinite(arr).all():
             raise ValueError(f"tile {key}: latents contain NaN or infinity; not written")
         with self._lock:
-            self.latents[:, r.y0:r.y1, r.x0:r.x1] = arr
+            self.latents[:, r.y0 : r.y1, r.x0 : r.x1] = arr
 
     # ------------------------------------------------------------------ labels
     def read_labels(self, rect, level: int = 0) -> np.ndarray:
@@ -607,18 +699,24 @@ class CanvasStore:
         clipped = r.intersect(Rect(0, lh, 0, lw))
         if clipped.empty:
             return Rect(0, 0, 0, 0), None
-        sub = arr[clipped.y0 - r.y0 : clipped.y1 - r.y0, clipped.x0 - r.x0 : clipped.x1 - r.x0].astype(np.uint8)
+        sub = arr[clipped.y0 - r.y0 : clipped.y1 - r.y0, clipped.x0 - r.x0 : clipped.x1 - r.x0].astype(
+            np.uint8
+        )
         with self._lock:
             old = np.asarray(self.labels[0][clipped.slices])
             if where is not None:
-                mask = np.asarray(where, bool)[clipped.y0 - r.y0 : clipped.y1 - r.y0, clipped.x0 - r.x0 : clipped.x1 - r.x0]
+                mask = np.asarray(where, bool)[
+                    clipped.y0 - r.y0 : clipped.y1 - r.y0, clipped.x0 - r.x0 : clipped.x1 - r.x0
+                ]
                 sub = np.where(mask, sub, old)
             differs = sub != old
             diff = np.argwhere(differs)
             if not len(diff):
                 return Rect(0, 0, 0, 0), None
             (dy0, dx0), (dy1, dx1) = diff.min(0), diff.max(0) + 1
-            changed = Rect(clipped.y0 + int(dy0), clipped.y0 + int(dy1), clipped.x0 + int(dx0), clipped.x0 + int(dx1))
+            changed = Rect(
+                clipped.y0 + int(dy0), clipped.y0 + int(dy1), clipped.x0 + int(dx0), clipped.x0 + int(dx1)
+            )
             self.labels[0][changed.slices] = sub[dy0:dy1, dx0:dx1]
             self._update_label_levels(changed)
         return changed, differs[dy0:dy1, dx0:dx1]
@@ -630,8 +728,12 @@ class CanvasStore:
             dst = self.labels[level]
             n_h, n_w = src.shape
             # level pixel y samples level-1 pixel min(2y + 1, n - 1)
-            r = Rect(max(0, (r.y0 - 1) // 2), min(dst.shape[0], r.y1 // 2 + 1),
-                     max(0, (r.x0 - 1) // 2), min(dst.shape[1], r.x1 // 2 + 1))
+            r = Rect(
+                max(0, (r.y0 - 1) // 2),
+                min(dst.shape[0], r.y1 // 2 + 1),
+                max(0, (r.x0 - 1) // 2),
+                min(dst.shape[1], r.x1 // 2 + 1),
+            )
             if r.empty:
                 return
             ys = np.minimum(2 * np.arange(r.y0, r.y1) + 1, n_h - 1)
@@ -651,7 +753,7 @@ class CanvasStore:
         if r.intersect(self.grid.bounds()) != r:
             raise ValueError(f"rectangle {tuple(r)} is outside the canvas")
         with self._lock:
-            self.tissue[0][:, r.y0:r.y1, r.x0:r.x1] = np.moveaxis(arr, -1, 0)
+            self.tissue[0][:, r.y0 : r.y1, r.x0 : r.x1] = np.moveaxis(arr, -1, 0)
 
     def update_pyramid(self, rect_px) -> None:
         """Recompute levels 1 .. L-1 over level-0 rectangle ``rect_px`` (2 x 2 means, level by level)."""
@@ -664,15 +766,17 @@ class CanvasStore:
                 h, w = self.grid.level_shape(level)
                 h0, w0 = self.grid.level_shape(level - 1)
                 r = r.scaled_out(2).intersect(Rect(0, h, 0, w))
-                src = np.asarray(self.tissue[level - 1][:, 2 * r.y0 : min(2 * r.y1, h0), 2 * r.x0 : min(2 * r.x1, w0)])
-                self.tissue[level][:, r.y0:r.y1, r.x0:r.x1] = _pool2(src)
+                src = np.asarray(
+                    self.tissue[level - 1][:, 2 * r.y0 : min(2 * r.y1, h0), 2 * r.x0 : min(2 * r.x1, w0)]
+                )
+                self.tissue[level][:, r.y0 : r.y1, r.x0 : r.x1] = _pool2(src)
 
     def read_tissue_raw(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Stored pixels (h, w, 3) uint8 of a level, whatever the tiles' status (fill: white)."""
         self.grid.check_level(level)
         r = Rect(y0, y1, x0, x1).intersect(self.grid.bounds(level))
         # a (y, x, c) view of the (c, y, x) chunk: whoever assembles the chunks (dask, napari) copies anyway
-        return np.moveaxis(np.asarray(self.tissue[level][:, r.y0:r.y1, r.x0:r.x1]), 0, -1)
+        return np.moveaxis(np.asarray(self.tissue[level][:, r.y0 : r.y1, r.x0 : r.x1]), 0, -1)
 
     def coverage(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """bool (h, w): True where every level-0 tile under a level-``level`` pixel has status 2."""
@@ -719,7 +823,9 @@ class CanvasStore:
         oy, ox = r.y0 - lr.y0 * d, r.x0 - lr.x0 * d
         return np.ascontiguousarray(rgb[oy : oy + r.height, ox : ox + r.width])
 
-    def read_tissue(self, level: int, y0: int, y1: int, x0: int, x1: int, *, placeholder: bool = True) -> np.ndarray:
+    def read_tissue(
+        self, level: int, y0: int, y1: int, x0: int, x1: int, *, placeholder: bool = True
+    ) -> np.ndarray:
         """Pixels (h, w, 3) uint8 of rectangle ``[y0:y1, x0:x1]`` of pyramid level ``level`` (clipped to it).
 
         Where the tiles underneath are not all generated (status < 2), the :meth:`placeholder` is shown (or
@@ -732,8 +838,11 @@ class CanvasStore:
         cov = self.coverage(level, *r)
         if cov.all():
             return self.read_tissue_raw(level, *r)
-        back = (self.placeholder(level, *r) if placeholder
-                else np.full((r.height, r.width, 3), TISSUE_FILL, np.uint8))
+        back = (
+            self.placeholder(level, *r)
+            if placeholder
+            else np.full((r.height, r.width, 3), TISSUE_FILL, np.uint8)
+        )
         if not cov.any():
             return back
         raw = self.read_tissue_raw(level, *r)
@@ -757,8 +866,11 @@ class CanvasStore:
             return self.read_tissue(level, i * t, min((i + 1) * t, h), j * t, min((j + 1) * t, w))
 
         return da.map_blocks(
-            block, dtype=np.uint8, chunks=(_chunks_1d(h, t), _chunks_1d(w, t), (3,)),
-            meta=np.empty((0, 0, 0), np.uint8), name=name or f"diffinfinite-tissue-{level}-{uuid.uuid4().hex}",
+            block,
+            dtype=np.uint8,
+            chunks=(_chunks_1d(h, t), _chunks_1d(w, t), (3,)),
+            meta=np.empty((0, 0, 0), np.uint8),
+            name=name or f"diffinfinite-tissue-{level}-{uuid.uuid4().hex}",
         )
 
     def tissue_level(self, level: int) -> TissueLevel:

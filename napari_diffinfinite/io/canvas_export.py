@@ -33,9 +33,18 @@ def missing_tiles(store: CanvasStore, rect_px) -> list[TileKey]:
     return [(tr.y0 + int(i), tr.x0 + int(j)) for i, j in np.argwhere(status < STATUS_PIXELS)]
 
 
-def export_canvas(store: CanvasStore, rect, stem, *, fmt: str = "ome.tif", compression: str | None = None,
-                  overwrite: bool = False, scheduler=None, progress: Callable[[int, int], None] | None = None,
-                  cancel: Callable[[], bool] | None = None) -> dict:
+def export_canvas(
+    store: CanvasStore,
+    rect,
+    stem,
+    *,
+    fmt: str = "ome.tif",
+    compression: str | None = None,
+    overwrite: bool = False,
+    scheduler=None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> dict:
     """Write ``<stem>.ome.tif`` + ``<stem>_mask.ome.tif`` + ``<stem>.json`` (or PNGs) for ``rect`` = (y0, y1, x0, x1)
     in canvas pixels. With a ``scheduler``, missing tiles are generated first; otherwise they are refused."""
     r = Rect(*(int(v) for v in rect)).intersect(store.grid.bounds(0))
@@ -66,6 +75,17 @@ def export_canvas(store: CanvasStore, rect, stem, *, fmt: str = "ome.tif", compr
         return full[oy : oy + (y1 - y0), ox : ox + (x1 - x0)]
 
     settings = {**store.settings, "canvas": str(store.root), "region_px": [r.y0, r.y1, r.x0, r.x1]}
-    return export_region(Path(stem), read_image, read_mask, (r.height, r.width), settings, fmt=fmt,
-                         compression=compression, overwrite=overwrite, pixel_size_um=store.pixel_size_um,
-                         max_label=store.num_classes - 1, progress=progress, cancel=cancel)
+    return export_region(
+        Path(stem),
+        read_image,
+        read_mask,
+        (r.height, r.width),
+        settings,
+        fmt=fmt,
+        compression=compression,
+        overwrite=overwrite,
+        pixel_size_um=store.pixel_size_um,
+        max_label=store.num_classes - 1,
+        progress=progress,
+        cancel=cancel,
+    )

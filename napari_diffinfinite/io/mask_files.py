@@ -135,14 +135,18 @@ def _features(doc: Any, source: str) -> list[dict]:
     elif isinstance(doc, dict) and doc.get("type") == "Feature":
         feats = [doc]
     else:
-        raise MaskError(f"{source} is not a GeoJSON FeatureCollection, Feature or list of features "
-                        "(export the annotations from QuPath with File > Export objects as GeoJSON)")
+        raise MaskError(
+            f"{source} is not a GeoJSON FeatureCollection, Feature or list of features "
+            "(export the annotations from QuPath with File > Export objects as GeoJSON)"
+        )
     if not all(isinstance(f, dict) for f in feats):
         raise MaskError(f"{source}: every feature must be a JSON object")
     return feats
 
 
-def parse_qupath_geojson(source: str | os.PathLike | dict | list, class_names: Sequence[str]) -> tuple[list[Annotation], list[str]]:
+def parse_qupath_geojson(
+    source: str | os.PathLike | dict | list, class_names: Sequence[str]
+) -> tuple[list[Annotation], list[str]]:
     """The classified polygons of a QuPath GeoJSON export (a path, or the parsed document), with each class
     name mapped to its index in ``class_names`` (ignoring case). Returns ``(annotations, skipped)``.
 
@@ -180,17 +184,20 @@ def parse_qupath_geojson(source: str | os.PathLike | dict | list, class_names: S
         annotations += [Annotation(label, class_names[label], rings[0], rings[1:]) for rings in polys]
     if unknown:
         listed = ", ".join(f"{n!r} ({c} feature{'s' if c > 1 else ''})" for n, c in unknown.items())
-        raise MaskError(f"{name} has class names this model does not know: {listed}. Its classes are "
-                        f"{', '.join(repr(n) for n in class_names)} (matched ignoring case); rename those classes "
-                        "in QuPath or choose a model with them")
+        raise MaskError(
+            f"{name} has class names this model does not know: {listed}. Its classes are "
+            f"{', '.join(repr(n) for n in class_names)} (matched ignoring case); rename those classes "
+            "in QuPath or choose a model with them"
+        )
     if not annotations:
         why = f" ({'; '.join(skipped[:5])})" if skipped else ""
         raise MaskError(f"{name} has no classified Polygon or MultiPolygon annotation{why}")
     return annotations, skipped
 
 
-def rasterize_annotations(annotations: Sequence[Annotation], scale: float, *,
-                          max_side: int = MAX_MASK_CELLS) -> tuple[np.ndarray, tuple[int, int]]:
+def rasterize_annotations(
+    annotations: Sequence[Annotation], scale: float, *, max_side: int = MAX_MASK_CELLS
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Fill ``annotations`` into a uint8 label array, ``scale`` label cells per file unit (e.g. file pixels at
     0.5 um and cells of 4 um: 0.125). A cell takes an annotation's label when its centre lies inside the
     annotation and outside its holes; Pillow's fill also takes cells that the outline passes through, so
@@ -208,8 +215,10 @@ def rasterize_annotations(annotations: Sequence[Annotation], scale: float, *,
     x1, y1 = (math.ceil(v) for v in pts.max(0))
     h, w = max(1, y1 - y0), max(1, x1 - x0)
     if max(h, w) > max_side:
-        raise MaskError(f"the annotations span {h} x {w} label cells ({h / scale:.0f} x {w / scale:.0f} px in the "
-                        f"file); at most {max_side} a side can be loaded at once: check the file's pixel size")
+        raise MaskError(
+            f"the annotations span {h} x {w} label cells ({h / scale:.0f} x {w / scale:.0f} px in the "
+            f"file); at most {max_side} a side can be loaded at once: check the file's pixel size"
+        )
     labels = np.zeros((h, w), np.uint8)
     for a in sorted(annotations, key=lambda a: -a.area):
         # PIL fills the pixels whose integer position (x, y) is inside: shift by half a cell so that position is
@@ -243,9 +252,15 @@ def resample_labels(labels: np.ndarray, factor: float) -> np.ndarray:
     return np.ascontiguousarray(arr[np.ix_(ys, xs)])
 
 
-def read_mask_file(path: str | os.PathLike, class_names: Sequence[str], *, cell_um: float,
-                   file_um: float | None = None, image_um: float = 0.5,
-                   max_side: int = MAX_MASK_CELLS) -> MaskRaster:
+def read_mask_file(
+    path: str | os.PathLike,
+    class_names: Sequence[str],
+    *,
+    cell_um: float,
+    file_um: float | None = None,
+    image_um: float = 0.5,
+    max_side: int = MAX_MASK_CELLS,
+) -> MaskRaster:
     """A label image or a QuPath GeoJSON (by suffix: ``.geojson`` / ``.json``) as labels of ``cell_um`` um a
     cell. ``file_um`` is the size of the file's unit in um: a label image's pixel (default: ``cell_um``, one
     label per mask pixel) or a GeoJSON coordinate unit (default: ``image_um``, the canvas's image pixel)."""
@@ -254,7 +269,9 @@ def read_mask_file(path: str | os.PathLike, class_names: Sequence[str], *, cell_
         raise FileNotFoundError(f"mask file {str(path)!r} does not exist")
     if path.suffix.lower() in GEOJSON_SUFFIXES:
         annotations, skipped = parse_qupath_geojson(path, class_names)
-        labels, origin = rasterize_annotations(annotations, (file_um or image_um) / cell_um, max_side=max_side)
+        labels, origin = rasterize_annotations(
+            annotations, (file_um or image_um) / cell_um, max_side=max_side
+        )
         counts: dict[str, int] = {}
         for a in annotations:
             counts[a.class_name] = counts.get(a.class_name, 0) + 1
@@ -263,6 +280,8 @@ def read_mask_file(path: str | os.PathLike, class_names: Sequence[str], *, cell_
     factor = (file_um or cell_um) / cell_um
     h, w = labels.shape
     if max(h, w) * factor > max_side:
-        raise MaskError(f"{path.name} is {h} x {w} px, {round(h * factor)} x {round(w * factor)} label cells at "
-                        f"{file_um or cell_um} um a pixel; at most {max_side} a side can be loaded at once")
+        raise MaskError(
+            f"{path.name} is {h} x {w} px, {round(h * factor)} x {round(w * factor)} label cells at "
+            f"{file_um or cell_um} um a pixel; at most {max_side} a side can be loaded at once"
+        )
     return MaskRaster(resample_labels(labels, factor).astype(np.uint8))

@@ -104,8 +104,15 @@ class VAEWeightsNotFoundError(FileNotFoundError):
     where they were looked for (``None`` for a local source).
     """
 
-    def __init__(self, message: str, *, repo_id: str | None = None, subfolder: str | None = None,
-                 revision: str | None = None, cache_dir: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str | None = None,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+    ):
         super().__init__(message)
         self.repo_id = repo_id
         self.subfolder = subfolder
@@ -230,9 +237,7 @@ class SD2VAE:
             )
         h, w = images.shape[-2:]
         if h % self.downsampling or w % self.downsampling:
-            raise ValueError(
-                f"image height and width must be multiples of {self.downsampling}, got {h}x{w}"
-            )
+            raise ValueError(f"image height and width must be multiples of {self.downsampling}, got {h}x{w}")
 
     def _check_latents(self, latents: torch.Tensor) -> None:
         if not isinstance(latents, torch.Tensor):
@@ -410,8 +415,9 @@ class SD2VAE:
 
 
 # ---------------------------------------------------------------------- loading helpers
-def _not_found_message(repo_id: str, subfolder: str | None, revision: str | None, cache: str,
-                       detail: str) -> str:
+def _not_found_message(
+    repo_id: str, subfolder: str | None, revision: str | None, cache: str, detail: str
+) -> str:
     where = f"{repo_id!r}" + (f", subfolder {subfolder!r}" if subfolder else "")
     where += f", revision {revision or 'main'!r}"
     return (
@@ -426,30 +432,47 @@ def _not_found_message(repo_id: str, subfolder: str | None, revision: str | None
     )
 
 
-def _resolve_hub_folder(repo_id: str, subfolder: str | None, revision: str | None,
-                        cache_dir: str | os.PathLike | None, allow_download: bool) -> Path:
+def _resolve_hub_folder(
+    repo_id: str,
+    subfolder: str | None,
+    revision: str | None,
+    cache_dir: str | os.PathLike | None,
+    allow_download: bool,
+) -> Path:
     """The snapshot folder holding config + safetensors weights of ``repo_id/subfolder`` in the HF cache."""
     _, hf_hub_download = _import_hf_hub()
     cache = str(cache_dir) if cache_dir is not None else _default_hf_cache()
     paths = []
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:
-            paths.append(hf_hub_download(
-                repo_id, filename, subfolder=subfolder or None, revision=revision,
-                cache_dir=None if cache_dir is None else str(cache_dir),
-                local_files_only=not allow_download,
-            ))
+            paths.append(
+                hf_hub_download(
+                    repo_id,
+                    filename,
+                    subfolder=subfolder or None,
+                    revision=revision,
+                    cache_dir=None if cache_dir is None else str(cache_dir),
+                    local_files_only=not allow_download,
+                )
+            )
         except (FileNotFoundError, ConnectionError) as error:
             if not allow_download:
                 detail = f"{filename} is not cached; downloading was not allowed"
             elif _hf_offline():
-                detail = (f"{filename} is not cached; downloading was allowed but HF_HUB_OFFLINE is set, "
-                          "unset it to download")
+                detail = (
+                    f"{filename} is not cached; downloading was allowed but HF_HUB_OFFLINE is set, "
+                    "unset it to download"
+                )
             else:
-                detail = f"{filename} is not cached and downloading it failed: {type(error).__name__}: {error}"
+                detail = (
+                    f"{filename} is not cached and downloading it failed: {type(error).__name__}: {error}"
+                )
             raise VAEWeightsNotFoundError(
                 _not_found_message(repo_id, subfolder, revision, cache, detail),
-                repo_id=repo_id, subfolder=subfolder, revision=revision, cache_dir=cache,
+                repo_id=repo_id,
+                subfolder=subfolder,
+                revision=revision,
+                cache_dir=cache,
             ) from error
     folders = {Path(p).parent for p in paths}
     if len(folders) != 1:  # cannot happen for one revision, but never mix files of two snapshots
@@ -457,7 +480,10 @@ def _resolve_hub_folder(repo_id: str, subfolder: str | None, revision: str | Non
             _not_found_message(
                 repo_id, subfolder, revision, cache, f"files resolved to different folders {folders}"
             ),
-            repo_id=repo_id, subfolder=subfolder, revision=revision, cache_dir=cache,
+            repo_id=repo_id,
+            subfolder=subfolder,
+            revision=revision,
+            cache_dir=cache,
         )
     return folders.pop()
 
@@ -491,8 +517,10 @@ def _load_local(AutoencoderKL, path: Path, config: Mapping[str, Any] | None):
     for folder in (path, path / "vae"):
         if folder.is_dir():
             for candidate in sorted(folder.iterdir()):
-                if (candidate.name.startswith("diffusion_pytorch_model")
-                        and candidate.suffix in _PICKLE_WEIGHT_SUFFIXES):
+                if (
+                    candidate.name.startswith("diffusion_pytorch_model")
+                    and candidate.suffix in _PICKLE_WEIGHT_SUFFIXES
+                ):
                     raise _refuse_pickle(candidate)
     raise VAEWeightsNotFoundError(
         f"no VAE weights in {str(path)!r}: expected {WEIGHTS_NAME} (and {CONFIG_NAME}) in it or in its vae/ "

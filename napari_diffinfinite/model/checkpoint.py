@@ -26,8 +26,12 @@ Kind = Literal["image", "mask"]
 
 #: The released configs of the reference (image_gen{5,10}, mask_gen{5,10}).
 RELEASED_CONFIGS: dict[str, dict] = {
-    "image": dict(dim=256, num_classes=5, dim_mults=(1, 2, 4), channels=4, resnet_block_groups=2, block_per_layer=2),
-    "mask": dict(dim=64, num_classes=2, dim_mults=(1, 2, 4, 8), channels=4, resnet_block_groups=2, block_per_layer=2),
+    "image": dict(
+        dim=256, num_classes=5, dim_mults=(1, 2, 4), channels=4, resnet_block_groups=2, block_per_layer=2
+    ),
+    "mask": dict(
+        dim=64, num_classes=2, dim_mults=(1, 2, 4, 8), channels=4, resnet_block_groups=2, block_per_layer=2
+    ),
 }
 _NETWORKS = {"image": ImageUnet, "mask": MaskUnet}
 # Prefixes under which UNet weights sit in the reference's files, most specific first.
@@ -78,7 +82,9 @@ def _read(path: Path) -> tuple[object, dict[str, str]]:
                     "Only load checkpoints you trust; convert a trusted one to safetensors first. "
                     f"Detail: {msg.splitlines()[0]}"
                 ) from None
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({msg.splitlines()[0]})") from None
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint ({msg.splitlines()[0]})"
+            ) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
             raise CheckpointError(
                 f"{path} could not be read as a PyTorch checkpoint; it is probably truncated or corrupted "
@@ -101,7 +107,7 @@ def _unet_state(content: object, path: Path) -> dict[str, torch.Tensor]:
     if not tensors:
         raise CheckpointError(f"{path} contains no tensors; it is not a DiffInfinite checkpoint")
     for prefix in _PREFIXES:
-        inner = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        inner = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         if inner:
             return inner
     return tensors
@@ -124,7 +130,10 @@ def _infer_config(state: dict[str, torch.Tensor], kind: Kind, path: Path) -> dic
             "see the manifests of the released checkpoints"
         ) from None
     return dict(
-        dim=int(dim), num_classes=int(num_classes), dim_mults=tuple(mults), channels=int(channels),
+        dim=int(dim),
+        num_classes=int(num_classes),
+        dim_mults=tuple(mults),
+        channels=int(channels),
         block_per_layer=int(blocks),
     )
 
@@ -139,9 +148,15 @@ def _load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
         if state[k].shape != expected[k].shape
     ]
     problems = []
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+    ):
         if items:
-            shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
+            shown = "\n    ".join(items[:20]) + (
+                f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+            )
             problems.append(f"  {title} ({len(items)}):\n    {shown}")
     if problems:
         raise CheckpointError(
@@ -193,4 +208,6 @@ def _as_tuple(value):
 def save_unet(net: ImageUnet | MaskUnet, path) -> None:
     """Write a UNet as safetensors with its kind and config in the metadata (our own weights format)."""
     kind = "image" if isinstance(net, ImageUnet) else "mask"
-    atomic_save_tensors(Path(path), net.state_dict(), {_META_KIND: kind, _META_CONFIG: json.dumps(net.config)})
+    atomic_save_tensors(
+        Path(path), net.state_dict(), {_META_KIND: kind, _META_CONFIG: json.dumps(net.config)}
+    )

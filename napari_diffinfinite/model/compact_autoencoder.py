@@ -46,16 +46,26 @@ class CompactAutoencoder(nn.Module):
     a small prior can model them; the decoder has to draw the detail that pooling removed.
     """
 
-    def __init__(self, latent_channels: int = 4, widths=(32, 64, 96), blocks=(1, 1, 2), latent_mean=None,
-                 latent_std=None, latent_target=None, downsampling: int = COMPACT_DOWNSAMPLING,
-                 encoder: str = "learned"):
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        widths=(32, 64, 96),
+        blocks=(1, 1, 2),
+        latent_mean=None,
+        latent_std=None,
+        latent_target=None,
+        downsampling: int = COMPACT_DOWNSAMPLING,
+        encoder: str = "learned",
+    ):
         super().__init__()
         if downsampling not in (4, 8):
             raise ValueError(f"the compact autoencoder downsamples 4x or 8x, not {downsampling}x")
         if encoder not in ("learned", "pool"):
             raise ValueError(f"the compact autoencoder's encoder is 'learned' or 'pool', not {encoder!r}")
         if encoder == "pool" and latent_channels != 3:
-            raise ValueError(f"a pooling encoder gives the 3 colour channels as latents, not {latent_channels}")
+            raise ValueError(
+                f"a pooling encoder gives the 3 colour channels as latents, not {latent_channels}"
+            )
         self.config = dict(latent_channels=latent_channels, widths=list(widths), blocks=list(blocks))
         if downsampling != COMPACT_DOWNSAMPLING:  # 8x configs stay as they were written
             self.config["downsampling"] = downsampling
@@ -71,30 +81,54 @@ class CompactAutoencoder(nn.Module):
         # into the schedule. The weights do not change; the statistics live in the config.
         self._norm = None
         if latent_target is not None:
-            if latent_mean is None or latent_std is None or len(latent_mean) != latent_channels or len(
-                    latent_std) != latent_channels:
-                raise ValueError("latent normalisation needs latent_mean and latent_std, one per latent channel")
-            self.config.update(latent_mean=[float(v) for v in latent_mean],
-                               latent_std=[float(v) for v in latent_std], latent_target=float(latent_target))
-            self._norm = (torch.tensor(latent_mean).view(1, -1, 1, 1),
-                          torch.tensor(latent_std).view(1, -1, 1, 1) / float(latent_target))
+            if (
+                latent_mean is None
+                or latent_std is None
+                or len(latent_mean) != latent_channels
+                or len(latent_std) != latent_channels
+            ):
+                raise ValueError(
+                    "latent normalisation needs latent_mean and latent_std, one per latent channel"
+                )
+            self.config.update(
+                latent_mean=[float(v) for v in latent_mean],
+                latent_std=[float(v) for v in latent_std],
+                latent_target=float(latent_target),
+            )
+            self._norm = (
+                torch.tensor(latent_mean).view(1, -1, 1, 1),
+                torch.tensor(latent_std).view(1, -1, 1, 1) / float(latent_target),
+            )
         w1, w2, w3 = widths
         b1, b2, b3 = blocks
         last_stride = 2 if downsampling == 8 else 1
-        self.encoder = nn.AvgPool2d(downsampling) if self.pooling_encoder else nn.Sequential(
-            nn.PixelUnshuffle(2), nn.Conv2d(12, w1, 3, padding=1), *[_ResBlock(w1) for _ in range(b1)],
-            nn.Conv2d(w1, w2, 3, stride=2, padding=1), *[_ResBlock(w2) for _ in range(b2)],
-            nn.Conv2d(w2, w3, 3, stride=last_stride, padding=1), *[_ResBlock(w3) for _ in range(b3)],
-            nn.SiLU(), nn.Conv2d(w3, latent_channels, 3, padding=1),
+        self.encoder = (
+            nn.AvgPool2d(downsampling)
+            if self.pooling_encoder
+            else nn.Sequential(
+                nn.PixelUnshuffle(2),
+                nn.Conv2d(12, w1, 3, padding=1),
+                *[_ResBlock(w1) for _ in range(b1)],
+                nn.Conv2d(w1, w2, 3, stride=2, padding=1),
+                *[_ResBlock(w2) for _ in range(b2)],
+                nn.Conv2d(w2, w3, 3, stride=last_stride, padding=1),
+                *[_ResBlock(w3) for _ in range(b3)],
+                nn.SiLU(),
+                nn.Conv2d(w3, latent_channels, 3, padding=1),
+            )
         )
         self.decoder = nn.Sequential(
-            nn.Conv2d(latent_channels, w3, 3, padding=1), *[_ResBlock(w3) for _ in range(b3)],
+            nn.Conv2d(latent_channels, w3, 3, padding=1),
+            *[_ResBlock(w3) for _ in range(b3)],
             nn.Upsample(scale_factor=2, mode="nearest") if last_stride == 2 else nn.Identity(),
             nn.Conv2d(w3, w2, 3, padding=1),
             *[_ResBlock(w2) for _ in range(b2)],
-            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w2, w1, 3, padding=1),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(w2, w1, 3, padding=1),
             *[_ResBlock(w1) for _ in range(b1)],
-            nn.SiLU(), nn.Conv2d(w1, 12, 3, padding=1), nn.PixelShuffle(2),
+            nn.SiLU(),
+            nn.Conv2d(w1, 12, 3, padding=1),
+            nn.PixelShuffle(2),
         )
         # receptive radius of the decoder in latent pixels (3x3 convs: 1 px each at their own scale)
         convs_at = [1 + 2 * b3, 1 + 2 * b2, 2 + 2 * b1]
@@ -141,8 +175,9 @@ class CompactAutoencoder(nn.Module):
         """A copy (same weights) whose :meth:`encode` gives per-channel standardised latents."""
         statistics = ("latent_mean", "latent_std", "latent_target")
         base = {k: v for k, v in self.config.items() if k not in statistics}
-        net = CompactAutoencoder(**base, latent_mean=latent_mean, latent_std=latent_std,
-                                 latent_target=latent_target)
+        net = CompactAutoencoder(
+            **base, latent_mean=latent_mean, latent_std=latent_std, latent_target=latent_target
+        )
         net.load_state_dict(self.state_dict())
         return net.eval().to(self.device)
 

@@ -204,5 +204,3 @@ def multilabel_ddim_step(
 def guided_scale(omega: float) -> float:
     """The user-facing guidance weight omega as the model's guidance scale ``s = omega + 1``."""
     return float(omega) + 1.0
-
-

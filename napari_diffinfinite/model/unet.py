@@ -188,7 +188,9 @@ class ImageUnet(_UnetSkeleton):
         time = _per_sample(time, b, x.device)
         if mask.ndim == 3:
             mask = mask[:, None]
-        out = self.forward(torch.cat((x, x)), torch.cat((time, time)), torch.cat((mask, torch.zeros_like(mask))))
+        out = self.forward(
+            torch.cat((x, x)), torch.cat((time, time)), torch.cat((mask, torch.zeros_like(mask)))
+        )
         return guide(out[:b], out[b:], cond_scale)
 
 
@@ -243,5 +245,7 @@ class MaskUnet(_UnetSkeleton):
         time = _per_sample(time, b, x.device)
         classes = _per_sample(classes, b, x.device).long()
         null = torch.arange(2 * b, device=x.device) >= b
-        out = self.forward(torch.cat((x, x)), torch.cat((time, time)), torch.cat((classes, classes)), null=null)
+        out = self.forward(
+            torch.cat((x, x)), torch.cat((time, time)), torch.cat((classes, classes)), null=null
+        )
         return guide(out[:b], out[b:], cond_scale)

@@ -55,7 +55,9 @@ def block_seed(seed: int, i: int, j: int, *salt: int) -> int:
     return (hi << 31) | (lo >> 1)
 
 
-def context_region(block: Block, done: torch.Tensor, halo: int, lookahead: int = 0) -> tuple[int, int, int, int]:
+def context_region(
+    block: Block, done: torch.Tensor, halo: int, lookahead: int = 0
+) -> tuple[int, int, int, int]:
     """The block grown by ``halo`` on every side whose halo strip holds generated (``done``) latents, and by
     ``lookahead`` (at most ``halo``, so that the region never leaves the block's halo, which is all that a
     distributed worker reads) on the other sides, inside ``done``'s bounds."""
@@ -100,11 +102,20 @@ def generate_block(
     known_mask = region_done & ~in_block  # a block being regenerated does not keep its own old latents
     known = latents[:, y0:y1, x0:x1]
     out = sample_region(
-        stepper, (latents.shape[0], y1 - y0, x1 - x0), None if labels is None else labels[y0:y1, x0:x1],
-        schedule=stepper.schedule, steps=options.steps,
-        generator=torch.Generator().manual_seed(block_seed(seed, block.i, block.j)), mode=options.mode,
-        window=options.window, known=known if known_mask.any() else None, known_mask=known_mask,
-        progress=progress, cancel=cancel, stats=stats, device=device,
+        stepper,
+        (latents.shape[0], y1 - y0, x1 - x0),
+        None if labels is None else labels[y0:y1, x0:x1],
+        schedule=stepper.schedule,
+        steps=options.steps,
+        generator=torch.Generator().manual_seed(block_seed(seed, block.i, block.j)),
+        mode=options.mode,
+        window=options.window,
+        known=known if known_mask.any() else None,
+        known_mask=known_mask,
+        progress=progress,
+        cancel=cancel,
+        stats=stats,
+        device=device,
     )
     by, bx = slice(block.y0 - y0, block.y1 - y0), slice(block.x0 - x0, block.x1 - x0)
     latents[:, block.y0 : block.y1, block.x0 : block.x1] = out[:, by, bx].to(latents.device, latents.dtype)
@@ -141,8 +152,19 @@ def generate_latents(
                 if progress is not None:
                     progress(base + d * size * steps // max(t, 1), total)
 
-            generate_block(stepper, latents, done, labels, b, seed=seed, options=options, progress=block_progress,
-                           cancel=cancel, stats=stats, device=device)
+            generate_block(
+                stepper,
+                latents,
+                done,
+                labels,
+                b,
+                seed=seed,
+                options=options,
+                progress=block_progress,
+                cancel=cancel,
+                stats=stats,
+                device=device,
+            )
             finished += size * steps
         for b in wave:
             done[b.y0 : b.y1, b.x0 : b.x1] = True

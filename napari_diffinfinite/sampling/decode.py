@@ -179,8 +179,15 @@ def _decode_tile(autoencoder: Any, z: torch.Tensor) -> torch.Tensor:
     return img
 
 
-def _hann_weight(grid: str, ys: torch.Tensor, xs: torch.Tensor, height: int, width: int, p: int,
-                 windows: dict[str, torch.Tensor]) -> torch.Tensor:
+def _hann_weight(
+    grid: str,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    height: int,
+    width: int,
+    p: int,
+    windows: dict[str, torch.Tensor],
+) -> torch.Tensor:
     """The weight of ``grid``'s decode at the pixels ``ys`` x ``xs`` of the (padded) image ``height`` x
     ``width``; the four grids' weights sum to 1."""
     half = p // 2
@@ -222,8 +229,8 @@ def _region_hann(autoencoder, read_latents, y0, x0, y1, x1, height, width, tile,
                 ys = torch.arange(iy0 * d, iy1 * d, device=buf.device)
                 xs = torch.arange(ix0 * d, ix1 * d, device=buf.device)
                 weight = _hann_weight(grid, ys, xs, padded_h * d, padded_w * d, p, windows)
-                crop = img[..., (iy0 - ty) * d:(iy1 - ty) * d, (ix0 - tx) * d:(ix1 - tx) * d]
-                buf[..., (iy0 - y0) * d:(iy1 - y0) * d, (ix0 - x0) * d:(ix1 - x0) * d] += (
+                crop = img[..., (iy0 - ty) * d : (iy1 - ty) * d, (ix0 - tx) * d : (ix1 - tx) * d]
+                buf[..., (iy0 - y0) * d : (iy1 - y0) * d, (ix0 - x0) * d : (ix1 - x0) * d] += (
                     weight * crop.to(buf.device, buf.dtype)
                 )
 
@@ -241,8 +248,8 @@ def _region_margin(autoencoder, read_latents, y0, x0, y1, x1, height, width, til
             z = _read(read_latents, height, width, ry0, ry1, rx0, rx1)
             img = _decode_tile(autoencoder, z)
             buf = out.get(img, z)
-            buf[..., (ay0 - y0) * d:(ay1 - y0) * d, (ax0 - x0) * d:(ax1 - x0) * d] = img[
-                ..., (ay0 - ry0) * d:(ay1 - ry0) * d, (ax0 - rx0) * d:(ax1 - rx0) * d
+            buf[..., (ay0 - y0) * d : (ay1 - y0) * d, (ax0 - x0) * d : (ax1 - x0) * d] = img[
+                ..., (ay0 - ry0) * d : (ay1 - ry0) * d, (ax0 - rx0) * d : (ax1 - rx0) * d
             ].to(buf.device, buf.dtype)
 
 
@@ -309,8 +316,18 @@ def decode_hann(
     """
     _check_latents(latents)
     h, w = latents.shape[-2:]
-    return decode_region(autoencoder, _tensor_reader(latents), 0, 0, h, w, latents.shape, tile,
-                         strategy=HANN, out_device=out_device)
+    return decode_region(
+        autoencoder,
+        _tensor_reader(latents),
+        0,
+        0,
+        h,
+        w,
+        latents.shape,
+        tile,
+        strategy=HANN,
+        out_device=out_device,
+    )
 
 
 def decode_full(
@@ -323,5 +340,6 @@ def decode_full(
     """
     _check_latents(latents)
     h, w = latents.shape[-2:]
-    return decode_region(autoencoder, _tensor_reader(latents), 0, 0, h, w, latents.shape, tile,
-                         out_device=out_device)
+    return decode_region(
+        autoencoder, _tensor_reader(latents), 0, 0, h, w, latents.shape, tile, out_device=out_device
+    )

@@ -279,9 +279,7 @@ def resolve_context(context: int | str, num_contexts: int = 2) -> int:
 
     ``num_contexts`` is the mask model's ``num_classes``. Raises ``ValueError`` naming the supported contexts.
     """
-    supported = ", ".join(
-        f"{i} ({CONTEXT_PROMPTS.get(i, f'context {i}')})" for i in range(num_contexts)
-    )
+    supported = ", ".join(f"{i} ({CONTEXT_PROMPTS.get(i, f'context {i}')})" for i in range(num_contexts))
     names = ", ".join(repr(n) for n, i in CONTEXT_NAMES.items() if i < num_contexts)
     if isinstance(context, str):
         key = " ".join(context.strip().lower().split())

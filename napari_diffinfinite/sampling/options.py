@@ -42,7 +42,9 @@ class SamplingOptions:
     max_batch: int = 64
 
     def __post_init__(self):
-        if self.sampler not in SAMPLER_LABELS:  # model.diffusion.check_sampler's test, without importing torch
+        if (
+            self.sampler not in SAMPLER_LABELS
+        ):  # model.diffusion.check_sampler's test, without importing torch
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_LABELS)}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -57,8 +59,12 @@ class SamplingOptions:
     def for_model(cls, model, **settings: Any) -> SamplingOptions:
         """The model's defaults (steps, guidance, sampler, training window) with every setting given that is not
         None in their place."""
-        base = cls(steps=int(model.default_steps), omega=float(model.default_omega), sampler=model.sampler,
-                   window=int(model.window))
+        base = cls(
+            steps=int(model.default_steps),
+            omega=float(model.default_omega),
+            sampler=model.sampler,
+            window=int(model.window),
+        )
         return base.replaced(**settings)
 
     def replaced(self, **settings: Any) -> SamplingOptions:
@@ -81,4 +87,6 @@ class SamplingOptions:
         from ..model.diffusion import cosine_schedule
         from .steppers import ImageStepper
 
-        return ImageStepper(net, cosine_schedule(), self.omega + 1, max_batch=self.max_batch, sampler=self.sampler)
+        return ImageStepper(
+            net, cosine_schedule(), self.omega + 1, max_batch=self.max_batch, sampler=self.sampler
+        )

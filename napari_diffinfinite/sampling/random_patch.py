@@ -46,8 +46,15 @@ class WindowStepper(Protocol):
     schedule: Schedule
     second_order: bool  # add the multistep term of each pixel's previous x_start (DPM-Solver++(2M) SDE)
 
-    def __call__(self, x: torch.Tensor, cond, t: int, t_next: int, noise: torch.Tensor,
-                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> WindowStep:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        cond,
+        t: int,
+        t_next: int,
+        noise: torch.Tensor,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> WindowStep:
         """Windows ``x`` at time ``t`` -> ``t_next``, and their ``x_start``. ``context`` (known latents, known
         mask of each window) is None unless a window holds fixed context; a stepper may use it to continue the
         context."""
@@ -78,7 +85,9 @@ def _window_size(size: int, window: int, multiple: int) -> int:
     w = min(window, size)
     w -= w % multiple
     if w <= 0:
-        raise ValueError(f"region side {size} is smaller than the network's minimum window of {multiple} latents")
+        raise ValueError(
+            f"region side {size} is smaller than the network's minimum window of {multiple} latents"
+        )
     return w
 
 
@@ -145,7 +154,21 @@ def sample_region(
     run = _batched if mode == "batched" else _faithful if mode == "faithful" else None
     if run is None:
         raise ValueError(f"mode must be 'batched' or 'faithful', got {mode!r}")
-    x = run(stepper, x, cond, schedule, pairs, generator, (wh, ww), known, known_mask, progress, cancel, st, device)
+    x = run(
+        stepper,
+        x,
+        cond,
+        schedule,
+        pairs,
+        generator,
+        (wh, ww),
+        known,
+        known_mask,
+        progress,
+        cancel,
+        st,
+        device,
+    )
     if known is not None:
         x = torch.where(known_mask.to(device), known, x)
     return x
@@ -171,7 +194,9 @@ def _window_context(known, known_mask, origins, win, device):
     return torch.stack([known[:, y0 : y0 + wh, x0 : x0 + ww] for y0, x0 in origins]), masks.to(device)
 
 
-def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mask, progress, cancel, st, device):
+def _batched(
+    stepper, x, cond, schedule, pairs, generator, win, known, known_mask, progress, cancel, st, device
+):
     c, h, w = x.shape
     wh, ww = win
     unknown = ~known_mask
@@ -193,7 +218,11 @@ def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mas
             continue
         state = _noised_context(schedule, x, known, known_mask, t, generator, device)
         batch = torch.stack([state[:, y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
-        labels = None if cond is None else torch.stack([cond[y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
+        labels = (
+            None
+            if cond is None
+            else torch.stack([cond[y0 : y0 + wh, x0 : x0 + ww] for y0, x0, _, _ in boxes])
+        )
         noise = torch.randn(batch.shape, generator=generator).to(device)
         context = _window_context(known, known_mask, [(y0, x0) for y0, x0, _, _ in boxes], (wh, ww), device)
         out, x_start = stepper(batch, labels, t, t_next, noise, context=context)
@@ -215,7 +244,9 @@ def _batched(stepper, x, cond, schedule, pairs, generator, win, known, known_mas
     return x
 
 
-def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_mask, progress, cancel, st, device):
+def _faithful(
+    stepper, x, cond, schedule, pairs, generator, win, known, known_mask, progress, cancel, st, device
+):
     c, h, w = x.shape
     wh, ww = win
     n = len(pairs)
@@ -228,8 +259,11 @@ def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_ma
     second_order = stepper.second_order
     # per pixel, the x_start of its last step (all pixels take the same times, so level k's weight is shared)
     prev_start = torch.zeros_like(x) if second_order else None
-    weights = [0.0] + [multistep_weight(schedule, pairs[k - 1][0], *pairs[k]) for k in range(1, n)] \
-        if second_order else None
+    weights = (
+        [0.0] + [multistep_weight(schedule, pairs[k - 1][0], *pairs[k]) for k in range(1, n)]
+        if second_order
+        else None
+    )
     while True:
         if cancel is not None and cancel():
             raise Cancelled()
@@ -245,8 +279,15 @@ def _faithful(stepper, x, cond, schedule, pairs, generator, win, known, known_ma
         active = (sub_times == level) & unknown[y0 : y0 + wh, x0 : x0 + ww]
         t, t_next = pairs[level]
         x_in = torch.where((sub_times == level).to(device), x[sl], prev[sl])
-        x_in = _noised_context(schedule, x_in, None if known is None else known[sl],
-                               known_mask[y0 : y0 + wh, x0 : x0 + ww], t, generator, device)
+        x_in = _noised_context(
+            schedule,
+            x_in,
+            None if known is None else known[sl],
+            known_mask[y0 : y0 + wh, x0 : x0 + ww],
+            t,
+            generator,
+            device,
+        )
         labels = None if cond is None else cond[y0 : y0 + wh, x0 : x0 + ww][None]
         noise = torch.randn((1, *x_in.shape), generator=generator).to(device)
         context = _window_context(known, known_mask, [(y0, x0)], (wh, ww), device)

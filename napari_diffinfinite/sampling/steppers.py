@@ -35,8 +35,16 @@ class WindowStep(NamedTuple):
 class ImageStepper:
     """Multi-label guided DDIM step of the mask-conditioned image UNet over a batch of windows."""
 
-    def __init__(self, net: ImageUnet, schedule: Schedule, cond_scale: float, eta: float = 1.0, max_batch: int = 64,
-                 context_sigma: float = CONTEXT_SIGMA, sampler: str = "ddim"):
+    def __init__(
+        self,
+        net: ImageUnet,
+        schedule: Schedule,
+        cond_scale: float,
+        eta: float = 1.0,
+        max_batch: int = 64,
+        context_sigma: float = CONTEXT_SIGMA,
+        sampler: str = "ddim",
+    ):
         self.net = net
         self.context_sigma = context_sigma  # 0: no context correction (for comparisons)
         self.sampler = check_sampler(sampler)  # one of model.diffusion.SAMPLERS
@@ -81,8 +89,15 @@ class ImageStepper:
         return guided
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, labels: torch.Tensor, t: int, t_next: int, noise: torch.Tensor,
-                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> WindowStep:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        t: int,
+        t_next: int,
+        noise: torch.Tensor,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> WindowStep:
         """One step of windows ``x``; ``context`` = (known latents, known mask) of the windows, if any."""
         if self.sampler != "ddim" and starts_from_mean(self.schedule, t):
             # x_start = 0 (model.diffusion.starts_from_mean), so the noise is x itself: no network call
@@ -97,8 +112,16 @@ class MaskStepper:
 
     second_order = False  # the mask model samples with the reference's DDIM
 
-    def __init__(self, net: MaskUnet, schedule: Schedule, context: int, cond_scale: float, eta: float = 1.0,
-                 max_batch: int = 64, context_sigma: float = CONTEXT_SIGMA):
+    def __init__(
+        self,
+        net: MaskUnet,
+        schedule: Schedule,
+        context: int,
+        cond_scale: float,
+        eta: float = 1.0,
+        max_batch: int = 64,
+        context_sigma: float = CONTEXT_SIGMA,
+    ):
         self.net = net
         self.context_sigma = context_sigma
         self.schedule = schedule
@@ -110,8 +133,15 @@ class MaskStepper:
         self.rows_evaluated = 0
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, labels, t: int, t_next: int, noise: torch.Tensor,
-                 context: tuple[torch.Tensor, torch.Tensor] | None = None) -> WindowStep:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        labels,
+        t: int,
+        t_next: int,
+        noise: torch.Tensor,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> WindowStep:
         outs = []
         for i in range(0, x.shape[0], self.max_batch):
             xb = x[i : i + self.max_batch]

@@ -22,7 +22,16 @@ from .trials import REAL, SYNTHETIC
 
 #: The columns of the results CSV, in order.
 COLUMNS = (
-    "rater_id", "trial", "patch_id", "truth", "answer", "correct", "confidence", "seconds", "comment", "class",
+    "rater_id",
+    "trial",
+    "patch_id",
+    "truth",
+    "answer",
+    "correct",
+    "confidence",
+    "seconds",
+    "comment",
+    "class",
     "timestamp",
 )
 CONFIDENCES = (1, 2, 3, 4, 5)
@@ -244,8 +253,14 @@ def summary(rows: Iterable[Mapping | Answer]) -> Summary:
     }
     times = [a.seconds for a in answers if a.seconds is not None]
     return Summary(
-        n=len(answers), correct=tp + tn, true_positives=tp, false_negatives=fn, true_negatives=tn,
-        false_positives=fp, per_class=per_class, confidence=confidence,
+        n=len(answers),
+        correct=tp + tn,
+        true_positives=tp,
+        false_negatives=fn,
+        true_negatives=tn,
+        false_positives=fp,
+        per_class=per_class,
+        confidence=confidence,
         mean_seconds=sum(times) / len(times) if times else None,
     )
 
@@ -362,17 +377,24 @@ def confidence_histogram(rows_or_summary, *, width: int = 560, height: int = 380
                 color = CORRECT_COLOR if kind == "correct" else INCORRECT_COLOR
                 draw.rectangle([x0, bar_top, x0 + bar_w - 1, bottom], fill=color)
                 text = str(n)
-                draw.text((x0 + (bar_w - draw.textlength(text, font=small)) / 2, bar_top - 15), text,
-                          fill=_INK, font=small)
+                draw.text(
+                    (x0 + (bar_w - draw.textlength(text, font=small)) / 2, bar_top - 15),
+                    text,
+                    fill=_INK,
+                    font=small,
+                )
             bars.append(Bar(c, kind, n, x0, x0 + bar_w - 1, bar_top, bottom))
         label = str(c)
-        draw.text((centre - draw.textlength(label, font=normal) / 2, bottom + 8), label, fill=_INK, font=normal)
+        draw.text(
+            (centre - draw.textlength(label, font=normal) / 2, bottom + 8), label, fill=_INK, font=normal
+        )
     # axes last, over the bars' feet
     draw.line([left - 1, top, left - 1, bottom + 1], fill=_INK)
     draw.line([left - 1, bottom + 1, right, bottom + 1], fill=_INK)
     xlabel = "confidence (1 = guessing, 5 = certain)"
-    draw.text(((left + right - draw.textlength(xlabel, font=small)) / 2, bottom + 30), xlabel, fill=_INK,
-              font=small)
+    draw.text(
+        ((left + right - draw.textlength(xlabel, font=small)) / 2, bottom + 30), xlabel, fill=_INK, font=small
+    )
     return HistogramPlot(np.asarray(image).copy(), counts, bars, y_max, (left, top, right, bottom))
 
 

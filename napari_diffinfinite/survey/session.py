@@ -100,7 +100,9 @@ def prepare_trials(
         if count is None:
             count = len(real) if config.n_trials is None else -(-int(config.n_trials) // 2)
         sizes = generated_sizes(g, real, int(count))
-        paths = generate_patches(g, sizes, progress=progress, cancel=cancel, pixel_size_um=config.pixel_size_um)
+        paths = generate_patches(
+            g, sizes, progress=progress, cancel=cancel, pixel_size_um=config.pixel_size_um
+        )
         real, synthetic = make_patches(real_paths, paths, config.class_names)
     if not synthetic:
         raise ValueError("no synthetic patches: the folder holds no images, or the count is 0")
@@ -121,7 +123,9 @@ class Session:
     is on screen; otherwise from when the trial became current) to :meth:`answer`.
     """
 
-    def __init__(self, config: SurveyConfig, trials: Sequence[Trial], *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, config: SurveyConfig, trials: Sequence[Trial], *, clock: Callable[[], float] = time.monotonic
+    ):
         self.config = config
         self.trials = list(trials)
         self._clock = clock
@@ -217,7 +221,12 @@ class Session:
     def key(self) -> list[dict[str, str]]:
         """The organiser's key: patch id, truth, class and file of each trial (never shown to raters)."""
         return [
-            {"trial": str(t.number), "patch_id": t.patch.patch_id, "truth": t.patch.truth,
-             "class": t.patch.class_name or "", "path": str(t.patch.path)}
+            {
+                "trial": str(t.number),
+                "patch_id": t.patch.patch_id,
+                "truth": t.patch.truth,
+                "class": t.patch.class_name or "",
+                "path": str(t.patch.path),
+            }
             for t in self.trials
         ]

@@ -189,8 +189,13 @@ def make_patches(
     for truth, paths in ((REAL, real), (SYNTHETIC, synthetic)):
         for p in sorted(Path(x) for x in paths):
             out[truth].append(
-                Patch(path=p, truth=truth, patch_id=blind_id(p.read_bytes(), used),
-                      class_name=class_of(p, class_names), size=image_size(p))
+                Patch(
+                    path=p,
+                    truth=truth,
+                    patch_id=blind_id(p.read_bytes(), used),
+                    class_name=class_of(p, class_names),
+                    size=image_size(p),
+                )
             )
     return out[REAL], out[SYNTHETIC]
 
@@ -262,8 +267,14 @@ class GeneratorSettings:
         if self.cache_folder is not None:
             return Path(self.cache_folder).expanduser()
         key = json.dumps(
-            {"model": self.model_label(), "sizes": [list(s) for s in sizes], "seed": self.seed,
-             "steps": self.steps, "omega": self.omega, "context": self.context},
+            {
+                "model": self.model_label(),
+                "sizes": [list(s) for s in sizes],
+                "seed": self.seed,
+                "steps": self.steps,
+                "omega": self.omega,
+                "context": self.context,
+            },
             sort_keys=True,
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -296,7 +307,9 @@ def generate_patches(
     folder = settings.cache_dir(sizes)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"g{k:04d}.png" for k in range(len(sizes))]
-    todo = [k for k, p in enumerate(paths) if not (p.is_file() and p.with_name(p.stem + "_mask.png").is_file())]
+    todo = [
+        k for k, p in enumerate(paths) if not (p.is_file() and p.with_name(p.stem + "_mask.png").is_file())
+    ]
     model = None
     if todo:
         model = settings.model
@@ -320,8 +333,14 @@ def generate_patches(
             raise InterruptedError("generation cancelled")
         from ..generation import generate
 
-        result = generate(model, size=tuple(sizes[k]), seed=int(settings.seed) + k, steps=settings.steps,
-                          omega=settings.omega, context=settings.context)
+        result = generate(
+            model,
+            size=tuple(sizes[k]),
+            seed=int(settings.seed) + k,
+            steps=settings.steps,
+            omega=settings.omega,
+            context=settings.context,
+        )
         # the mask first: an image without its mask is regenerated next time
         write_png(paths[k].with_name(paths[k].stem + "_mask.png"), result.mask, overwrite=True)
         write_png(paths[k], result.image, overwrite=True)

@@ -88,8 +88,9 @@ def hinge_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tenso
     return 0.5 * (F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean())
 
 
-def adaptive_adversarial_weight(rec_loss: torch.Tensor, gen_loss: torch.Tensor,
-                                last: torch.Tensor) -> torch.Tensor:
+def adaptive_adversarial_weight(
+    rec_loss: torch.Tensor, gen_loss: torch.Tensor, last: torch.Tensor
+) -> torch.Tensor:
     """Scale that gives the adversarial gradient at the decoder's last layer the norm of the reconstruction
     gradient there (as in the LDM autoencoder recipe): the GAN term neither drowns nor vanishes, whatever the
     two losses' scales."""
@@ -126,7 +127,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def split_holdout(patches: list[Patch], holdout_file: Path, n: int, labels) -> tuple[list[Patch], list[Patch]]:
+def split_holdout(
+    patches: list[Patch], holdout_file: Path, n: int, labels
+) -> tuple[list[Patch], list[Patch]]:
     """(train, held out); the held-out names are read from ``holdout_file`` or chosen and written there."""
     if holdout_file.exists():
         names = set(json.loads(holdout_file.read_text())["held_out"])
@@ -194,12 +197,15 @@ def train_autoencoder(
     if init_from is not None:
         net = CompactAutoencoder.load(init_from).train()
     else:
-        net = CompactAutoencoder(latent_channels=latent_channels, widths=widths, downsampling=downsampling,
-                                 encoder=encoder)
+        net = CompactAutoencoder(
+            latent_channels=latent_channels, widths=widths, downsampling=downsampling, encoder=encoder
+        )
     fixed_encoder = freeze_encoder or net.pooling_encoder
     if adversarial_weight and not fixed_encoder:
-        raise ValueError("the adversarial loss trains the decoder alone: use it with --freeze-encoder, so "
-                         "that the latents (and image models trained on them) stay valid")
+        raise ValueError(
+            "the adversarial loss trains the decoder alone: use it with --freeze-encoder, so "
+            "that the latents (and image models trained on them) stay valid"
+        )
     if freeze_encoder:
         if init_from is None:
             raise ValueError("freezing the encoder needs trained weights to start from (--init-from)")
@@ -211,8 +217,11 @@ def train_autoencoder(
         disc = PatchDiscriminator().to(device)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=(0.5, 0.9))
         companions["discriminator"] = (disc, disc_opt)
-        config.extra = {**config.extra, "adversarial_weight": adversarial_weight,
-                        "adversarial_start": adversarial_start}
+        config.extra = {
+            **config.extra,
+            "adversarial_weight": adversarial_weight,
+            "adversarial_start": adversarial_start,
+        }
     if latent_noise:
         config.extra = {**config.extra, "latent_noise": latent_noise}
     trainer = Trainer(net, out, config, metadata, companions)
@@ -263,7 +272,9 @@ def train_autoencoder(
             logs.update(d_loss=torch.zeros(()), gan_scale=torch.zeros(()))
         return {"loss": loss, **logs}
 
-    view = torch.stack([torch.from_numpy(p.image[:256, :256].copy()).permute(2, 0, 1).float() / 255 for p in held_out[:4]])
+    view = torch.stack(
+        [torch.from_numpy(p.image[:256, :256].copy()).permute(2, 0, 1).float() / 255 for p in held_out[:4]]
+    )
 
     def sample_fn(ema: CompactAutoencoder, path: Path):
         recon = ema.decode(ema.encode(view)).cpu()

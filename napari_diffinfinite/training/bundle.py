@@ -39,9 +39,21 @@ def _provenance(path: Path) -> dict:
     return info
 
 
-def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", default_steps=25,
-                 default_omega=3.0, mask_omega=3.0, sampler="ddim", image_window=None, mask_window=32,
-                 pixel_size_um=0.5) -> Path:
+def bundle_model(
+    out,
+    *,
+    autoencoder,
+    image=None,
+    mask=None,
+    name="embedded",
+    default_steps=25,
+    default_omega=3.0,
+    mask_omega=3.0,
+    sampler="ddim",
+    image_window=None,
+    mask_window=32,
+    pixel_size_um=0.5,
+) -> Path:
     """Write ``out``/{autoencoder,image,mask}.safetensors and ``model.json``; returns the folder.
 
     ``default_omega`` is the image model's default guidance, ``mask_omega`` the mask model's; ``sampler`` the
@@ -50,8 +62,13 @@ def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", de
     check_sampler(sampler)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"name": name, "default_steps": default_steps, "default_omega": default_omega,
-                      "pixel_size_um": pixel_size_um, "provenance": {}}
+    manifest: dict = {
+        "name": name,
+        "default_steps": default_steps,
+        "default_omega": default_omega,
+        "pixel_size_um": pixel_size_um,
+        "provenance": {},
+    }
     parts = {"autoencoder": autoencoder, "image": image, "mask": mask}
     expected = {"autoencoder": "autoencoder", "image": "image", "mask": "mask"}
     for part, source in parts.items():
@@ -73,7 +90,12 @@ def bundle_model(out, *, autoencoder, image=None, mask=None, name="embedded", de
     if mask is not None:
         meta = _metadata(out / "mask.safetensors")
         manifest["contexts"] = json.loads(meta.get("diffinfinite.contexts", '["adenocarcinoma"]'))
-        manifest["mask"] = {"file": "mask.safetensors", "window": mask_window, "mask_px": 1, "omega": mask_omega,
-                            "codec": json.loads(meta["diffinfinite.mask_codec"])}
+        manifest["mask"] = {
+            "file": "mask.safetensors",
+            "window": mask_window,
+            "mask_px": 1,
+            "omega": mask_omega,
+            "codec": json.loads(meta["diffinfinite.mask_codec"]),
+        }
     atomic_write_text(out / "model.json", json.dumps(manifest, indent=1) + "\n")
     return out

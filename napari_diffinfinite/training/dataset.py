@@ -105,7 +105,9 @@ def scan_folder(
         mask_path = p.with_name(p.stem + MASK_SUFFIX)
         mask = _read_mask(mask_path, class_map, num_classes)
         if mask.shape != image.shape[:2]:
-            raise DatasetError(f"{mask_path}: mask is {mask.shape[::-1]} px but its image is {image.shape[1::-1]} px")
+            raise DatasetError(
+                f"{mask_path}: mask is {mask.shape[::-1]} px but its image is {image.shape[1::-1]} px"
+            )
         patches.append(Patch(str(p.relative_to(folder)), image, mask))
     return patches
 
@@ -115,7 +117,11 @@ def scan_unlabelled(folder) -> list[Patch]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX)
+    )
     if not files:
         raise DatasetError(f"{folder}: no images found in this unlabelled folder")
     out = []
@@ -146,14 +152,18 @@ def stratified_holdout(
                 chosen.append(p)
                 have += 1
         if have < min_per_label:
-            raise DatasetError(f"label {label} appears in only {have} patch(es); cannot hold out {min_per_label}")
+            raise DatasetError(
+                f"label {label} appears in only {have} patch(es); cannot hold out {min_per_label}"
+            )
     for p in order:
         if len(chosen) >= n:
             break
         if p not in chosen:
             chosen.append(p)
     if len(chosen) > n:
-        raise DatasetError(f"holding out {min_per_label} per label needs {len(chosen)} patches, more than {n}")
+        raise DatasetError(
+            f"holding out {min_per_label} per label needs {len(chosen)} patches, more than {n}"
+        )
     return sorted(p.name for p in chosen)
 
 
@@ -179,7 +189,10 @@ class PatchDataset(torch.utils.data.Dataset):
         h, w = mask.shape
         if self.crop is not None and self.crop < min(h, w):
             y, x = random.randrange(h - self.crop + 1), random.randrange(w - self.crop + 1)
-            image, mask = image[y : y + self.crop, x : x + self.crop], mask[y : y + self.crop, x : x + self.crop]
+            image, mask = (
+                image[y : y + self.crop, x : x + self.crop],
+                mask[y : y + self.crop, x : x + self.crop],
+            )
         if self.augment:
             k = random.randrange(4)
             image, mask = np.rot90(image, k), np.rot90(mask, k)
@@ -192,6 +205,8 @@ class PatchDataset(torch.utils.data.Dataset):
 def infinite_batches(dataset: torch.utils.data.Dataset, batch: int):
     """Shuffled batches for ever (epochs of a small in-memory dataset)."""
     if len(dataset) < batch:
-        raise DatasetError(f"{len(dataset)} patches are fewer than one batch of {batch}; lower the batch size")
+        raise DatasetError(
+            f"{len(dataset)} patches are fewer than one batch of {batch}; lower the batch size"
+        )
     while True:
         yield from torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)

@@ -85,8 +85,10 @@ def render_labels(labels: torch.Tensor, num_classes: int, background=(0.85, 0.85
     else:  # a label set without a palette: evenly spaced hues
         import colorsys
 
-        colours = torch.tensor([background] + [colorsys.hsv_to_rgb(i / (num_classes - 1), 0.8, 0.8)
-                                               for i in range(num_classes - 1)])
+        colours = torch.tensor(
+            [background]
+            + [colorsys.hsv_to_rgb(i / (num_classes - 1), 0.8, 0.8) for i in range(num_classes - 1)]
+        )
     return colours[labels.long().clamp(0, num_classes - 1)].permute(0, 3, 1, 2)
 
 
@@ -143,7 +145,9 @@ def encode_patches(
     for p in tqdm(patches, desc="encoding patches (8 transforms)", disable=not progress, dynamic_ncols=True):
         h, w = floor_to(p.mask.shape[0], f), floor_to(p.mask.shape[1], f)
         if h == 0 or w == 0:
-            raise DatasetError(f"{p.name}: {p.mask.shape[1]}x{p.mask.shape[0]} px is smaller than one latent ({f} px)")
+            raise DatasetError(
+                f"{p.name}: {p.mask.shape[1]}x{p.mask.shape[0]} px is smaller than one latent ({f} px)"
+            )
         if p.mask.max() >= num_classes:
             raise DatasetError(f"{p.name}: label {int(p.mask.max())} is out of range 0..{num_classes - 1}")
         image = torch.from_numpy(np.array(p.image[:h, :w])).permute(2, 0, 1).float() / 255.0
@@ -157,7 +161,9 @@ def encode_patches(
                 z[k] = e
         names.append(p.name)
         latents.append(tuple(z))
-        masks.append(tuple(labels_at_cell_centres(dihedral(mask, k), f).contiguous() for k in range(DIHEDRAL)))
+        masks.append(
+            tuple(labels_at_cell_centres(dihedral(mask, k), f).contiguous() for k in range(DIHEDRAL))
+        )
     return LatentCache(names, latents, masks)
 
 
@@ -172,8 +178,13 @@ class ImageBatch:
 
 
 def image_batch(
-    cache: LatentCache, batch: int, crop: int, cond_drop: float, generator: torch.Generator,
-    per_label: bool = False, balance_labels: bool = False,
+    cache: LatentCache,
+    batch: int,
+    crop: int,
+    cond_drop: float,
+    generator: torch.Generator,
+    per_label: bool = False,
+    balance_labels: bool = False,
 ) -> ImageBatch:
     """Random latent crops with their masks; each sample's mask is zeroed with probability ``cond_drop``.
 
@@ -187,7 +198,9 @@ def image_batch(
     patches (necrosis: 13 of 100 samples) is taught as often as the common ones.
     """
     if balance_labels and not per_label:
-        raise ValueError("balance_labels needs per_label: the drawn label is the one each sample is conditioned on")
+        raise ValueError(
+            "balance_labels needs per_label: the drawn label is the one each sample is conditioned on"
+        )
     if balance_labels:
         latents, masks, idx, ks, chosen = label_balanced_crops(cache, batch, crop, generator)
     else:
@@ -234,8 +247,13 @@ def label_balanced_crops(
         idx.append(i)
         ks.append(k)
         chosen.append(label)
-    return (torch.stack(latents), torch.stack(masks), torch.tensor(idx), torch.tensor(ks),
-            torch.tensor(chosen))
+    return (
+        torch.stack(latents),
+        torch.stack(masks),
+        torch.tensor(idx),
+        torch.tensor(ks),
+        torch.tensor(chosen),
+    )
 
 
 def _one_label(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -355,7 +373,9 @@ def train_image_model(
     unet_kwargs = dict(unet_config)
     channels = unet_kwargs.pop("channels", ae.latent_channels)
     if channels != ae.latent_channels:
-        raise ValueError(f"unet channels={channels} but the autoencoder makes {ae.latent_channels}-channel latents")
+        raise ValueError(
+            f"unet channels={channels} but the autoencoder makes {ae.latent_channels}-channel latents"
+        )
     unet_kwargs.setdefault("num_classes", 5)
 
     torch.manual_seed(config.seed)  # initial weights
@@ -365,11 +385,15 @@ def train_image_model(
 
         start = load_diffinfinite_checkpoint(init_from, "image")
         if start.config != net.config:
-            raise ValueError(f"--init-from {init_from} is a {start.config} network, not the {net.config} asked for")
+            raise ValueError(
+                f"--init-from {init_from} is a {start.config} network, not the {net.config} asked for"
+            )
         trained_on = _safetensors_metadata(init_from).get("diffinfinite.autoencoder")
         if trained_on and json.loads(trained_on).get("config") != ae.config:
-            raise ValueError(f"--init-from {init_from} was trained in the latent space of another autoencoder "
-                             f"({json.loads(trained_on).get('config')}); start from weights trained on {ae_path}")
+            raise ValueError(
+                f"--init-from {init_from} was trained in the latent space of another autoencoder "
+                f"({json.loads(trained_on).get('config')}); start from weights trained on {ae_path}"
+            )
         net.load_state_dict(start.state_dict())
     metadata = {
         "diffinfinite.kind": "image",
@@ -377,9 +401,18 @@ def train_image_model(
         "diffinfinite.autoencoder": json.dumps({"config": ae.config, "sha256": ae_digest}),
     }
     _check_resume(out, metadata, "diffinfinite.autoencoder", "autoencoder")
-    config.extra = {**config.extra, "kind": "image", "autoencoder": str(ae_path), "batch": batch,
-                    "crop_latents": crop_latents, "cond_drop": cond_drop, "loss": loss,
-                    "per_label": per_label, "balance_labels": balance_labels, "init_from": None if init_from is None else str(init_from)}
+    config.extra = {
+        **config.extra,
+        "kind": "image",
+        "autoencoder": str(ae_path),
+        "batch": batch,
+        "crop_latents": crop_latents,
+        "cond_drop": cond_drop,
+        "loss": loss,
+        "per_label": per_label,
+        "balance_labels": balance_labels,
+        "init_from": None if init_from is None else str(init_from),
+    }
     trainer = Trainer(net, Path(out), config, metadata)
 
     num_classes = net.num_classes
@@ -416,9 +449,15 @@ def train_image_model(
                 continue
             mask = torch.from_numpy(p.mask[:h, :w].copy()).long()
             cond = labels_at_cell_centres(mask, f)
-            z = sample_region(stepper, (ae.latent_channels, h // f, w // f), cond, schedule=schedule_dev,
-                              steps=sample_steps, generator=torch.Generator().manual_seed(config.seed + j),
-                              device=device)
+            z = sample_region(
+                stepper,
+                (ae.latent_channels, h // f, w // f),
+                cond,
+                schedule=schedule_dev,
+                steps=sample_steps,
+                generator=torch.Generator().manual_seed(config.seed + j),
+                device=device,
+            )
             reals.append(torch.from_numpy(p.image[:h, :w].copy()).permute(2, 0, 1).float() / 255)
             shown.append(render_labels(mask[None], num_classes)[0])
             generated.append(ae.decode(z[None]).float().cpu()[0])

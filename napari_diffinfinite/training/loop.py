@@ -66,8 +66,14 @@ class Trainer:
     discriminator); they are saved and resumed with the run, so a resumed adversarial run goes on as it was.
     """
 
-    def __init__(self, net: nn.Module, out: Path, config: TrainConfig, metadata: dict[str, str],
-                 companions: dict[str, tuple[nn.Module, torch.optim.Optimizer]] | None = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        out: Path,
+        config: TrainConfig,
+        metadata: dict[str, str],
+        companions: dict[str, tuple[nn.Module, torch.optim.Optimizer]] | None = None,
+    ):
         self.companions = dict(companions or {})
         self.net = net
         self.out = Path(out)
@@ -91,15 +97,19 @@ class Trainer:
             )
         self.net.load_state_dict(load_file(str(self.out / "weights.safetensors")))
         self.ema.load_state_dict(load_file(str(self.out / "ema.safetensors")))
-        _load_adam_moments(self.opt, list(self.net.parameters()), self.out / "optimizer.safetensors",
-                           state["step"])
+        _load_adam_moments(
+            self.opt, list(self.net.parameters()), self.out / "optimizer.safetensors", state["step"]
+        )
         for name, (module, opt) in self.companions.items():
             if not (self.out / f"{name}.safetensors").exists():
-                raise ValueError(f"{self.out} has no {name}.safetensors: it was trained without a {name}; "
-                                 "resume with the same settings, or train into a new run folder")
+                raise ValueError(
+                    f"{self.out} has no {name}.safetensors: it was trained without a {name}; "
+                    "resume with the same settings, or train into a new run folder"
+                )
             module.load_state_dict(load_file(str(self.out / f"{name}.safetensors")))
-            _load_adam_moments(opt, list(module.parameters()), self.out / f"{name}-optimizer.safetensors",
-                               state["step"])
+            _load_adam_moments(
+                opt, list(module.parameters()), self.out / f"{name}-optimizer.safetensors", state["step"]
+            )
         self.step = state["step"]
         self.elapsed = state.get("elapsed_s", 0.0)
 
@@ -111,10 +121,15 @@ class Trainer:
         atomic_save_tensors(self.out / "optimizer.safetensors", moments)
         for name, (module, opt) in self.companions.items():
             atomic_save_tensors(self.out / f"{name}.safetensors", module.state_dict())
-            atomic_save_tensors(self.out / f"{name}-optimizer.safetensors",
-                                _adam_moments(opt, module.parameters()))
-        state = {"step": self.step, "elapsed_s": round(self.elapsed, 1), "metadata": self.metadata,
-                 "config": {k: v for k, v in vars(self.config).items()}}
+            atomic_save_tensors(
+                self.out / f"{name}-optimizer.safetensors", _adam_moments(opt, module.parameters())
+            )
+        state = {
+            "step": self.step,
+            "elapsed_s": round(self.elapsed, 1),
+            "metadata": self.metadata,
+            "config": {k: v for k, v in vars(self.config).items()},
+        }
         atomic_write_text(self.out / "state.json", json.dumps(state, indent=1))
 
     # the loop ---------------------------------------------------------------------------------------------
@@ -166,8 +181,14 @@ class Trainer:
                     if new_log:
                         log.writerow(["step", "lr", "elapsed_s", *values])
                         new_log = False
-                    log.writerow([self.step, f"{self.lr_at(self.step - 1):.3g}", f"{self.elapsed:.1f}",
-                                  *(f"{v:.5g}" for v in values.values())])
+                    log.writerow(
+                        [
+                            self.step,
+                            f"{self.lr_at(self.step - 1):.3g}",
+                            f"{self.elapsed:.1f}",
+                            *(f"{v:.5g}" for v in values.values()),
+                        ]
+                    )
                     bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
                     bar.update(1)
                     if self.step % self.config.save_every == 0 or self.step == self.config.steps:

@@ -85,9 +85,13 @@ def encode_masks(
     for p in patches:
         h, w = floor_to(p.mask.shape[0], f), floor_to(p.mask.shape[1], f)
         if h == 0 or w == 0:
-            raise DatasetError(f"{p.name}: {p.mask.shape[1]}x{p.mask.shape[0]} px is smaller than one latent ({f} px)")
+            raise DatasetError(
+                f"{p.name}: {p.mask.shape[1]}x{p.mask.shape[0]} px is smaller than one latent ({f} px)"
+            )
         if p.mask.max() >= codec.num_labels:
-            raise DatasetError(f"{p.name}: label {int(p.mask.max())} is out of range 0..{codec.num_labels - 1}")
+            raise DatasetError(
+                f"{p.name}: label {int(p.mask.max())} is out of range 0..{codec.num_labels - 1}"
+            )
         mask = torch.from_numpy(p.mask[:h, :w].copy()).long()
         latents.append(tuple(codec.encode(dihedral(mask, k)[None])[0] for k in range(DIHEDRAL)))
         names.append(p.name)
@@ -150,7 +154,9 @@ def train_mask_model(
     unet_kwargs = dict(unet_config)
     channels = unet_kwargs.pop("channels", codec.latent_channels)
     if channels != codec.latent_channels:
-        raise ValueError(f"unet channels={channels} but the {codec!r} makes {codec.latent_channels}-channel latents")
+        raise ValueError(
+            f"unet channels={channels} but the {codec!r} makes {codec.latent_channels}-channel latents"
+        )
     num_classes = unet_kwargs.pop("num_classes", contexts)
     if num_classes != contexts:
         raise ValueError(f"unet num_classes={num_classes} must equal the number of contexts ({contexts})")
@@ -173,8 +179,14 @@ def train_mask_model(
         ),
         "diffinfinite.contexts": json.dumps(names),
     }
-    config.extra = {**config.extra, "kind": "mask", "batch": batch, "crop_latents": crop_latents,
-                    "cond_drop": cond_drop, "loss": loss}
+    config.extra = {
+        **config.extra,
+        "kind": "mask",
+        "batch": batch,
+        "crop_latents": crop_latents,
+        "cond_drop": cond_drop,
+        "loss": loss,
+    }
     trainer = Trainer(net, Path(out), config, metadata)
 
     cache = encode_masks(train_patches, codec, patch_contexts)
@@ -204,7 +216,7 @@ def train_mask_model(
     f = codec.cells_per_latent
     shown_px = 4  # render masks at 1/4 of their pixels: they are coarse, and the grid stays small
     real = [p.mask[: floor_to(p.mask.shape[0], f), : floor_to(p.mask.shape[1], f)] for p in train_patches]
-    real = [torch.from_numpy(m[:crop_latents * f, :crop_latents * f].copy()) for m in real[:sample_count]]
+    real = [torch.from_numpy(m[: crop_latents * f, : crop_latents * f].copy()) for m in real[:sample_count]]
 
     def sample_fn(ema: MaskUnet, path: Path):
         from ..sampling.random_patch import sample_region
@@ -217,10 +229,16 @@ def train_mask_model(
             stepper = MaskStepper(ema, schedule_dev, context=context, cond_scale=guided_scale(omega))
             masks = []
             for j in range(len(real)):
-                z = sample_region(stepper, (codec.latent_channels, crop_latents, crop_latents), None,
-                                  schedule=schedule_dev, steps=sample_steps,
-                                  generator=torch.Generator().manual_seed(config.seed + 1000 * context + j),
-                                  window=crop_latents, device=device)
+                z = sample_region(
+                    stepper,
+                    (codec.latent_channels, crop_latents, crop_latents),
+                    None,
+                    schedule=schedule_dev,
+                    steps=sample_steps,
+                    generator=torch.Generator().manual_seed(config.seed + 1000 * context + j),
+                    window=crop_latents,
+                    device=device,
+                )
                 masks.append(codec.decode(z[None].float().cpu())[0])
             rows.append(render_labels(torch.stack(masks)[:, ::shown_px, ::shown_px], codec.num_labels))
         save_grid(rows, path)

@@ -235,7 +235,9 @@ class PrefetchLevel(RGBLevelArray):
             return False
         gy = max(0, min(int(r.height * self.margin), (self.max_side - r.height) // 2))
         gx = max(0, min(int(r.width * self.margin), (self.max_side - r.width) // 2))
-        grown = Rect(r.y0 - gy, r.y1 + gy, r.x0 - gx, r.x1 + gx).intersect(Rect(0, self.shape[0], 0, self.shape[1]))
+        grown = Rect(r.y0 - gy, r.y1 + gy, r.x0 - gx, r.x1 + gx).intersect(
+            Rect(0, self.shape[0], 0, self.shape[1])
+        )
         arr = np.ascontiguousarray(self.level[grown.y0 : grown.y1, grown.x0 : grown.x1])
         with self._lock:
             self._region = (grown, arr)
@@ -272,9 +274,20 @@ class CanvasController(QObject):
     state_changed = Signal()
     _progressed = Signal()  # emitted on worker threads; re-emitted as state_changed on the GUI thread
 
-    def __init__(self, viewer: napari.Viewer, store: CanvasStore, *, model=None, tissue_layer=None,
-                 labels_layer=None, window: int = DEFAULT_WINDOW, debounce_ms: int = 100, refresh_ms: int = 250,
-                 sync_ms: int = 60, scheduler_options: dict | None = None):
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        store: CanvasStore,
+        *,
+        model=None,
+        tissue_layer=None,
+        labels_layer=None,
+        window: int = DEFAULT_WINDOW,
+        debounce_ms: int = 100,
+        refresh_ms: int = 250,
+        sync_ms: int = 60,
+        scheduler_options: dict | None = None,
+    ):
         super().__init__()
         viewer = _unwrap(viewer)
         self.viewer = viewer
@@ -327,12 +340,15 @@ class CanvasController(QObject):
         self.tissue_layer = tissue_layer
         if labels_layer is None:
             anchor = window_anchor(self.current_view().rect, self.grid, self.window)
-            labels_layer = viewer.add_labels(read_window(store, anchor, self.window),
-                                             **labels_layer_kwargs(store, anchor, self.window))
+            labels_layer = viewer.add_labels(
+                read_window(store, anchor, self.window), **labels_layer_kwargs(store, anchor, self.window)
+            )
             labels_layer.selected_label = 1
         else:
             meta = canvas_meta(labels_layer) or {}
-            anchor = tuple(meta.get("anchor", window_anchor(self.current_view().rect, self.grid, self.window)))
+            anchor = tuple(
+                meta.get("anchor", window_anchor(self.current_view().rect, self.grid, self.window))
+            )
             win = window_rect(anchor, self.grid, self.window)
             if tuple(labels_layer.data.shape) != (win.height, win.width):
                 raise ValueError("the mask layer does not match its canvas window; reopen the canvas")
@@ -427,7 +443,9 @@ class CanvasController(QObject):
         from ..canvas.scheduler import TileScheduler
 
         if self.read_only:
-            raise PermissionError(f"the canvas {self.folder} is open read-only (another program is writing it)")
+            raise PermissionError(
+                f"the canvas {self.folder} is open read-only (another program is writing it)"
+            )
         if early is not None:
             if early.scheduler.store is not self.store or early.scheduler.model is not model:
                 raise ValueError("the early scheduler generates another canvas or model")
@@ -435,8 +453,13 @@ class CanvasController(QObject):
         else:
             counts = self.store.status_counts()
             untouched = counts[STATUS_EMPTY] == sum(counts.values())
-            sched = TileScheduler(self.store, model, on_tile_done=self.tile_landed.emit,
-                                  allow_other_model=untouched, **self.scheduler_options)
+            sched = TileScheduler(
+                self.store,
+                model,
+                on_tile_done=self.tile_landed.emit,
+                allow_other_model=untouched,
+                **self.scheduler_options,
+            )
         sched.add_error_callback(lambda key, exc: self._tile_failed.emit(key, str(exc)))
         sched.add_progress_callback(lambda _stats: self._progressed.emit())
         old, self.scheduler = self.scheduler, sched
@@ -455,8 +478,9 @@ class CanvasController(QObject):
         were recorded), else the model's; None while neither is known."""
         return recorded_sampler(self.store.settings) or (None if self.model is None else self.model.sampler)
 
-    def apply_settings(self, *, omega: float | None = None, steps: int | None = None,
-                       sampler: str | None = None) -> bool:
+    def apply_settings(
+        self, *, omega: float | None = None, steps: int | None = None, sampler: str | None = None
+    ) -> bool:
         """Record new guidance / steps / sampler for the tiles generated from now on (tiles already made keep
         theirs); the scheduler is rebuilt if they changed. Returns whether they changed."""
         changes = {}
@@ -555,8 +579,12 @@ class CanvasController(QObject):
         return self.scheduler.request_view(view.level, view.rect)
 
     def _wants_auto_masks(self) -> bool:
-        return (self.unpainted == "generated" and self.model is not None and self.model.mask_unet is not None
-                and not self.read_only)
+        return (
+            self.unpainted == "generated"
+            and self.model is not None
+            and self.model.mask_unet is not None
+            and not self.read_only
+        )
 
     def unpainted_tiles(self, view: CanvasView | None = None) -> list[TileKey]:
         """Tiles of ``view`` (default: the current one) that the view would request and that have no label
@@ -599,7 +627,9 @@ class CanvasController(QObject):
         if mode == self.unpainted:
             return
         if mode == "generated" and self.model is not None and self.model.mask_unet is None:
-            raise ValueError(f"the model {self.model.name!r} has no mask network; unpainted areas stay unlabelled")
+            raise ValueError(
+                f"the model {self.model.name!r} has no mask network; unpainted areas stay unlabelled"
+            )
         self.unpainted = mode
         self._auto_mask_warned = False
         if not self.read_only:
@@ -628,12 +658,19 @@ class CanvasController(QObject):
                 self.update_view(wait=False)
 
         try:
-            self.generate_masks(rect, context=self.unpainted_context, seed=self.store.canvas_seed, only_tiles=tiles,
-                                on_done=done)
+            self.generate_masks(
+                rect,
+                context=self.unpainted_context,
+                seed=self.store.canvas_seed,
+                only_tiles=tiles,
+                on_done=done,
+            )
         except Exception as exc:  # noqa: BLE001 - a notification, and the view goes on unlabelled
             if not self._auto_mask_warned:
-                notify(f"DiffInfinite: unpainted areas cannot get generated masks ({exc}); they stay unlabelled",
-                       "warning")
+                notify(
+                    f"DiffInfinite: unpainted areas cannot get generated masks ({exc}); they stay unlabelled",
+                    "warning",
+                )
             self._auto_mask_warned = True
             self.unpainted = "unlabelled"
             self.update_view(wait=False)
@@ -679,7 +716,10 @@ class CanvasController(QObject):
                 layer.editable = True
                 with contextlib.suppress(ValueError):
                     layer.mode = mode
-            layer.metadata = {**layer.metadata, META_KEY: {**(canvas_meta(layer) or {}), "anchor": list(anchor)}}
+            layer.metadata = {
+                **layer.metadata,
+                META_KEY: {**(canvas_meta(layer) or {}), "anchor": list(anchor)},
+            }
         self._shadow = data.copy()
         self.anchor = anchor
 
@@ -757,7 +797,9 @@ class CanvasController(QObject):
             return []
         data = self.labels_layer.data
         if not isinstance(data, np.ndarray) or data.shape != self._shadow.shape:
-            notify("DiffInfinite: the mask layer's data was replaced; it is reloaded from the canvas", "warning")
+            notify(
+                "DiffInfinite: the mask layer's data was replaced; it is reloaded from the canvas", "warning"
+            )
             self.reanchor(self.anchor)
             return []
         found = changed_bbox(self._shadow, data)
@@ -780,10 +822,15 @@ class CanvasController(QObject):
             with self._labels_quiet():
                 data[r.slices] = np.where(bad, shadow, data[r.slices])
                 self.labels_layer.refresh()
-            notify(f"DiffInfinite: label(s) {values} are not classes of this canvas (0..{self.store.num_classes - 1}); "
-                   "those pixels were left as they were", "warning")
+            notify(
+                f"DiffInfinite: label(s) {values} are not classes of this canvas (0..{self.store.num_classes - 1}); "
+                "those pixels were left as they were",
+                "warning",
+            )
         shadow[where] = block[where]
-        future = self._io.submit(self._write_labels, self.anchor[0] + r.y0, self.anchor[1] + r.x0, block, where)
+        future = self._io.submit(
+            self._write_labels, self.anchor[0] + r.y0, self.anchor[1] + r.x0, block, where
+        )
         future.add_done_callback(self._labels_written.emit)
         return future.result() if wait else []
 
@@ -802,7 +849,9 @@ class CanvasController(QObject):
         """Wait until the I/O thread has written every edit so far (and finished its prefetch)."""
         self._io.submit(lambda: None).result()
 
-    def write_labels(self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None) -> list[TileKey]:
+    def write_labels(
+        self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None
+    ) -> list[TileKey]:
         """Write class ids at latent pixel ``(y0, x0)`` of the canvas (only where ``where``) and invalidate
         exactly the tiles whose labels changed (their latents and pixels; they regenerate with their
         neighbours as context). Returns those tiles. The Labels window is not touched (see :meth:`sync_labels`
@@ -814,7 +863,9 @@ class CanvasController(QObject):
             self._schedule_refresh()
         return tiles
 
-    def _write_labels(self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None) -> list[TileKey]:
+    def _write_labels(
+        self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None
+    ) -> list[TileKey]:
         # any thread; no Qt
         labels = np.asarray(labels)
         lr = Rect(y0, y0 + labels.shape[0], x0, x0 + labels.shape[1])
@@ -849,8 +900,14 @@ class CanvasController(QObject):
                 return layer
         if not create:
             return None
-        layer = self.viewer.add_shapes(name=SELECTION_NAME, scale=(self.pixel_size, self.pixel_size),
-                                       edge_color="yellow", face_color="transparent", edge_width=4, opacity=0.9)
+        layer = self.viewer.add_shapes(
+            name=SELECTION_NAME,
+            scale=(self.pixel_size, self.pixel_size),
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=4,
+            opacity=0.9,
+        )
         layer.mode = "add_rectangle"
         return layer
 
@@ -881,16 +938,26 @@ class CanvasController(QObject):
         if not tiles:
             raise ValueError("nothing to re-roll: the region lies outside the canvas")
         if len(tiles) > MAX_REROLL_TILES:
-            raise ValueError(f"the region covers {len(tiles)} tiles; re-roll at most {MAX_REROLL_TILES} at once "
-                             "(zoom in or draw a smaller rectangle)")
+            raise ValueError(
+                f"the region covers {len(tiles)} tiles; re-roll at most {MAX_REROLL_TILES} at once "
+                "(zoom in or draw a smaller rectangle)"
+            )
         seed = random.randrange(2**31) if seed is None else int(seed)
         keys = self.scheduler.reroll(tiles, new_seed=seed)
         self.scheduler.start()
         self._schedule_refresh()
         return keys
 
-    def generate_masks(self, rect_px=None, *, context=0, seed: int = 0, overwrite: bool = False,
-                       only_tiles: list[TileKey] | None = None, on_done: Callable | None = None):
+    def generate_masks(
+        self,
+        rect_px=None,
+        *,
+        context=0,
+        seed: int = 0,
+        overwrite: bool = False,
+        only_tiles: list[TileKey] | None = None,
+        on_done: Callable | None = None,
+    ):
         """Generate a class mask for ``rect_px`` (default: the selection, else the view) with the model's mask
         network and the ``context`` prompt, in a worker thread; painted labels are kept unless ``overwrite``,
         and with ``only_tiles`` only those tiles are written. Tissue generation pauses meanwhile. Returns the
@@ -912,16 +979,25 @@ class CanvasController(QObject):
         if rect.empty:
             raise ValueError("the region lies outside the canvas")
         if max(rect.height, rect.width) > MAX_MASK_SIDE:
-            raise ValueError(f"the region is {rect.height} x {rect.width} px; generate masks for at most "
-                             f"{MAX_MASK_SIDE} px a side at once (zoom in or draw a smaller rectangle)")
+            raise ValueError(
+                f"the region is {rect.height} x {rect.width} px; generate masks for at most "
+                f"{MAX_MASK_SIDE} px a side at once (zoom in or draw a smaller rectangle)"
+            )
         region_seed = block_seed(int(seed), rect.y0 // self.grid.tile, rect.x0 // self.grid.tile)
         was_paused = self.paused
         if self.scheduler is not None:
             self.scheduler.pause()
         self.mask_state = "running"
         self.state_changed.emit()
-        worker = create_worker(generate_mask, self.model, (rect.height, rect.width), context=ctx, seed=region_seed,
-                               _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            generate_mask,
+            self.model,
+            (rect.height, rect.width),
+            context=ctx,
+            seed=region_seed,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
 
         def finish():
             if self.scheduler is not None and not was_paused:
@@ -934,11 +1010,19 @@ class CanvasController(QObject):
             self.sync_labels(wait=True)  # edits made meanwhile are in the store before "painted" is decided
             lab = labels_at_cell_centres(np.asarray(mask), d).astype(np.uint8)
             ly, lx = rect.y0 // d, rect.x0 // d
-            where = None if overwrite else self.store.read_labels(Rect(ly, ly + lab.shape[0], lx, lx + lab.shape[1])) == 0
+            where = (
+                None
+                if overwrite
+                else self.store.read_labels(Rect(ly, ly + lab.shape[0], lx, lx + lab.shape[1])) == 0
+            )
             if only_tiles is not None:
                 inside = np.zeros(lab.shape, bool)
                 for key in only_tiles:
-                    r = self.grid.tile_latent_rect(key).offset(-ly, -lx).intersect(Rect(0, lab.shape[0], 0, lab.shape[1]))
+                    r = (
+                        self.grid.tile_latent_rect(key)
+                        .offset(-ly, -lx)
+                        .intersect(Rect(0, lab.shape[0], 0, lab.shape[1]))
+                    )
                     inside[r.slices] = True
                 where = inside if where is None else where & inside
             tiles = self.write_labels(ly, lx, lab, where)
@@ -971,8 +1055,15 @@ class CanvasController(QObject):
         cy, cx = (float(v) / self.pixel_size for v in tuple(cam.center)[-2:])
         return cy, cx
 
-    def load_mask_file(self, path: str | os.PathLike, *, centre_px=None, offset_px=(0, 0), file_um: float | None = None,
-                       on_done: Callable | None = None):
+    def load_mask_file(
+        self,
+        path: str | os.PathLike,
+        *,
+        centre_px=None,
+        offset_px=(0, 0),
+        file_um: float | None = None,
+        on_done: Callable | None = None,
+    ):
         """Read a label image (PNG / TIFF) or a QuPath GeoJSON export (in a worker thread, see
         :func:`~napari_diffinfinite.io.mask_files.read_mask_file`; ``file_um``: um per file pixel / coordinate
         unit, default one label per mask pixel / the canvas's pixel size) and place it with its centre at
@@ -993,16 +1084,31 @@ class CanvasController(QObject):
         cell_um = self.pixel_size * self.grid.downsampling
         centre = self.view_centre_px() if centre_px is None else tuple(centre_px)
         centre = (centre[0] + offset_px[0], centre[1] + offset_px[1])
-        worker = create_worker(read_mask_file, path, names, cell_um=cell_um, file_um=file_um,
-                               image_um=self.pixel_size, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            read_mask_file,
+            path,
+            names,
+            cell_um=cell_um,
+            file_um=file_um,
+            image_um=self.pixel_size,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
         self.mask_state = "running"
 
         def done(raster):
             self.loaded_mask = raster
-            where = f" (skipped: {'; '.join(raster.skipped[:3])}{'...' if len(raster.skipped) > 3 else ''})" \
-                if raster.skipped else ""
-            self.place_labels(raster.labels, centre_px=centre, on_done=on_done,
-                              message=f"DiffInfinite: mask {Path(path).name} loaded{where}")
+            where = (
+                f" (skipped: {'; '.join(raster.skipped[:3])}{'...' if len(raster.skipped) > 3 else ''})"
+                if raster.skipped
+                else ""
+            )
+            self.place_labels(
+                raster.labels,
+                centre_px=centre,
+                on_done=on_done,
+                message=f"DiffInfinite: mask {Path(path).name} loaded{where}",
+            )
 
         def failed(exc):
             self.mask_state = "error"
@@ -1014,8 +1120,14 @@ class CanvasController(QObject):
         worker.start()
         return worker
 
-    def place_labels(self, labels: np.ndarray, *, centre_px=None, on_done: Callable | None = None,
-                     message: str | None = None) -> Future:
+    def place_labels(
+        self,
+        labels: np.ndarray,
+        *,
+        centre_px=None,
+        on_done: Callable | None = None,
+        message: str | None = None,
+    ) -> Future:
         """Write class ids ``labels`` (latent scale: one per ``downsampling`` px) into the canvas with their centre
         at level-0 pixel ``centre_px`` (default: the view's centre), where they are not 0 (a file's unlabelled
         area keeps what is painted), clipped to the canvas, on the I/O thread - the same path as painting: the
@@ -1027,8 +1139,10 @@ class CanvasController(QObject):
         if labels.ndim != 2 or not labels.size:
             raise ValueError(f"a mask is a 2-D array of class ids, got shape {labels.shape}")
         if labels.max(initial=0) >= self.store.num_classes:
-            raise ValueError(f"the mask has labels up to {int(labels.max())}; this canvas has classes "
-                             f"0..{self.store.num_classes - 1}")
+            raise ValueError(
+                f"the mask has labels up to {int(labels.max())}; this canvas has classes "
+                f"0..{self.store.num_classes - 1}"
+            )
         d = self.grid.downsampling
         cy, cx = self.view_centre_px() if centre_px is None else centre_px
         h, w = labels.shape
@@ -1041,7 +1155,9 @@ class CanvasController(QObject):
         self.sync_labels()  # the user's edits first (the I/O thread runs in order)
         self.mask_state = "running"
         future = self._io.submit(self._write_labels, r.y0, r.x0, block, block > 0)
-        future.add_done_callback(lambda f: self._mask_placed.emit(f, (r, on_done, message, (h, w) != (r.height, r.width))))
+        future.add_done_callback(
+            lambda f: self._mask_placed.emit(f, (r, on_done, message, (h, w) != (r.height, r.width)))
+        )
         return future
 
     def _on_mask_placed(self, future: Future, extra) -> None:
@@ -1064,8 +1180,12 @@ class CanvasController(QObject):
         if self.generating:
             self.update_view(wait=False)
         if message:
-            notify(message + (" - clipped at the canvas's edge" if clipped else "")
-                   + f"; {len(tiles)} tile(s) to regenerate", "info")
+            notify(
+                message
+                + (" - clipped at the canvas's edge" if clipped else "")
+                + f"; {len(tiles)} tile(s) to regenerate",
+                "info",
+            )
         self.state_changed.emit()
         if on_done is not None:
             on_done(tiles)
@@ -1093,8 +1213,16 @@ class CanvasController(QObject):
             return box
         raise ValueError(f"unknown export region {region!r}: 'view', 'rectangle', 'selection' or 'generated'")
 
-    def export(self, path: str | os.PathLike, rect_px=None, *, fmt: str = "ome.tif", overwrite: bool = False,
-               generate_missing: bool = False, on_done: Callable | None = None):
+    def export(
+        self,
+        path: str | os.PathLike,
+        rect_px=None,
+        *,
+        fmt: str = "ome.tif",
+        overwrite: bool = False,
+        generate_missing: bool = False,
+        on_done: Callable | None = None,
+    ):
         """Export the tissue and mask of ``rect_px`` (default: the selection, else the view) in a worker thread
         (:func:`~.canvas_export.export_canvas_region`). Tiles that are not generated make it refuse with a
         notification, or, with ``generate_missing``, are requested first and the export starts when they have
@@ -1108,15 +1236,21 @@ class CanvasController(QObject):
             if self.scheduler is None:
                 raise RuntimeError("load a model first: the region has tiles that are not generated")
             if len(missing) > MAX_REROLL_TILES * 4:
-                raise MissingTilesError(f"{len(missing)} tiles of the region are not generated; that is too many "
-                                        "to generate before an export (zoom in or select less)", missing)
+                raise MissingTilesError(
+                    f"{len(missing)} tiles of the region are not generated; that is too many "
+                    "to generate before an export (zoom in or select less)",
+                    missing,
+                )
             self.scheduler.request_tiles(missing)
             self.scheduler.resume()
             self.scheduler.start()
             self.export_state = "waiting"
             self.export_progress = (0, len(missing))
-            notify(f"DiffInfinite: generating the {len(missing)} missing tiles first; the export starts when "
-                   "they have landed", "info")
+            notify(
+                f"DiffInfinite: generating the {len(missing)} missing tiles first; the export starts when "
+                "they have landed",
+                "info",
+            )
             self._wait_then_export(path, rect, fmt, overwrite, on_done, len(missing))
             return None
         from superqt.utils import create_worker
@@ -1130,15 +1264,23 @@ class CanvasController(QObject):
             self._progressed.emit()  # worker thread: queued to the GUI thread
 
         def run():
-            return export_canvas_region(self.store, path, rect, fmt=fmt, overwrite=overwrite, progress=progress,
-                                        cancel=lambda: self._export_cancel)
+            return export_canvas_region(
+                self.store,
+                path,
+                rect,
+                fmt=fmt,
+                overwrite=overwrite,
+                progress=progress,
+                cancel=lambda: self._export_cancel,
+            )
 
         if missing:  # refuse at once, on the GUI thread, with the reason
             self.export_state = "error"
             raise MissingTilesError(
                 f"{len(missing)} of the {len(self.grid.tiles_in_rect(rect))} tiles in the region are not generated "
                 "yet; generate them first (or tick 'generate missing tiles'): an export never contains placeholders",
-                missing)
+                missing,
+            )
         worker = create_worker(run, _start_thread=False, _ignore_errors=True)
 
         def done(paths):
@@ -1186,7 +1328,11 @@ class CanvasController(QObject):
                 except Exception as exc:  # noqa: BLE001
                     self.export_state = "error"
                     notify(f"DiffInfinite: export failed: {exc}")
-            elif self.scheduler is not None and not self.scheduler.pending() and self.scheduler.stats.current is None:
+            elif (
+                self.scheduler is not None
+                and not self.scheduler.pending()
+                and self.scheduler.stats.current is None
+            ):
                 self.scheduler.request_tiles(left)  # e.g. cancelled meanwhile: ask again
 
         self.tile_landed.connect(check)
@@ -1198,8 +1344,15 @@ class CanvasController(QObject):
             self.export_state = "cancelled"
             self.state_changed.emit()
 
-    def load_model(self, spec: ModelSpec, *, start: bool = True, prepare: Callable | None = None,
-                   on_error: Callable[[str], None] | None = None, defer: bool = False) -> None:
+    def load_model(
+        self,
+        spec: ModelSpec,
+        *,
+        start: bool = True,
+        prepare: Callable | None = None,
+        on_error: Callable[[str], None] | None = None,
+        defer: bool = False,
+    ) -> None:
         """Load ``spec`` in a worker thread, then generate with it (and ``start`` if asked); the viewer never
         waits. ``prepare(model)`` runs first on the GUI thread (e.g. settings that depend on the model's device).
         A model that cannot continue this canvas, or one that fails to load, is reported to ``on_error(message)``
@@ -1257,8 +1410,9 @@ class CanvasController(QObject):
             return
         cam = _camera(self.viewer)
         cy, cx = (float(v) / self.pixel_size for v in tuple(cam.center)[-2:])
-        self.store.update_settings(view={"centre_px": [round(cy, 2), round(cx, 2)],
-                                         "zoom": float(cam.zoom) * self.pixel_size})
+        self.store.update_settings(
+            view={"centre_px": [round(cy, 2), round(cx, 2)], "zoom": float(cam.zoom) * self.pixel_size}
+        )
 
     def close(self) -> None:
         """Write the mask window back, stop generating, release the store's writer lock. The layers stay (they
@@ -1304,9 +1458,19 @@ def _find_canvas_layers(viewer, folder: Path):
     return tissue, labels
 
 
-def open_canvas(viewer, folder=None, *, store: CanvasStore | None = None, model=None, model_spec=None,
-                camera: tuple[tuple[float, float], float] | None = None, start: bool = False,
-                load_model: bool = True, early: EarlyStart | None = None, **options) -> CanvasController:
+def open_canvas(
+    viewer,
+    folder=None,
+    *,
+    store: CanvasStore | None = None,
+    model=None,
+    model_spec=None,
+    camera: tuple[tuple[float, float], float] | None = None,
+    start: bool = False,
+    load_model: bool = True,
+    early: EarlyStart | None = None,
+    **options,
+) -> CanvasController:
     """Show a canvas folder in ``viewer`` and drive it (layers found by their metadata are reused, else added).
 
     The store is opened for writing; if another program holds it, read-only (a notification says so). The
@@ -1340,8 +1504,9 @@ def open_canvas(viewer, folder=None, *, store: CanvasStore | None = None, model=
         if start:
             ctrl.start()
     elif load_model:
-        spec = model_spec or ModelSpec(store.settings.get("model_source") or os.environ.get("DIFFINFINITE_MODEL")
-                                       or "embedded")
+        spec = model_spec or ModelSpec(
+            store.settings.get("model_source") or os.environ.get("DIFFINFINITE_MODEL") or "embedded"
+        )
         ctrl.load_model(spec, start=start)
     return ctrl
 

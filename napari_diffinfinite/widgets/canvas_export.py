@@ -52,10 +52,17 @@ def generated_bbox(store: CanvasStore) -> Rect:
     return store.grid.clip((int(i0) * t, int(i1) * t, int(j0) * t, int(j1) * t))
 
 
-def export_canvas_region(store: CanvasStore, stem_path: str | os.PathLike, rect_px, *, fmt: str = "ome.tif",
-                         overwrite: bool = False, compression: str | None = None,
-                         progress: Callable[[int, int], None] | None = None,
-                         cancel: Callable[[], bool] | None = None) -> dict:
+def export_canvas_region(
+    store: CanvasStore,
+    stem_path: str | os.PathLike,
+    rect_px,
+    *,
+    fmt: str = "ome.tif",
+    overwrite: bool = False,
+    compression: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> dict:
     """Write the tissue and mask of level-0 rectangle ``rect_px`` of ``store``: ``<stem>.ome.tif`` +
     ``<stem>_mask.ome.tif`` + ``<stem>.json`` (or PNGs), via
     :func:`~napari_diffinfinite.io.canvas_export.export_canvas`.
@@ -67,12 +74,24 @@ def export_canvas_region(store: CanvasStore, stem_path: str | os.PathLike, rect_
         raise ValueError("the region to export is empty (it lies outside the canvas)")
     n_tiles = len(store.grid.tiles_in_rect(r))
     if n_tiles > MAX_EXPORT_TILES:
-        raise ValueError(f"the region covers {n_tiles} tiles; exports are limited to {MAX_EXPORT_TILES} "
-                         f"({r.height} x {r.width} px asked): zoom in or draw a smaller rectangle")
+        raise ValueError(
+            f"the region covers {n_tiles} tiles; exports are limited to {MAX_EXPORT_TILES} "
+            f"({r.height} x {r.width} px asked): zoom in or draw a smaller rectangle"
+        )
     missing = missing_tiles(store, r)
     if missing:
         raise MissingTilesError(
             f"{len(missing)} of the {n_tiles} tiles in the region ({r.height} x {r.width} px) are not generated "
-            "yet; generate them first (an export never contains placeholders)", missing)
-    return _canvas_export.export_canvas(store, (r.y0, r.y1, r.x0, r.x1), stem_path, fmt=fmt, compression=compression,
-                                        overwrite=overwrite, progress=progress, cancel=cancel)
+            "yet; generate them first (an export never contains placeholders)",
+            missing,
+        )
+    return _canvas_export.export_canvas(
+        store,
+        (r.y0, r.y1, r.x0, r.x1),
+        stem_path,
+        fmt=fmt,
+        compression=compression,
+        overwrite=overwrite,
+        progress=progress,
+        cancel=cancel,
+    )

@@ -62,7 +62,11 @@ def tissue_layer_kwargs(store: CanvasStore, name: str = TISSUE_NAME) -> dict:
         "units": ("um", "um"),
         "contrast_limits": (0, 255),
         "metadata": {
-            META_KEY: {"canvas": str(Path(store.root).resolve()), "role": "tissue", "model": store.model_name},
+            META_KEY: {
+                "canvas": str(Path(store.root).resolve()),
+                "role": "tissue",
+                "model": store.model_name,
+            },
             "disclaimer": DISCLAIMER,
         },
     }
@@ -74,8 +78,9 @@ def read_window(store: CanvasStore, anchor: tuple[int, int], window: int = DEFAU
     return np.array(store.read_labels(r), dtype=np.uint8, copy=True)
 
 
-def labels_layer_kwargs(store: CanvasStore, anchor: tuple[int, int], window: int = DEFAULT_WINDOW,
-                        name: str = LABELS_NAME) -> dict:
+def labels_layer_kwargs(
+    store: CanvasStore, anchor: tuple[int, int], window: int = DEFAULT_WINDOW, name: str = LABELS_NAME
+) -> dict:
     ps, d = store.pixel_size_um, store.grid.downsampling
     classes = canvas_class_set(store)
     return {
@@ -87,15 +92,21 @@ def labels_layer_kwargs(store: CanvasStore, anchor: tuple[int, int], window: int
         "features": classes.features(),
         "opacity": 0.45,
         "metadata": {
-            META_KEY: {"canvas": str(Path(store.root).resolve()), "role": "labels", "anchor": [int(a) for a in anchor],
-                       "window": int(window), "class_set": classes.key},
+            META_KEY: {
+                "canvas": str(Path(store.root).resolve()),
+                "role": "labels",
+                "anchor": [int(a) for a in anchor],
+                "window": int(window),
+                "class_set": classes.key,
+            },
             "disclaimer": DISCLAIMER,
         },
     }
 
 
-def canvas_layer_data(store: CanvasStore, *, centre_px: tuple[float, float] | None = None,
-                      window: int = DEFAULT_WINDOW) -> list[tuple]:
+def canvas_layer_data(
+    store: CanvasStore, *, centre_px: tuple[float, float] | None = None, window: int = DEFAULT_WINDOW
+) -> list[tuple]:
     """LayerData ``[(tissue levels, kwargs, "image"), (mask window, kwargs, "labels")]`` for ``store``, the
     Labels window centred on ``centre_px`` (level-0 px; default: the canvas centre)."""
     if centre_px is None:

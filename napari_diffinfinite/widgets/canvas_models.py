@@ -39,8 +39,16 @@ class ModelSpec:
     """What to load: ``source`` is ``"embedded"``, a model folder, or ``"diffinfinite"`` (the released
     checkpoints: ``image_checkpoint``, optional ``mask_checkpoint``, ``num_classes`` 5 or 10, ``vae`` folder)."""
 
-    def __init__(self, source: str | os.PathLike = "embedded", *, device: str | None = None,
-                 image_checkpoint=None, mask_checkpoint=None, num_classes: int = 5, vae=None):
+    def __init__(
+        self,
+        source: str | os.PathLike = "embedded",
+        *,
+        device: str | None = None,
+        image_checkpoint=None,
+        mask_checkpoint=None,
+        num_classes: int = 5,
+        vae=None,
+    ):
         self.source = str(source)
         self.device = None if device in (None, "", "auto") else str(device)
         self.image_checkpoint = None if image_checkpoint in (None, "") else str(image_checkpoint)
@@ -50,7 +58,11 @@ class ModelSpec:
 
     @property
     def key(self) -> tuple:
-        src = self.source if self.source in ("embedded", "diffinfinite") else str(Path(self.source).expanduser().resolve())
+        src = (
+            self.source
+            if self.source in ("embedded", "diffinfinite")
+            else str(Path(self.source).expanduser().resolve())
+        )
         return (src, self.device, self.image_checkpoint, self.mask_checkpoint, self.num_classes, self.vae)
 
     def describe(self) -> str:
@@ -87,9 +99,14 @@ def get_model(spec: ModelSpec | str | os.PathLike | None = None):
         if spec.source == "diffinfinite":
             if spec.image_checkpoint is None:
                 raise ValueError("choose the DiffInfinite image checkpoint (image_gen*/model-*.pt) first")
-            model = load_model("diffinfinite", device=spec.device, image_checkpoint=spec.image_checkpoint,
-                               mask_checkpoint=spec.mask_checkpoint, num_classes=spec.num_classes,
-                               vae=spec.vae)
+            model = load_model(
+                "diffinfinite",
+                device=spec.device,
+                image_checkpoint=spec.image_checkpoint,
+                mask_checkpoint=spec.mask_checkpoint,
+                num_classes=spec.num_classes,
+                vae=spec.vae,
+            )
         else:
             model = load_model(spec.source, device=spec.device)
         model.image_unet.eval()

@@ -56,8 +56,9 @@ def level_for_zoom(px_per_screen_px: float, levels: int) -> int:
     return max(0, min(levels - 1, math.floor(math.log2(px_per_screen_px) + 1e-9)))
 
 
-def view_from_camera(center: Sequence[float], zoom: float, canvas_size: Sequence[int], pixel_size: float,
-                     grid: CanvasGrid) -> CanvasView:
+def view_from_camera(
+    center: Sequence[float], zoom: float, canvas_size: Sequence[int], pixel_size: float, grid: CanvasGrid
+) -> CanvasView:
     """The visible level-0 rectangle and level for a camera ``center`` (world ``(y, x)``; a 3-tuple's last
     two), ``zoom`` and ``canvas_size`` (screen ``(height, width)``)."""
     cy, cx = (float(v) for v in tuple(center)[-2:])
@@ -81,7 +82,9 @@ def camera_for_rect(rect_px, pixel_size: float) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------- labels window
-def window_anchor(view_rect_px, grid: CanvasGrid, window: int = DEFAULT_WINDOW, align: int = WINDOW_ALIGN) -> tuple[int, int]:
+def window_anchor(
+    view_rect_px, grid: CanvasGrid, window: int = DEFAULT_WINDOW, align: int = WINDOW_ALIGN
+) -> tuple[int, int]:
     """Top-left latent pixel of the Labels window for a view: the window (``window`` latents a side, or the
     whole latent canvas if smaller) centred on the view's centre, its corner on a multiple of ``align``, and
     inside the canvas."""
@@ -104,8 +107,14 @@ def window_rect(anchor: tuple[int, int], grid: CanvasGrid, window: int = DEFAULT
     return Rect(y, min(y + window, lh), x, min(x + window, lw))
 
 
-def needs_reanchor(view_rect_px, anchor: tuple[int, int], grid: CanvasGrid, window: int = DEFAULT_WINDOW,
-                   align: int = WINDOW_ALIGN, margin: int = 64) -> bool:
+def needs_reanchor(
+    view_rect_px,
+    anchor: tuple[int, int],
+    grid: CanvasGrid,
+    window: int = DEFAULT_WINDOW,
+    align: int = WINDOW_ALIGN,
+    margin: int = 64,
+) -> bool:
     """Whether the window at ``anchor`` should move for this view: the view (in latents, grown by ``margin``)
     is not inside the window while the window for the view would sit elsewhere."""
     view = grid.px_to_latent(view_rect_px).grow(margin)

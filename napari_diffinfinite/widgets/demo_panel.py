@@ -38,14 +38,19 @@ class DemoPanel(Container):
 
         # 1 paint
         classes = class_set(ctrl.store.num_classes) if ctrl.store.num_classes in (5, 10) else None
-        choices = ([(f"{c.id}  {c.name}", c.id) for c in classes if c.id != 0] if classes is not None
-                   else [(str(i), i) for i in range(1, ctrl.store.num_classes)])
+        choices = (
+            [(f"{c.id}  {c.name}", c.id) for c in classes if c.id != 0]
+            if classes is not None
+            else [(str(i), i) for i in range(1, ctrl.store.num_classes)]
+        )
         self.paint_class = ComboBox(choices=choices, value=choices[0][1])
         self.paint_class.tooltip = "The tissue class the brush paints"
         self.brush_size = Slider(label="Brush", min=1, max=100, value=int(ctrl.labels_layer.brush_size))
         self.brush_size.tooltip = "Brush size in mask pixels (one mask pixel = 8 image pixels)"
         self.paint_button = PushButton(text="Paint this class")
-        self.paint_button.tooltip = "Select the mask layer in paint mode with this class; then paint on the canvas"
+        self.paint_button.tooltip = (
+            "Select the mask layer in paint mode with this class; then paint on the canvas"
+        )
         # 2 watch
         self.progress = Label(value="")
         self.progress_bar = ProgressBar(min=0, max=100, value=0)
@@ -62,15 +67,28 @@ class DemoPanel(Container):
         self.controls_button = PushButton(text="All controls (DiffInfinite widget)")
         self.controls_button.tooltip = "Model, seed, generated masks, re-roll, export options"
 
-        self.extend([
-            self.disclaimer, self.preset,
-            _heading("1  Paint a class"), self.paint_class, Label(value="Brush size (mask px)"),
-            self.brush_size, self.paint_button,
-            _heading("2  Watch tissue appear"), self.progress, self.progress_bar,
-            _heading("3  Zoom the pyramid"), self.overview_button, self.one_to_one_button,
-            _heading("4  Export"), self.export_button, self.export_status,
-            _heading("More"), self.controls_button,
-        ])
+        self.extend(
+            [
+                self.disclaimer,
+                self.preset,
+                _heading("1  Paint a class"),
+                self.paint_class,
+                Label(value="Brush size (mask px)"),
+                self.brush_size,
+                self.paint_button,
+                _heading("2  Watch tissue appear"),
+                self.progress,
+                self.progress_bar,
+                _heading("3  Zoom the pyramid"),
+                self.overview_button,
+                self.one_to_one_button,
+                _heading("4  Export"),
+                self.export_button,
+                self.export_status,
+                _heading("More"),
+                self.controls_button,
+            ]
+        )
         self.brush_size.changed.connect(lambda v: setattr(ctrl.labels_layer, "brush_size", int(v)))
         self.paint_button.changed.connect(lambda *_: self._run(session.paint, self.paint_class.value))
         self.overview_button.changed.connect(lambda *_: self._run(session.zoom_overview))
@@ -93,8 +111,10 @@ class DemoPanel(Container):
     def _preset_text(self) -> str:
         s = self.session.controller.store.settings
         steps = s.get("steps")  # the preset's, set when the canvas is made and again once the model is loaded
-        return (f"{steps or 'model default'} steps, guidance {float(s.get('omega', 3.0)):g}, "
-                f"up to {self.session.preset.max_view_tiles} tiles of the view at once")
+        return (
+            f"{steps or 'model default'} steps, guidance {float(s.get('omega', 3.0)):g}, "
+            f"up to {self.session.preset.max_view_tiles} tiles of the view at once"
+        )
 
     def _run(self, fn, *args):
         try:
@@ -106,8 +126,11 @@ class DemoPanel(Container):
             return None
 
     def _export(self) -> None:
-        path = self._run(self.session.export_view, "png",
-                         lambda paths: setattr(self.export_status, "value", f"Saved {paths['image']}"))
+        path = self._run(
+            self.session.export_view,
+            "png",
+            lambda paths: setattr(self.export_status, "value", f"Saved {paths['image']}"),
+        )
         if path is not None and not self.export_status.value.startswith("Saved"):
             self.export_status.value = f"Exporting to {path} ..."
 
@@ -118,8 +141,11 @@ class DemoPanel(Container):
             self.progress.value = "the demo canvas was closed"
             return
         if ctrl.scheduler is None:
-            self.progress.value = ("loading the model ..." if ctrl.loading_model
-                                   else "no model: choose one in the DiffInfinite widget")
+            self.progress.value = (
+                "loading the model ..."
+                if ctrl.loading_model
+                else "no model: choose one in the DiffInfinite widget"
+            )
             return
         done, running, queued = self.session.progress()
         total = done + running + queued

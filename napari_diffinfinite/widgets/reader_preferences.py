@@ -27,8 +27,11 @@ def remember_reader(path) -> bool:
         prefs = get_settings().plugins
         current = dict(prefs.extension2reader)
         pattern = _preference_pattern(path)
-        kept = {k: v for k, v in current.items()
-                if v != PLUGIN_NAME or not os.path.isabs(k) or os.path.exists(k.rstrip(os.sep) or os.sep)}
+        kept = {
+            k: v
+            for k, v in current.items()
+            if v != PLUGIN_NAME or not os.path.isabs(k) or os.path.exists(k.rstrip(os.sep) or os.sep)
+        }
         if pattern not in kept:  # a user's own choice for this path stays
             kept[pattern] = PLUGIN_NAME
         if kept == current:

@@ -114,14 +114,20 @@ class SurveyWidget(QWidget):
         page = self.organiser_page = QWidget()
         form = QFormLayout(page)
         self.real_folder = QLineEdit()
-        self.real_folder.setPlaceholderText("folder of real patches (a <name>_mask.png beside one gives its class)")
-        form.addRow("Real patches", _path_row(self.real_folder, lambda: self._browse_folder(self.real_folder)))
+        self.real_folder.setPlaceholderText(
+            "folder of real patches (a <name>_mask.png beside one gives its class)"
+        )
+        form.addRow(
+            "Real patches", _path_row(self.real_folder, lambda: self._browse_folder(self.real_folder))
+        )
         self.source = QComboBox()
         self.source.addItem("From a folder (e.g. exported from a canvas)", SOURCE_FOLDER)
         self.source.addItem("Generate on the fly, at the real patches' size", SOURCE_GENERATE)
         form.addRow("Synthetic patches", self.source)
         self.synthetic_folder = QLineEdit()
-        self._synthetic_row = _path_row(self.synthetic_folder, lambda: self._browse_folder(self.synthetic_folder))
+        self._synthetic_row = _path_row(
+            self.synthetic_folder, lambda: self._browse_folder(self.synthetic_folder)
+        )
         form.addRow("Synthetic folder", self._synthetic_row)
         self.model = QLineEdit("embedded")
         self.model.setToolTip('"embedded" or a model folder (with model.json)')
@@ -194,7 +200,9 @@ class SurveyWidget(QWidget):
         self._answer_group = QButtonGroup(self)
         for button in (self.real_button, self.synthetic_button):
             button.setCheckable(True)
-            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # Space confirms; it must not click a focused button
+            button.setFocusPolicy(
+                Qt.FocusPolicy.NoFocus
+            )  # Space confirms; it must not click a focused button
             self._answer_group.addButton(button)
             row.addWidget(button)
         self.real_button.clicked.connect(lambda: self.set_answer(False))
@@ -270,7 +278,10 @@ class SurveyWidget(QWidget):
 
     def _browse_csv(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
-            self, "Results CSV (answers are appended)", self.results_csv.text(), "CSV (*.csv)",
+            self,
+            "Results CSV (answers are appended)",
+            self.results_csv.text(),
+            "CSV (*.csv)",
             options=QFileDialog.DontConfirmOverwrite,
         )
         if path:
@@ -279,8 +290,11 @@ class SurveyWidget(QWidget):
     def _on_source_changed(self, *_args) -> None:
         generate = self.source.currentData() == SOURCE_GENERATE
         for widget, visible in (
-            (self._synthetic_row, not generate), (self._model_row, generate), (self.count, generate),
-            (self.size, generate), (self.generation_seed, generate),
+            (self._synthetic_row, not generate),
+            (self._model_row, generate),
+            (self.count, generate),
+            (self.size, generate),
+            (self.generation_seed, generate),
         ):
             widget.setVisible(visible)
             label = self._form.labelForField(widget)
@@ -299,8 +313,10 @@ class SurveyWidget(QWidget):
         if self.source.currentData() == SOURCE_GENERATE:
             size = self.size.value()
             kwargs["generator"] = GeneratorSettings(
-                model=self.model.text().strip() or "embedded", count=self.count.value() or None,
-                size=(size, size) if size else None, seed=self.generation_seed.value(),
+                model=self.model.text().strip() or "embedded",
+                count=self.count.value() or None,
+                size=(size, size) if size else None,
+                seed=self.generation_seed.value(),
             )
         else:
             folder = self.synthetic_folder.text().strip()
@@ -308,8 +324,11 @@ class SurveyWidget(QWidget):
                 raise ValueError("choose the folder of synthetic patches, or generate them")
             kwargs["synthetic_folder"] = Path(folder)
         return SurveyConfig(
-            real_folder=Path(real), rater_id=self.rater_id.text(), results_csv=Path(csv_path),
-            seed=None if self.seed.value() < 0 else self.seed.value(), n_trials=self.n_trials.value() or None,
+            real_folder=Path(real),
+            rater_id=self.rater_id.text(),
+            results_csv=Path(csv_path),
+            seed=None if self.seed.value() < 0 else self.seed.value(),
+            n_trials=self.n_trials.value() or None,
             **kwargs,
         )
 
@@ -328,7 +347,10 @@ class SurveyWidget(QWidget):
         self.preparing_label.setText("Preparing the patches...")
         self.pages.setCurrentWidget(self.preparing_page)
         self._worker = create_worker(
-            Session.open, config, progress=self._progress.emit, cancel=lambda: self._cancel_requested,
+            Session.open,
+            config,
+            progress=self._progress.emit,
+            cancel=lambda: self._cancel_requested,
             _connect={"returned": self._on_ready, "errored": self._on_error},
         )
 
@@ -366,8 +388,10 @@ class SurveyWidget(QWidget):
         if layer is None or layer not in self._viewer.layers:
             layer = self._viewer.add_image(image, name=PATCH_LAYER_NAME, rgb=True)
             for key, action in (
-                ("R", lambda _l: self.set_answer(False)), ("S", lambda _l: self.set_answer(True)),
-                ("Enter", lambda _l: self.confirm()), ("Space", lambda _l: self.confirm()),
+                ("R", lambda _l: self.set_answer(False)),
+                ("S", lambda _l: self.set_answer(True)),
+                ("Enter", lambda _l: self.confirm()),
+                ("Space", lambda _l: self.confirm()),
                 *((str(v), lambda _l, v=v: self.set_confidence(v)) for v in range(1, 6)),
             ):
                 layer.bind_key(key, action, overwrite=True)
@@ -429,8 +453,14 @@ class SurveyWidget(QWidget):
         if self.pages.currentWidget() is not self.rater_page or self.session is None:
             return
         if self._answer is None or self._confidence is None:
-            missing = [w for w, v in (("real or synthetic (R / S)", self._answer),
-                                      ("a confidence (1-5)", self._confidence)) if v is None]
+            missing = [
+                w
+                for w, v in (
+                    ("real or synthetic (R / S)", self._answer),
+                    ("a confidence (1-5)", self._confidence),
+                )
+                if v is None
+            ]
             self.hint.setText("Choose " + " and ".join(missing) + " first.")
             return
         try:
@@ -478,7 +508,9 @@ class SurveyWidget(QWidget):
         pixmap = QPixmap()
         pixmap.loadFromData(self.histogram.png(), "PNG")
         width = min(pixmap.width(), 420)
-        self.histogram_label.setPixmap(pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation))
+        self.histogram_label.setPixmap(
+            pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
+        )
         self.results_label.setText(f"Answers saved in {self.session.config.results_csv}")
         self.pages.setCurrentWidget(self.summary_page)
 
