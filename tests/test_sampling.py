@@ -256,3 +256,23 @@ def test_a_lookahead_is_sampled_and_thrown_away(tiny_net):
         assert bool((canvas[:, 12:] == 7).all()) and bool((canvas[:, :, 12:] == 7).all())
         outs.append(canvas[:, :12, :12].clone())
     assert not torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+
+
+def test_sampling_options_check_their_settings_once_and_take_the_models_defaults(tiny_net):
+    """One value for the sampling settings: bad ones are refused by name, None keeps the model's default, what
+    results record leaves out max_batch (memory, not results), and its stepper guides with omega + 1."""
+    model = type("M", (), {"default_steps": 7, "default_omega": 0.5, "sampler": "dpmpp-2m-sde", "window": 32})()
+    options = SamplingOptions.for_model(model, steps=None, omega=2, mode="faithful", halo=None)
+    assert (options.steps, options.omega, options.sampler, options.mode, options.window, options.halo) == (
+        7, 2.0, "dpmpp-2m-sde", "faithful", 32, 16)
+    assert "max_batch" not in options.recorded() and options.recorded()["sampler"] == "dpmpp-2m-sde"
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of ddim, dpmpp-2m-sde"):
+        SamplingOptions(sampler="euler")
+    with pytest.raises(ValueError, match="mode must be one of batched, faithful"):
+        options.replaced(mode="fast")
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        SamplingOptions(steps=0)
+    with pytest.raises(TypeError, match="unknown sampling setting.*guidance"):
+        options.replaced(guidance=3)
+    stepper = options.stepper(tiny_net)
+    assert stepper.cond_scale == 3.0 and stepper.second_order and stepper.max_batch == 64
