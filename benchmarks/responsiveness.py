@@ -135,8 +135,8 @@ def spin(app, seconds: float, until=None) -> bool:
 
 
 def screenshots(app, viewer, out: Path) -> int:
-    """The demo canvas in the real viewer: the demo mask's tiles generated, then a paint stroke regenerating, then a
-    zoomed-out pyramid view (after the stroke's tiles are regenerated). Saves plugin-demo.png (window with the dock widget), plugin-painting.png and
+    """The demo canvas in the real viewer: the demo mask's tiles generated, then a paint stroke repainted in place,
+    then a zoomed-out pyramid view. Saves plugin-demo.png (window with the dock widget), plugin-painting.png and
     plugin-pyramid.png (canvas only)."""
     from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for
 
@@ -154,7 +154,7 @@ def screenshots(app, viewer, out: Path) -> int:
     spin(app, 1.0)
     ctrl.labels_layer.selected_label = 1
     viewer.screenshot(str(out / "plugin-demo.png"), canvas_only=False)
-    # a necrosis stroke: the tiles under it lose their tissue (the faint mask placeholder) and regenerate
+    # a necrosis stroke: the tissue under it is repainted in place (a local repaint, no placeholder)
     layer = ctrl.labels_layer
     layer.brush_size = 12
     y, x = (int(v) for v in layer.world_to_data(viewer.scene.camera.center[-2:]))
@@ -162,7 +162,9 @@ def screenshots(app, viewer, out: Path) -> int:
         layer.paint((y + k // 2, x + k), 2)
     spin(app, 0.2)
     ctrl.sync_labels(wait=True)
-    spin(app, 8.0, until=lambda: ctrl.scheduler.stats.tiles_done > len(tiles) + 1)
+    spin(app, 30.0, until=lambda: ctrl.scheduler.stats.repaints_done >= 1 and not ctrl.scheduler.pending()
+         and ctrl.scheduler.stats.current is None)
+    spin(app, 1.0)
     viewer.screenshot(str(out / "plugin-painting.png"), canvas_only=True)
     spin(app, 120, until=lambda: all(ctrl.store.tile_status(k) == 2 for k in tiles))
     # zoomed out 4x: the pyramid (level 2) shows the generated patch; around it, the unpainted canvas
