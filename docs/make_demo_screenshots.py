@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     app = QApplication.instance()
     session = enter_demo_mode(viewer)
     ctrl = session.controller
+    wait(app, args.timeout, lambda: not ctrl.loading_model)  # the model loads in a worker once the loop runs
     if ctrl.scheduler is None:
         print("no model: pass --model FOLDER or --tiny", file=sys.stderr)
         return 2
