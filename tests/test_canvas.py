@@ -640,5 +640,9 @@ def test_a_small_edit_repaints_only_its_latents_with_the_canvas_as_context(tmp_p
         if run == 1:  # most of a tile: regenerated whole (placeholder until it lands)
             assert sched.write_labels(64, 64, np.full((48, 48), 2, np.uint8)) == [(1, 1)]
             assert store.tile_status((1, 1)) == 0 and sched.pending() == [(1, 1)]
+            # a repaint still waiting when generation stops: its tile is regenerated whole next time
+            assert sched.write_labels(10, 10, np.full((4, 4), 3, np.uint8)) == [(0, 0)]
+            sched.stop()
+            assert store.tile_status((0, 0)) == 0 and sched.pending() == [(1, 1)]
         store.close()
     assert np.array_equal(results[0], results[1])

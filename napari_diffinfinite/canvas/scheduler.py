@@ -470,9 +470,9 @@ class TileScheduler:
                 log.debug("tile %s abandoned", key)
                 with self._cv:
                     for k, cells in (group or {}).items():
-                        # a repaint interrupted by another edit or a cancel: its cells are repainted later
+                        # a repaint interrupted by another edit, a cancel or a stop: its cells are repainted later
                         # (unless the tile is regenerated whole meanwhile)
-                        if not self._stop and self.store.tile_status(k) == STATUS_PIXELS:
+                        if self.store.tile_status(k) == STATUS_PIXELS:
                             queued = self._repaints.get(k)
                             self._repaints[k] = cells if queued is None else queued | cells
                     regenerate = group is None or self.store.tile_status(key) < STATUS_PIXELS
@@ -816,7 +816,9 @@ class TileScheduler:
         self._emit_progress(force=True)
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Abandon the running tile and end the worker thread (waits up to ``timeout`` s for it)."""
+        """Abandon the running tile and end the worker thread (waits up to ``timeout`` s for it). Tiles still
+        waiting for a local repaint lose their tissue (status 0), so that whoever generates the canvas next
+        regenerates them whole instead of keeping tissue that no longer follows the mask."""
         with self._cv:
             self._stop = True
             self._cancel_gen += 1
@@ -825,6 +827,9 @@ class TileScheduler:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         with self._cv:
+            if self._repaints and not self.store.read_only:
+                self.store.set_status(list(self._repaints), STATUS_EMPTY)
+                self._repaints.clear()
             self._update_stats()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
