@@ -646,3 +646,36 @@ def test_a_small_edit_repaints_only_its_latents_with_the_canvas_as_context(tmp_p
             assert store.tile_status((0, 0)) == 0 and sched.pending() == [(1, 1)]
         store.close()
     assert np.array_equal(results[0], results[1])
+
+
+def test_undo_and_redo_of_a_repainted_stroke_bring_its_tissue_back(tmp_path, tiny):
+    """Painting labels back as they were (napari's undo) restores the latents from before the repaint, bit for
+    bit, without sampling; painting the stroke again (redo) restores the repaint's own latents. A different
+    edit in between makes the record stale: the labels then get a new repaint."""
+    store = new_canvas(tmp_path / "c", tiny)
+    sched = TileScheduler(store, tiny)
+    sched.request_view(0, (0, 512, 0, 512))
+    sched.run_until_idle()
+    tile = store.grid.tile_latent_rect((0, 0))
+    original, labels = np.asarray(store.read_latents(tile)), store.read_labels(Rect(10, 16, 10, 16))
+    pixels = store.read_tissue(0, 0, 512, 0, 512)
+    sched.write_labels(10, 10, np.full((6, 6), 4, np.uint8))  # a dab
+    sched.run_until_idle()
+    painted = np.asarray(store.read_latents(tile))
+    assert not np.array_equal(painted, original)
+    rows = sched.stats.repainted_latents
+    sched.write_labels(10, 10, labels)  # undo
+    sched.run_until_idle()
+    assert np.array_equal(np.asarray(store.read_latents(tile)), original)
+    assert np.array_equal(store.read_tissue(0, 0, 512, 0, 512), pixels)
+    sched.write_labels(10, 10, np.full((6, 6), 4, np.uint8))  # redo
+    sched.run_until_idle()
+    assert np.array_equal(np.asarray(store.read_latents(tile)), painted)
+    # another edit over the same cells first: undoing the dab now samples new tissue
+    sched.write_labels(12, 12, np.full((2, 2), 3, np.uint8))
+    sched.run_until_idle()
+    sched.write_labels(10, 10, labels)
+    sched.run_until_idle()
+    assert not np.array_equal(np.asarray(store.read_latents(tile)), original)
+    assert sched.stats.repainted_latents > rows
+    store.close()

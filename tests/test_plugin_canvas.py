@@ -153,10 +153,12 @@ def test_painting_regenerates_exactly_the_affected_tiles_and_undo_too(viewer, ti
         keep[inner.slices] = False
         np.testing.assert_array_equal(tile_pixels(store, k)[keep], pixels[keep])
     assert not np.array_equal(tile_pixels(store, (4, 4)), before[(4, 4)][2])
-    # undo brings the old labels back: the same tile, and only it, regenerates again
+    # undo brings the old labels back, and with them the old tissue (the repaint record), in that tile only
     layer.undo()
     qtbot.waitUntil(lambda: store.read_labels(Rect(290, 291, 290, 291))[0, 0] == 1, timeout=3000)
     assert ctrl.last_invalidated == [(4, 4)]
+    wait_idle(qtbot, ctrl)  # undo brings the tissue back too, bit for bit
+    np.testing.assert_array_equal(store.read_latents(store.grid.tile_latent_rect((4, 4))), before[(4, 4)][1])
     layer.redo()
     qtbot.waitUntil(lambda: store.read_labels(Rect(290, 291, 290, 291))[0, 0] == 2, timeout=3000)
     assert ctrl.last_invalidated == [(4, 4)]

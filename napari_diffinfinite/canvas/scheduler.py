@@ -84,6 +84,28 @@ class SchedulerStats:
     errors: int = 0
 
 
+@dataclass(frozen=True)
+class _Repainted:
+    """What one local repaint changed in one tile: its cells, their labels and latents before and after. An
+    edit that puts the labels back (undo) while the latents are still the repaint's gets the old latents back
+    (the same tissue), not a new sample; the inverse record makes redo do the same."""
+
+    cells: np.ndarray  # bool, tile-sized
+    labels_before: np.ndarray  # (n,) at the cells
+    labels_after: np.ndarray
+    latents_before: np.ndarray  # (C, n)
+    latents_after: np.ndarray
+
+    def inverse(self) -> _Repainted:
+        return _Repainted(
+            self.cells, self.labels_after, self.labels_before, self.latents_after, self.latents_before
+        )
+
+
+#: Repaint records kept per tile for undo / redo.
+REPAINT_HISTORY = 16
+
+
 class TileScheduler:
     """Requests, priorities and one worker for a canvas store and a loaded model.
 
@@ -175,6 +197,11 @@ class TileScheduler:
         self.repaint_margin, self.repaint_halo = int(repaint_margin), int(repaint_halo)
         #: edited tiles waiting for a local repaint: the latent cells to sample again (bool, tile-sized)
         self._repaints: dict[TileKey, np.ndarray] = {}
+        #: the labels of queued repaints' cells before their edits (tile-sized), for the repaint records
+        self._labels_before: dict[TileKey, np.ndarray] = {}
+        #: repaint records per tile, oldest first; and edits that put the labels back, waiting to be restored
+        self._history: dict[TileKey, list[_Repainted]] = {}
+        self._restores: dict[TileKey, _Repainted] = {}
         self._progress_callbacks: list[Callable[[SchedulerStats], None]] = (
             [] if progress is None else [progress]
         )
@@ -272,8 +299,14 @@ class TileScheduler:
         Where those tiles show tissue, the edit is repainted locally (``local_repaint``): only the changed
         latents and :data:`REPAINT_MARGIN` around them are sampled again, with the rest of the canvas as fixed
         context, before any tile request; the old tissue stays until the new lands (no placeholder), and
-        edits that come before it coalesce. Tiles without tissue yet, and edits of more than
-        :data:`REPAINT_MAX_SHARE` of a tile, invalidate the tile whole."""
+        edits that come before it coalesce. An edit that puts a repaint's labels back (napari's undo, and
+        then redo) gets that repaint's old latents back instead of a new sample (:class:`_Repainted`). Tiles
+        without tissue yet, and edits of more than :data:`REPAINT_MAX_SHARE` of a tile, invalidate the tile
+        whole."""
+        shape = np.shape(labels)
+        around = Rect(int(y0), int(y0) + shape[0], int(x0), int(x0) + shape[1]).grow(self.repaint_margin)
+        around = around.intersect(self._latent_bounds())
+        old = self.store.read_labels(around) if self.local_repaint and not around.empty else None
         changed, diff = self.store.edit_label_cells(y0, x0, labels, where=where)
         if changed.empty:
             return []
@@ -286,7 +319,21 @@ class TileScheduler:
         if local:
             with self._cv:
                 for key, cells in local.items():
+                    record = self._undone(key, cells)
+                    if record is not None:  # the labels are back as they were: the tissue too
+                        self._restores[key] = record
+                        continue
                     queued = self._repaints.get(key)
+                    tile = self.grid.tile_latent_rect(key)
+                    before = self._labels_before.setdefault(
+                        key, np.zeros((tile.height, tile.width), np.uint8)
+                    )
+                    fresh = cells if queued is None else cells & ~queued
+                    part = tile.intersect(around)
+                    at_tile, at_old = part.offset(-tile.y0, -tile.x0), part.offset(-around.y0, -around.x0)
+                    before[at_tile.slices] = np.where(
+                        fresh[at_tile.slices], old[at_old.slices], before[at_tile.slices]
+                    )
                     self._repaints[key] = cells if queued is None else queued | cells
                     if (
                         key in self._repainting
@@ -295,6 +342,39 @@ class TileScheduler:
                 self._update_stats()
                 self._cv.notify_all()
         return tiles
+
+    def _undone(self, key: TileKey, cells: np.ndarray) -> _Repainted | None:
+        """The repaint record of ``key`` that this edit undoes: the same cells, the labels back to the record's
+        before, the latents still the record's after (nothing repainted there since). Caller holds the lock."""
+        if (
+            key in self._repaints
+            or key in self._repainting
+            or key in self._restores
+            or not self._history.get(key)
+        ):
+            return None
+        tile = self.grid.tile_latent_rect(key)
+        labels = self.store.read_labels(tile)[cells]
+        latents = self.store.read_latents(tile)[:, cells]
+        for record in reversed(self._history[key]):
+            if (
+                np.array_equal(record.cells, cells)
+                and np.array_equal(record.labels_before, labels)
+                and np.array_equal(record.latents_after, latents)
+            ):
+                return record
+        return None
+
+    def _remember(self, key: TileKey, record: _Repainted) -> None:
+        # caller holds the lock
+        records = self._history.setdefault(key, [])
+        records.append(record)
+        del records[:-REPAINT_HISTORY]
+
+    def _forget(self, key: TileKey) -> None:
+        """Drop the repaint state of a tile that is regenerated whole. Caller holds the lock."""
+        for table in (self._repaints, self._labels_before, self._history, self._restores):
+            table.pop(key, None)
 
     def _repaint_areas(self, changed: Rect, diff: np.ndarray, tiles: list[TileKey]):
         """Split an edit into tiles to regenerate whole (not generated yet, or edited over more than
@@ -366,7 +446,7 @@ class TileScheduler:
         with self._cv:
             for t in tiles:
                 self._epoch[t] = self._epoch.get(t, 0) + 1
-                self._repaints.pop(t, None)  # regenerated whole
+                self._forget(t)  # regenerated whole
             self.store.set_status(tiles, STATUS_EMPTY)
             if self._view is None:  # nothing on screen: request them (a bounded number, centre first)
                 if around is None:
@@ -391,7 +471,7 @@ class TileScheduler:
                 seed = self.store.tile_seed(k) + 1 if new_seed is None else int(new_seed)
                 self.store.set_tile_seed(k, seed)
                 self._epoch[k] = self._epoch.get(k, 0) + 1
-                self._repaints.pop(k, None)
+                self._forget(k)
             self.store.set_status(keys, STATUS_EMPTY)
             for k in keys:
                 self._explicit.pop(k, None)
@@ -401,11 +481,14 @@ class TileScheduler:
             self._cv.notify_all()
         return keys
 
-    def _pop(self) -> tuple[TileKey, np.ndarray | None] | None:
-        """The next job: ``(tile, {tile: cells, neighbour: cells...})`` for a local repaint (first: small edits
-        go first; an edit across tile borders is repainted in one window), ``(tile, None)`` for a tile to
-        generate."""
+    def _pop(self) -> tuple[TileKey, dict | None, _Repainted | None] | None:
+        """The next job: ``(tile, {tile: cells}, record)`` to put a repaint's old latents back (undo / redo);
+        ``(tile, {tile: cells, neighbour: cells...}, None)`` for a local repaint (small edits go first; an edit
+        across tile borders is repainted in one window); ``(tile, None, None)`` for a tile to generate."""
         with self._cv:
+            if self._restores:
+                k = next(iter(self._restores))
+                return k, {k: self._restores[k].cells}, self._restores.pop(k)
             if self._repaints:
                 k = next(iter(self._repaints))
                 group = {k: self._repaints.pop(k)}
@@ -417,13 +500,13 @@ class TileScheduler:
                         joined = box.union(self._cells_box(n, self._repaints[n]))
                         if max(joined.height, joined.width) <= self.grid.latent_tile:
                             group[n], box = self._repaints.pop(n), joined
-                return k, group
+                return k, group, None
             if self._explicit:
                 k = next(iter(self._explicit))
                 del self._explicit[k]
-                return k, None
+                return k, None, None
             if self._view_queue:
-                return self._view_queue.pop(0), None
+                return self._view_queue.pop(0), None, None
             return None
 
     def _cells_box(self, key: TileKey, cells: np.ndarray) -> Rect:
@@ -439,7 +522,7 @@ class TileScheduler:
 
     def _has_work(self) -> bool:
         # caller holds self._cv
-        return bool(self._repaints or self._explicit or self._view_queue)
+        return bool(self._restores or self._repaints or self._explicit or self._view_queue)
 
     # ------------------------------------------------------------------ running
     def run_next(self) -> TileKey | None:
@@ -450,7 +533,7 @@ class TileScheduler:
                 job = self._pop()
                 if job is None:
                     return None
-                key, group = job
+                key, group, record = job
                 self._running = key
                 self._repainting = set(group or ())
                 epoch = self._epoch.get(key, 0)
@@ -463,6 +546,8 @@ class TileScheduler:
             try:
                 if group is None:
                     self._generate(key, epoch, cancel_gen)
+                elif record is not None:
+                    self._restore(key, record, epoch, cancel_gen)
                 else:
                     self._repaint(group, epochs, cancel_gen)
                 finished = True
@@ -682,6 +767,7 @@ class TileScheduler:
                 for k, cells in group.items():
                     tile = self.grid.tile_latent_rect(k)
                     tile_latents = self.store.read_latents(tile)
+                    latents_before = tile_latents[:, cells]
                     part = tile.intersect(window)
                     in_tile, in_window = part.offset(-tile.y0, -tile.x0), part.offset(-window.y0, -window.x0)
                     where = cells[in_tile.slices]
@@ -690,14 +776,44 @@ class TileScheduler:
                     ][:, where]
                     self.store.write_latents(k, tile_latents)
                     self.store.bump_version(k)
-            # the pixels the new latents reach, in every tile with tissue (not abandoned from here on: the
-            # latents are written, so the pixels must follow them)
-            reach = dirty.grow(self.decode_reach).intersect(self._latent_bounds())
-            for k in self.grid.tiles_in_rect(self.grid.latent_to_px(reach)):
-                if k in group or self.store.tile_status(k) == STATUS_PIXELS:
-                    part = self.grid.tile_latent_rect(k).intersect(reach)
-                    self.store.write_tissue(self.grid.latent_to_px(part), self._decode(k, part))
-            self.store.update_pyramid(self.grid.latent_to_px(reach).intersect(self.grid.bounds()))
+                    before = self._labels_before.pop(k, None)
+                    if before is not None:
+                        labels_after = self.store.read_labels(tile)[cells]
+                        self._remember(
+                            k,
+                            _Repainted(
+                                cells, before[cells], labels_after, latents_before, tile_latents[:, cells]
+                            ),
+                        )
+            # not abandoned from here on: the latents are written, so the pixels must follow them
+            self._decode_around(dirty)
+
+    def _restore(self, key: TileKey, record: _Repainted, epoch: int, cancel_gen: int) -> None:
+        """Put the latents from before ``record``'s repaint back at its cells (an undo, or a redo) and decode
+        what they reach; the inverse record is kept for the next undo or redo."""
+        with torch.no_grad():
+            tile = self.grid.tile_latent_rect(key)
+            with self._cv:
+                if self._epoch.get(key, 0) != epoch or self._cancel_gen != cancel_gen:
+                    # another edit came first: repaint these cells instead
+                    queued = self._repaints.get(key)
+                    self._repaints[key] = record.cells if queued is None else queued | record.cells
+                    raise Cancelled()
+                tile_latents = self.store.read_latents(tile)
+                tile_latents[:, record.cells] = record.latents_before
+                self.store.write_latents(key, tile_latents)
+                self.store.bump_version(key)
+                self._remember(key, record.inverse())
+            self._decode_around(self._cells_box(key, record.cells))
+
+    def _decode_around(self, dirty: Rect) -> None:
+        """Decode the pixels that latents in ``dirty`` reach, in every tile with tissue, and update the pyramid."""
+        reach = dirty.grow(self.decode_reach).intersect(self._latent_bounds())
+        for k in self.grid.tiles_in_rect(self.grid.latent_to_px(reach)):
+            if self.store.tile_status(k) == STATUS_PIXELS:
+                part = self.grid.tile_latent_rect(k).intersect(reach)
+                self.store.write_tissue(self.grid.latent_to_px(part), self._decode(k, part))
+        self.store.update_pyramid(self.grid.latent_to_px(reach).intersect(self.grid.bounds()))
 
     def _decode_window(self, key: TileKey) -> tuple[Rect, torch.Tensor]:
         """Latents around tile ``key`` (its decode reach), with the area of neighbours that have no latents
@@ -827,9 +943,11 @@ class TileScheduler:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         with self._cv:
-            if self._repaints and not self.store.read_only:
-                self.store.set_status(list(self._repaints), STATUS_EMPTY)
-                self._repaints.clear()
+            stale = list(self._repaints) + list(self._restores)
+            if stale and not self.store.read_only:
+                self.store.set_status(stale, STATUS_EMPTY)
+                for key in stale:
+                    self._forget(key)
             self._update_stats()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -873,7 +991,8 @@ class TileScheduler:
             )
         )
         queued = (
-            len(self._repaints)
+            len(self._restores)
+            + len(self._repaints)
             + len(self._explicit)
             + sum(1 for t in self._view_queue if t not in self._explicit)
         )
