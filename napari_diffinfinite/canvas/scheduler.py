@@ -335,9 +335,8 @@ class TileScheduler:
                         fresh[at_tile.slices], old[at_old.slices], before[at_tile.slices]
                     )
                     self._repaints[key] = cells if queued is None else queued | cells
-                    if (
-                        key in self._repainting
-                    ):  # a repaint of this tile is running: restart it with both edits
+                    # a repaint of this tile is running: restart it with both edits
+                    if key in self._repainting:
                         self._epoch[key] = self._epoch.get(key, 0) + 1
                 self._update_stats()
                 self._cv.notify_all()
@@ -683,11 +682,6 @@ class TileScheduler:
             key[0], key[1], tile.y0 - window.y0, tile.x0 - window.x0, tile.y1 - window.y0, tile.x1 - window.x0
         )
 
-        def progress(d, t):
-            with self._cv:
-                self._update_stats(current_fraction=d / max(t, 1))
-            self._emit_progress()
-
         generate_block(
             self.stepper,
             latents,
@@ -696,7 +690,7 @@ class TileScheduler:
             block,
             seed=self.store.tile_seed(key),
             options=self.options,
-            progress=progress,
+            progress=self._running_progress,
             cancel=lambda: self._should_abort(key, epoch, cancel_gen),
             device=self.device,
         )
@@ -730,11 +724,6 @@ class TileScheduler:
             labels = torch.from_numpy(self.store.read_labels(window).astype(np.int64))
             seed = block_seed(self.store.tile_seed(key), key[0], key[1], self.store.tile_version(key))
 
-            def progress(done, total):
-                with self._cv:
-                    self._update_stats(current_fraction=done / max(total, 1))
-                self._emit_progress()
-
             def cancel():
                 return self._should_abort(key, epochs[key], cancel_gen) or any(
                     self._epoch.get(k, 0) != e for k, e in epochs.items()
@@ -752,7 +741,7 @@ class TileScheduler:
                     window=self.options.window,
                     known=latents,
                     known_mask=present & ~redo,
-                    progress=progress,
+                    progress=self._running_progress,
                     cancel=cancel,
                     device=self.device,
                 )
@@ -806,14 +795,25 @@ class TileScheduler:
                 self._remember(key, record.inverse())
             self._decode_around(self._cells_box(key, record.cells))
 
-    def _decode_around(self, dirty: Rect) -> None:
-        """Decode the pixels that latents in ``dirty`` reach, in every tile with tissue, and update the pyramid."""
+    def _running_progress(self, done: int, total: int) -> None:
+        """The sampling progress of the running job (worker thread)."""
+        with self._cv:
+            self._update_stats(current_fraction=done / max(total, 1))
+        self._emit_progress()
+
+    def _decode_around(self, dirty: Rect, also: TileKey | None = None) -> int:
+        """Decode the pixels that latents in ``dirty`` reach, in every tile with tissue and in ``also`` (a tile
+        whose tissue this makes), and update the pyramid above them. Returns how many tiles other than ``also``
+        were decoded again."""
         reach = dirty.grow(self.decode_reach).intersect(self._latent_bounds())
+        redecoded = 0
         for k in self.grid.tiles_in_rect(self.grid.latent_to_px(reach)):
-            if self.store.tile_status(k) == STATUS_PIXELS:
+            if k == also or self.store.tile_status(k) == STATUS_PIXELS:
                 part = self.grid.tile_latent_rect(k).intersect(reach)
                 self.store.write_tissue(self.grid.latent_to_px(part), self._decode(k, part))
+                redecoded += k != also
         self.store.update_pyramid(self.grid.latent_to_px(reach).intersect(self.grid.bounds()))
+        return redecoded
 
     def _decode_window(self, key: TileKey) -> tuple[Rect, torch.Tensor]:
         """Latents around tile ``key`` (its decode reach), with the area of neighbours that have no latents
@@ -863,22 +863,8 @@ class TileScheduler:
                 self._sample(key, epoch, cancel_gen)
             if self._should_abort(key, epoch, cancel_gen):
                 raise Cancelled()
-            tile = self.grid.tile_latent_rect(key)
-            self.store.write_tissue(self.grid.latent_to_px(tile), self._decode(key, tile))
-            # borders of finished neighbours that were decoded without this tile's (current) latents
-            reach = tile.grow(self.decode_reach)
-            tr, status = self._neighbour_status(key)
-            strips = 0
-            for a in range(tr.y0, tr.y1):
-                for b in range(tr.x0, tr.x1):
-                    if (a, b) == key or status[a - tr.y0, b - tr.x0] != STATUS_PIXELS:
-                        continue
-                    strip = self.grid.tile_latent_rect((a, b)).intersect(reach)
-                    if not strip.empty:
-                        self.store.write_tissue(self.grid.latent_to_px(strip), self._decode((a, b), strip))
-                        strips += 1
-            changed = self.grid.latent_to_px(reach).intersect(self.grid.bounds())
-            self.store.update_pyramid(changed)
+            # the tile, and the borders of finished neighbours that were decoded without its (current) latents
+            strips = self._decode_around(self.grid.tile_latent_rect(key), also=key)
             with self._cv:
                 self._stats = replace(self._stats, borders_redecoded=self._stats.borders_redecoded + strips)
             self._commit_status(key, epoch, cancel_gen, STATUS_PIXELS)
