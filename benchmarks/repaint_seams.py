@@ -18,26 +18,25 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from napari_diffinfinite.canvas import CanvasStore, Rect, TileScheduler
 from napari_diffinfinite.generation import load_model
 from napari_diffinfinite.label_grid import labels_at_cell_centres
 
-SAMPLE_MASKS = sorted((Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "sample_masks").glob("*_mask.png"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from context_seams import mirrored  # the benchmarks' real sample masks, mirrored across x = 512
 
 
 def canvas_mask(index: int) -> np.ndarray:
     """A real 512 px sample mask mirrored to 1024 x 1024 px (labels run on across the tile joins)."""
-    with Image.open(SAMPLE_MASKS[index]) as im:
-        mask = np.asarray(im).astype(np.int64)
-    row = np.concatenate([mask, mask[:, ::-1]], axis=1)
+    row = mirrored(index)
     return np.concatenate([row, row[::-1]], axis=0)
 
 
