@@ -233,11 +233,8 @@ def _model_info(ref: ModelRef, context) -> dict:
         "name": model.name,
         "num_classes": int(model.num_classes),
         "contexts": list(model.contexts),
-        "default_steps": int(model.default_steps),
-        "default_omega": float(model.default_omega),
+        "sampling": SamplingOptions.for_model(model),  # the model's sampling defaults
         "default_mask_omega": float(model.default_mask_omega),
-        "sampler": model.sampler,
-        "window": int(model.window),
         "downsampling": int(model.downsampling),
         "latent_channels": int(model.image_unet.channels),
         "pixel_size_um": float(model.pixel_size_um),
@@ -768,14 +765,8 @@ def generate_canvas(
         pure=False,
         key=f"diffinfinite-info-{uuid.uuid4().hex[:8]}",
     ).result()
-    defaults = SamplingOptions(
-        steps=info["default_steps"],
-        omega=info["default_omega"],
-        sampler=info["sampler"],
-        window=info["window"],
-    )
     # the lookahead never leaves the halo (generate_block's rule); recorded, and checked on resume
-    options = defaults.replaced(
+    options = info["sampling"].replaced(
         steps=steps or None,
         omega=omega,
         sampler=sampler,
