@@ -669,7 +669,7 @@ class CanvasStore:
         (a bool (h, w)), only there. The coarser label levels follow. Returns the bounding box, in level-0
         *pixels*, of the labels that actually changed (empty if none): what to pass to
         :meth:`TileScheduler.invalidate`. Tissue is not touched."""
-        changed, _ = self._write_labels(y0, x0, labels, where)
+        changed, _ = self.edit_label_cells(y0, x0, labels, where=where)
         return Rect(0, 0, 0, 0) if changed.empty else self.grid.latent_to_px(changed)
 
     def edit_labels(self, y0: int, x0: int, labels, *, where=None) -> list[TileKey]:
@@ -681,10 +681,6 @@ class CanvasStore:
     def edit_label_cells(self, y0: int, x0: int, labels, *, where=None) -> tuple[Rect, np.ndarray | None]:
         """:meth:`write_labels`, returning the latent cells whose labels changed: their bounding rectangle and a
         bool array over it (an empty rectangle and None when nothing changed)."""
-        return self._write_labels(y0, x0, labels, where)
-
-    def _write_labels(self, y0, x0, labels, where) -> tuple[Rect, np.ndarray | None]:
-        # (the latent bounding box of the labels that changed, where they changed inside it)
         self._check_writable()
         arr = np.asarray(labels)
         if arr.ndim != 2 or arr.size == 0:
