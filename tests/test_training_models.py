@@ -16,6 +16,7 @@ from safetensors import safe_open
 from napari_diffinfinite.cli import main as cli_main
 from napari_diffinfinite.label_grid import labels_at_cell_centres
 from napari_diffinfinite.model import CheckpointError, CompactAutoencoder, load_diffinfinite_checkpoint
+from napari_diffinfinite.model.diffusion import cosine_schedule
 from napari_diffinfinite.sampling.masks import SimplexMaskCodec
 from napari_diffinfinite.training.dataset import DatasetError, Patch
 from napari_diffinfinite.training.image import (
@@ -23,6 +24,8 @@ from napari_diffinfinite.training.image import (
     dihedral,
     encode_patches,
     image_batch,
+    min_snr_weights,
+    noise_loss,
     train_image_model,
 )
 from napari_diffinfinite.training.loop import TrainConfig
@@ -67,13 +70,23 @@ def metadata(path: Path) -> dict[str, str]:
 # ================================================================================ image model
 def test_image_training_resumes_and_ships_loadable_ema(tmp_path, patches, autoencoder_file):
     out = tmp_path / "image"
-    kwargs = dict(autoencoder_path=autoencoder_file, unet_config=IMAGE_UNET, batch=2, crop_latents=4,
-                  sample_steps=2, sample_count=2, progress=False)
-    train_image_model(patches[:4], patches[4:], out, TrainConfig(steps=3, save_every=2, sample_every=100), **kwargs)
+    kwargs = dict(
+        autoencoder_path=autoencoder_file,
+        unet_config=IMAGE_UNET,
+        batch=2,
+        crop_latents=4,
+        sample_steps=2,
+        sample_count=2,
+        progress=False,
+    )
+    train_image_model(
+        patches[:4], patches[4:], out, TrainConfig(steps=3, save_every=2, sample_every=100), **kwargs
+    )
     assert json.loads((out / "state.json").read_text())["step"] == 3
     assert (out / "samples-000003.png").is_file()
-    ema = train_image_model(patches[:4], patches[4:], out, TrainConfig(steps=5, save_every=2, sample_every=100),
-                            **kwargs)
+    ema = train_image_model(
+        patches[:4], patches[4:], out, TrainConfig(steps=5, save_every=2, sample_every=100), **kwargs
+    )
     assert log_steps(out) == [1, 2, 3, 4, 5]  # resumed at 4
     grid = Image.open(out / "samples-000005.png")
     assert grid.size == (64, 3 * 64)  # one held-out patch: real | mask colours | generated
@@ -84,8 +97,11 @@ def test_image_training_resumes_and_ships_loadable_ema(tmp_path, patches, autoen
         assert torch.equal(loaded.state_dict()[k], v)
     meta = metadata(out / "ema.safetensors")
     assert meta["diffinfinite.kind"] == "image"
-    assert json.loads(meta["diffinfinite.autoencoder"])["config"] == {"latent_channels": 4, "widths": [8, 8, 8],
-                                                                      "blocks": [1, 1, 2]}
+    assert json.loads(meta["diffinfinite.autoencoder"])["config"] == {
+        "latent_channels": 4,
+        "widths": [8, 8, 8],
+        "blocks": [1, 1, 2],
+    }
     with pytest.raises(CheckpointError, match="image-model UNet"):
         load_diffinfinite_checkpoint(out / "ema.safetensors", "mask")
 
@@ -93,15 +109,29 @@ def test_image_training_resumes_and_ships_loadable_ema(tmp_path, patches, autoen
 def test_image_run_refuses_another_autoencoder(tmp_path, patches, autoencoder_file):
     out = tmp_path / "image"
     kwargs = dict(unet_config=IMAGE_UNET, batch=2, crop_latents=4, sample_steps=1, progress=False)
-    train_image_model(patches[:2], [], out, TrainConfig(steps=1, sample_every=100), autoencoder_path=autoencoder_file,
-                      **kwargs)
+    train_image_model(
+        patches[:2],
+        [],
+        out,
+        TrainConfig(steps=1, sample_every=100),
+        autoencoder_path=autoencoder_file,
+        **kwargs,
+    )
     other = tmp_path / "other.safetensors"
     CompactAutoencoder(widths=(8, 8, 8)).save(other)  # new random weights: another latent space
     with pytest.raises(ValueError, match="trained with another autoencoder"):
         train_image_model(patches[:2], [], out, TrainConfig(steps=2), autoencoder_path=other, **kwargs)
-    with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist.*diffinfinite train autoencoder"):
-        train_image_model(patches[:2], [], out, TrainConfig(steps=2), autoencoder_path=tmp_path / "missing.safetensors",
-                          **kwargs)
+    with pytest.raises(
+        FileNotFoundError, match="missing.safetensors does not exist.*diffinfinite train autoencoder"
+    ):
+        train_image_model(
+            patches[:2],
+            [],
+            out,
+            TrainConfig(steps=2),
+            autoencoder_path=tmp_path / "missing.safetensors",
+            **kwargs,
+        )
 
 
 def test_latent_cache_holds_all_eight_transforms(patches, autoencoder_file):
@@ -159,7 +189,9 @@ def test_per_label_batches_keep_one_label_of_each_crop_as_the_sampler_feeds_it(a
     for i, labels in chosen.items():  # over 400 draws every label of a patch gets picked
         assert labels == set(torch.cat([m.flatten() for m in cache.masks[i]]).tolist()) - {0}
     plain = image_batch(cache, 400, 8, 0.0, torch.Generator().manual_seed(3))
-    assert any(len(set(torch.unique(m).tolist()) - {0}) >= 2 for m in plain.masks)  # the reference's mixed masks
+    assert any(
+        len(set(torch.unique(m).tolist()) - {0}) >= 2 for m in plain.masks
+    )  # the reference's mixed masks
 
 
 def test_balanced_batches_teach_a_rare_label_as_often_as_the_common_ones(autoencoder_file):
@@ -179,17 +211,27 @@ def test_balanced_batches_teach_a_rare_label_as_often_as_the_common_ones(autoenc
         (label,) = set(torch.unique(m).tolist()) - {0}  # one label per sample, and it is in the crop
         counts[label] += 1
         full = cache.masks[i][k]
-        windows = [(y, x) for y in range(full.shape[0] - 3) for x in range(full.shape[1] - 3)
-                   if torch.equal(m, (full[y : y + 4, x : x + 4] == label) * label)]
+        windows = [
+            (y, x)
+            for y in range(full.shape[0] - 3)
+            for x in range(full.shape[1] - 3)
+            if torch.equal(m, (full[y : y + 4, x : x + 4] == label) * label)
+        ]
         assert windows  # the crop is a window of that patch in that transform, masked to the label
     for label in present:  # uniform over labels: binomial sd ~ 0.02 at n = 600
         assert abs(counts[label] / n - 1 / len(present)) < 0.07, counts
     plain = image_batch(cache, n, 4, 0.0, torch.Generator().manual_seed(4), per_label=True)
     plain_necrosis = sum(bool((m == 2).any()) for m in plain.masks)
     assert counts[2] > 2 * plain_necrosis  # the rare label drawn far more often than crop sampling gives it
-    small = [k for m, i, k in zip(b.masks[:, 0], b.index.tolist(), b.transform.tolist()) if i == 10 and (m == 2).any()]
+    small = [
+        k
+        for m, i, k in zip(b.masks[:, 0], b.index.tolist(), b.transform.tolist())
+        if i == 10 and (m == 2).any()
+    ]
     assert small and all((cache.masks[10][k] == 2).any() for k in small)  # only the transforms that hold it
-    again = image_batch(cache, n, 4, 0.0, torch.Generator().manual_seed(4), per_label=True, balance_labels=True)
+    again = image_batch(
+        cache, n, 4, 0.0, torch.Generator().manual_seed(4), per_label=True, balance_labels=True
+    )
     assert torch.equal(again.latents, b.latents) and torch.equal(again.masks, b.masks)
     with pytest.raises(ValueError, match="balance_labels needs per_label"):
         image_batch(cache, 4, 4, 0.0, torch.Generator(), balance_labels=True)
@@ -197,24 +239,49 @@ def test_balanced_batches_teach_a_rare_label_as_often_as_the_common_ones(autoenc
 
 def test_image_run_can_start_from_trained_weights(tmp_path, patches, autoencoder_file):
     kwargs = dict(autoencoder_path=autoencoder_file, batch=2, crop_latents=4, sample_steps=1, progress=False)
-    first = train_image_model(patches[:2], [], tmp_path / "a", TrainConfig(steps=2, sample_every=100),
-                              unet_config=IMAGE_UNET, **kwargs)
+    first = train_image_model(
+        patches[:2],
+        [],
+        tmp_path / "a",
+        TrainConfig(steps=2, sample_every=100),
+        unet_config=IMAGE_UNET,
+        **kwargs,
+    )
     cfg = TrainConfig(steps=1, lr=1e-12, sample_every=100, warmup=1)
-    second = train_image_model(patches[:2], [], tmp_path / "b", cfg, unet_config=IMAGE_UNET,
-                               init_from=tmp_path / "a" / "ema.safetensors", **kwargs)
+    second = train_image_model(
+        patches[:2],
+        [],
+        tmp_path / "b",
+        cfg,
+        unet_config=IMAGE_UNET,
+        init_from=tmp_path / "a" / "ema.safetensors",
+        **kwargs,
+    )
     for k, v in first.state_dict().items():  # one step at lr ~0 from the loaded weights: the same weights
         assert torch.allclose(second.state_dict()[k], v, atol=1e-6), k
     with pytest.raises(ValueError, match="init-from"):
-        train_image_model(patches[:2], [], tmp_path / "c", TrainConfig(steps=1, sample_every=100),
-                          unet_config={**IMAGE_UNET, "dim": 16}, init_from=tmp_path / "a" / "ema.safetensors",
-                          **kwargs)
+        train_image_model(
+            patches[:2],
+            [],
+            tmp_path / "c",
+            TrainConfig(steps=1, sample_every=100),
+            unet_config={**IMAGE_UNET, "dim": 16},
+            init_from=tmp_path / "a" / "ema.safetensors",
+            **kwargs,
+        )
     # weights trained in another latent space (an autoencoder of other widths) are refused
     other = tmp_path / "other-ae.safetensors"
     CompactAutoencoder(widths=(8, 8, 16)).save(other)
     with pytest.raises(ValueError, match="another autoencoder"):
-        train_image_model(patches[:2], [], tmp_path / "d", TrainConfig(steps=1, sample_every=100),
-                          unet_config=IMAGE_UNET, init_from=tmp_path / "a" / "ema.safetensors",
-                          **{**kwargs, "autoencoder_path": other})
+        train_image_model(
+            patches[:2],
+            [],
+            tmp_path / "d",
+            TrainConfig(steps=1, sample_every=100),
+            unet_config=IMAGE_UNET,
+            init_from=tmp_path / "a" / "ema.safetensors",
+            **{**kwargs, "autoencoder_path": other},
+        )
 
 
 # ================================================================================ mask model
@@ -225,7 +292,9 @@ def mask_patches() -> list[Patch]:
 
 def test_mask_training_resumes_and_records_codec_and_contexts(tmp_path, mask_patches):
     out = tmp_path / "mask"
-    kwargs = dict(unet_config=MASK_UNET, batch=2, crop_latents=8, sample_steps=2, sample_count=2, progress=False)
+    kwargs = dict(
+        unet_config=MASK_UNET, batch=2, crop_latents=8, sample_steps=2, sample_count=2, progress=False
+    )
     train_mask_model(mask_patches, out, TrainConfig(steps=3, save_every=2, sample_every=100), **kwargs)
     ema = train_mask_model(mask_patches, out, TrainConfig(steps=5, save_every=2, sample_every=100), **kwargs)
     assert log_steps(out) == [1, 2, 3, 4, 5]
@@ -235,7 +304,11 @@ def test_mask_training_resumes_and_records_codec_and_contexts(tmp_path, mask_pat
     assert loaded.config == ema.config == {**MASK_UNET, "num_classes": 1, "channels": 4}
     meta = metadata(out / "ema.safetensors")
     assert meta["diffinfinite.kind"] == "mask"
-    assert json.loads(meta["diffinfinite.mask_codec"]) == {"type": "simplex", "num_labels": 5, "cells_per_latent": 16}
+    assert json.loads(meta["diffinfinite.mask_codec"]) == {
+        "type": "simplex",
+        "num_labels": 5,
+        "cells_per_latent": 16,
+    }
     assert json.loads(meta["diffinfinite.contexts"]) == ["adenocarcinoma"]
     with pytest.raises(CheckpointError):
         load_diffinfinite_checkpoint(out / "ema.safetensors", "image")
@@ -268,7 +341,10 @@ def test_cli_image_needs_an_existing_autoencoder(tmp_path, capsys):
     assert "needs --autoencoder PATH" in capsys.readouterr().err
     assert cli_main([*args, "--autoencoder", str(tmp_path / "ae.safetensors")]) == 2
     err = capsys.readouterr().err
-    assert "ae.safetensors does not exist" in err and "diffinfinite train autoencoder --data DATA --out RUN" in err
+    assert (
+        "ae.safetensors does not exist" in err
+        and "diffinfinite train autoencoder --data DATA --out RUN" in err
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -281,22 +357,72 @@ def test_cli_trains_image_and_mask_models(tmp_path, autoencoder_file):
         Image.fromarray(p.mask.astype(np.uint16)).save(data / p.name.replace(".jpg", "_mask.png"))
     holdout = tmp_path / "holdout.json"
     holdout.write_text(json.dumps({"held_out": [SAMPLE_MASKS[2].name.replace("_mask.png", ".jpg")]}))
-    common = ["--data", str(data), "--holdout-file", str(holdout), "--steps", "2", "--batch", "2", "--dim", "8",
-              "--dim-mults", "1,2", "--groups", "2", "--sample-steps", "1", "--threads", "1"]
-    image = ["train", "image", "--out", str(tmp_path / "image"), "--autoencoder", str(autoencoder_file),
-             "--crop-latents", "8", *common]
-    assert cli_main([*image, "--balance-labels"]) == 2 and not (tmp_path / "image").exists()  # needs --per-label
+    common = [
+        "--data",
+        str(data),
+        "--holdout-file",
+        str(holdout),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--dim",
+        "8",
+        "--dim-mults",
+        "1,2",
+        "--groups",
+        "2",
+        "--sample-steps",
+        "1",
+        "--threads",
+        "1",
+    ]
+    image = [
+        "train",
+        "image",
+        "--out",
+        str(tmp_path / "image"),
+        "--autoencoder",
+        str(autoencoder_file),
+        "--crop-latents",
+        "8",
+        *common,
+    ]
+    assert (
+        cli_main([*image, "--balance-labels"]) == 2 and not (tmp_path / "image").exists()
+    )  # needs --per-label
     assert cli_main([*image, "--per-label", "--balance-labels"]) == 0
     assert load_diffinfinite_checkpoint(tmp_path / "image" / "ema.safetensors", "image").config["dim"] == 8
     extra = json.loads((tmp_path / "image" / "state.json").read_text())["config"]["extra"]
     assert extra["per_label"] and extra["balance_labels"]
     assert cli_main(["train", "mask", "--out", str(tmp_path / "mask"), "--crop-latents", "8", *common]) == 0
-    assert json.loads(metadata(tmp_path / "mask" / "ema.safetensors")["diffinfinite.contexts"]) == ["adenocarcinoma"]
+    assert json.loads(metadata(tmp_path / "mask" / "ema.safetensors")["diffinfinite.contexts"]) == [
+        "adenocarcinoma"
+    ]
     assert log_steps(tmp_path / "mask") == [1, 2]
-    bad = ["train", "mask", "--data", str(data), "--out", str(tmp_path / "bad"), "--dim", "8", "--groups", "3"]
+    bad = [
+        "train",
+        "mask",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "bad"),
+        "--dim",
+        "8",
+        "--groups",
+        "3",
+    ]
     assert cli_main(bad) == 2  # 3 groups do not divide the widths 8, 16, ...
-    init = ["train", "mask", "--data", str(data), "--out", str(tmp_path / "bad2"), "--init-from",
-            str(tmp_path / "mask" / "ema.safetensors")]
+    init = [
+        "train",
+        "mask",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "bad2"),
+        "--init-from",
+        str(tmp_path / "mask" / "ema.safetensors"),
+    ]
     assert cli_main(init) == 2 and not (tmp_path / "bad2").exists()  # mask runs start from scratch
 
 
@@ -318,13 +444,25 @@ def test_bundle_assembles_a_loadable_model_folder(tmp_path, tiny_model_dir, tiny
     from safetensors.torch import load_file, save_file
 
     mask_file = runs["mask"] / "ema.safetensors"
-    meta = {"diffinfinite.kind": "mask", "diffinfinite.config": '{"dim": 8, "num_classes": 1, "dim_mults": [1, 2], '
-            '"channels": 4, "resnet_block_groups": 2, "block_per_layer": 2}',
-            "diffinfinite.mask_codec": '{"type": "simplex", "num_labels": 5, "cells_per_latent": 16}',
-            "diffinfinite.contexts": '["adenocarcinoma"]'}
+    meta = {
+        "diffinfinite.kind": "mask",
+        "diffinfinite.config": '{"dim": 8, "num_classes": 1, "dim_mults": [1, 2], '
+        '"channels": 4, "resnet_block_groups": 2, "block_per_layer": 2}',
+        "diffinfinite.mask_codec": '{"type": "simplex", "num_labels": 5, "cells_per_latent": 16}',
+        "diffinfinite.contexts": '["adenocarcinoma"]',
+    }
     save_file(load_file(str(mask_file)), str(mask_file), metadata=meta)
-    out = bundle_model(tmp_path / "bundle", autoencoder=runs["autoencoder"], image=runs["image"], mask=runs["mask"],
-                       name="bundled", default_steps=4, sampler="dpmpp-2m-sde", image_window=16, mask_window=8)
+    out = bundle_model(
+        tmp_path / "bundle",
+        autoencoder=runs["autoencoder"],
+        image=runs["image"],
+        mask=runs["mask"],
+        name="bundled",
+        default_steps=4,
+        sampler="dpmpp-2m-sde",
+        image_window=16,
+        mask_window=8,
+    )
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["provenance"]["image"]["steps"] == 7 and manifest["contexts"] == ["adenocarcinoma"]
     model = load_model(out, device="cpu")
@@ -333,10 +471,52 @@ def test_bundle_assembles_a_loadable_model_folder(tmp_path, tiny_model_dir, tiny
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         bundle_model(tmp_path / "bundle", autoencoder=runs["autoencoder"], sampler="euler")
     # the image window defaults to 512 px of latents, whatever the autoencoder's downsampling
-    assert load_model(bundle_model(tmp_path / "b8", autoencoder=runs["autoencoder"], image=runs["image"],
-                                   mask=runs["mask"]), device="cpu").window == 64
-    four = bundle_model(tmp_path / "b4", autoencoder=tiny_model_dir_4x / "autoencoder.safetensors",
-                        image=runs["image"], mask=runs["mask"])
+    assert (
+        load_model(
+            bundle_model(
+                tmp_path / "b8", autoencoder=runs["autoencoder"], image=runs["image"], mask=runs["mask"]
+            ),
+            device="cpu",
+        ).window
+        == 64
+    )
+    four = bundle_model(
+        tmp_path / "b4",
+        autoencoder=tiny_model_dir_4x / "autoencoder.safetensors",
+        image=runs["image"],
+        mask=runs["mask"],
+    )
     assert load_model(four, device="cpu").window == 128
     with pytest.raises(ValueError, match="holds a 'image' network, not the mask"):
-        bundle_model(tmp_path / "wrong", autoencoder=runs["autoencoder"], image=runs["image"], mask=runs["image"])
+        bundle_model(
+            tmp_path / "wrong", autoencoder=runs["autoencoder"], image=runs["image"], mask=runs["image"]
+        )
+
+
+def test_mse_learns_the_mean_a_sampler_needs_and_l1_the_median():
+    """A constant fitted to noise targets with a rare large mode: MSE finds their mean, L1 their median."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.where(torch.rand(4000, generator=g) < 0.1, 3.0, -0.3)[:, None]
+    fits = {}
+    for loss in ("mse", "l1"):
+        c = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.Adam([c], lr=0.05)
+        for _ in range(400):
+            opt.zero_grad()
+            noise_loss(c.expand_as(target), target, loss).backward()
+            opt.step()
+        fits[loss] = float(c)
+    assert abs(fits["mse"] - float(target.mean())) < 0.05
+    assert abs(fits["l1"] - float(target.median())) < 0.05
+
+
+def test_min_snr_weights_spare_the_noisy_steps_and_shrink_the_clean_ones():
+    schedule = cosine_schedule()
+    t = torch.tensor([999, 500, 100, 10, 0])
+    w = min_snr_weights(schedule, t, 5.0)
+    snr = schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t])
+    assert torch.allclose(w[snr <= 5], torch.ones(int((snr <= 5).sum())))
+    assert torch.all(w[snr > 5] < 1) and torch.all(w[1:] <= w[:-1])
+    assert torch.equal(min_snr_weights(schedule, t, 0), torch.ones(5))
+    pred, target = torch.zeros(5, 2, 3, 3), torch.ones(5, 2, 3, 3)
+    assert torch.isclose(noise_loss(pred, target, "mse", w), w.mean())
