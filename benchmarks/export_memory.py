@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
 
     import tifffile  # noqa: F401  (imported before "rss_before", as the export would)
 
-    from napari_diffinfinite.io import read_pyramid, write_pyramidal_ome_tiff
+    from napari_diffinfinite.io import PyramidOptions, read_pyramid, write_pyramidal_ome_tiff
 
     folder = tempfile.mkdtemp(prefix="export-bench-", dir=args.dir)
     path = os.path.join(folder, f"bench_{args.size}.ome.tif")
@@ -83,7 +83,11 @@ def main(argv=None) -> dict:
     rss_before = rss_mib()
     t0 = time.perf_counter()
     info = write_pyramidal_ome_tiff(
-        path, synthesise, (args.size, args.size), compression=args.compression, progress=progress
+        path,
+        synthesise,
+        (args.size, args.size),
+        options=PyramidOptions(compression=args.compression),
+        progress=progress,
     )
     seconds = time.perf_counter() - t0
     peak = peak_rss_mib()

@@ -32,7 +32,7 @@ def write_tissue(path: str, data: Any, meta: dict) -> list[str]:
             raise ValueError(f"nothing is generated on the canvas {canvas} yet; there is no tissue to save")
         paths = export_canvas_region(store, path, rect, overwrite=True)
         return [str(p) for p in paths.values() if p is not None]
-    from .io import write_pyramidal_ome_tiff
+    from .io import PyramidOptions, write_pyramidal_ome_tiff
 
     level0 = data[0] if isinstance(data, (list, tuple)) else data
     shape = tuple(level0.shape)
@@ -43,6 +43,11 @@ def write_tissue(path: str, data: Any, meta: dict) -> list[str]:
             f"the DiffInfinite OME-TIFF writer takes RGB uint8 (H, W, 3) images, not {level0.dtype} {shape}"
         )
     info = write_pyramidal_ome_tiff(
-        Path(path), level0, kind="rgb", pixel_size_um=pixel_size, overwrite=True, name=meta.get("name")
+        Path(path),
+        level0,
+        kind="rgb",
+        options=PyramidOptions(pixel_size_um=pixel_size),
+        overwrite=True,
+        name=meta.get("name"),
     )
     return [str(info.path)]

@@ -176,7 +176,7 @@ def _generate(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    from .io import export_region
+    from .io import PyramidOptions, export_region
 
     settings = {**result.settings, "out": str(args.out)}
     try:
@@ -187,8 +187,7 @@ def _generate(args: argparse.Namespace) -> int:
             result.image.shape[:2],
             settings,
             fmt=fmt,
-            compression=args.compression,
-            pixel_size_um=model.pixel_size_um,
+            options=PyramidOptions(compression=args.compression, pixel_size_um=model.pixel_size_um),
             overwrite=args.overwrite,
         )
     except (OSError, ValueError) as e:

@@ -1000,10 +1000,11 @@ def _image_task(
     run: str,
     mask,
     gen_kwargs: dict,
-    export_kwargs: dict,
+    export_options,
     hook=None,
 ) -> dict:
     import json
+    from dataclasses import replace
 
     from .generation import generate
     from .io import export_paths, export_region
@@ -1041,8 +1042,8 @@ def _image_task(
         result.image.shape[:2],
         settings,
         fmt=fmt,
-        pixel_size_um=model.pixel_size_um,
-        **export_kwargs,
+        options=replace(export_options, pixel_size_um=model.pixel_size_um),
+        overwrite=True,
     )
     return {
         "index": index,
@@ -1094,7 +1095,7 @@ def generate_batch(
     Every target is checked before any task starts (existing files need ``overwrite``). A task re-run after
     its worker died keeps the files its first attempt already committed.
     """
-    from .io import export_paths
+    from .io import PyramidOptions, export_paths
     from .io._atomic import check_target
 
     if count < 1:
@@ -1125,7 +1126,7 @@ def generate_batch(
         "mode": mode,
         "block": block,
     }
-    export_kwargs = {"compression": compression, "overwrite": True}
+    export_options = PyramidOptions(compression=compression)  # the pixel size is the model's, on the worker
     futures = [
         client.submit(
             _image_task,
@@ -1138,7 +1139,7 @@ def generate_batch(
             run,
             mask_arg,
             gen_kwargs,
-            export_kwargs,
+            export_options,
             task_hook,
             key=f"diffinfinite-image-{run}-{k + 1:04d}",
             pure=False,
@@ -1308,7 +1309,7 @@ def run_cli(args, stem: Path, fmt: str) -> int:
     except OSError as e:  # no scheduler at that address
         return report_error(EXIT_USAGE, f"cannot reach the dask scheduler {args.scheduler!r}: {e}")
 
-    from .io import export_region
+    from .io import PyramidOptions, export_region
 
     gen_settings = {
         "model": run.settings["model_name"],
@@ -1345,8 +1346,7 @@ def run_cli(args, stem: Path, fmt: str) -> int:
             run.shape,
             settings,
             fmt=fmt,
-            compression=args.compression,
-            pixel_size_um=run.settings["pixel_size_um"],
+            options=PyramidOptions(compression=args.compression, pixel_size_um=run.settings["pixel_size_um"]),
             overwrite=args.overwrite,
         )
     except (OSError, ValueError) as e:

@@ -26,6 +26,7 @@ from napari_diffinfinite.io import (
     SYNTHETIC_NAMESPACE,
     ExportCancelled,
     ExportError,
+    PyramidOptions,
     export_paths,
     export_region,
     pyramid_shapes,
@@ -102,7 +103,7 @@ def files_in(folder: Path) -> list[str]:
 @pytest.mark.parametrize("compression", ["zlib", "none"])
 def test_rgb_round_trip_lossless(tmp_path, rgb, compression):
     path = tmp_path / "tissue.ome.tif"
-    info = write_pyramidal_ome_tiff(path, rgb, compression=compression)
+    info = write_pyramidal_ome_tiff(path, rgb, options=PyramidOptions(compression=compression))
     assert info.shapes == tuple(LEVEL_SHAPES) and info.dtype == "uint8" and not info.bigtiff
 
     with tifffile.TiffFile(path) as tif:
@@ -163,14 +164,16 @@ def test_labels_exact_at_every_level(tmp_path, labels):
 def test_labels_above_255_are_uint16(tmp_path):
     lab = np.arange(300 * 400, dtype=np.int32).reshape(300, 400) % 1000
     path = tmp_path / "big_ids.ome.tif"
-    info = write_pyramidal_ome_tiff(path, lab, kind="labels", thumbnail=False)
+    info = write_pyramidal_ome_tiff(path, lab, kind="labels", options=PyramidOptions(thumbnail=False))
     assert info.dtype == "uint16" and info.shapes == ((300, 400),)
     np.testing.assert_array_equal(level_arrays(path)[0], lab)
 
 
 def test_labels_refuse_jpeg_and_bad_ids(tmp_path, labels):
     with pytest.raises(ValueError, match="losslessly"):
-        write_pyramidal_ome_tiff(tmp_path / "m.ome.tif", labels, kind="labels", compression="jpeg")
+        write_pyramidal_ome_tiff(
+            tmp_path / "m.ome.tif", labels, kind="labels", options=PyramidOptions(compression="jpeg")
+        )
     with pytest.raises(ValueError, match=">= 0"):
         write_pyramidal_ome_tiff(tmp_path / "m.ome.tif", -np.ones((20, 20), np.int16), kind="labels")
     # a callable source is written as uint8 unless max_label says more; a larger id fails clearly
@@ -209,8 +212,8 @@ def test_streaming_from_callable_equals_array_and_reads_each_pixel_once(tmp_path
 
     a = tmp_path / "from_array.ome.tif"
     b = tmp_path / "from_callable.ome.tif"
-    write_pyramidal_ome_tiff(a, rgb, compression="zlib")
-    write_pyramidal_ome_tiff(b, read, (H, W), compression="zlib")
+    write_pyramidal_ome_tiff(a, rgb, options=PyramidOptions(compression="zlib"))
+    write_pyramidal_ome_tiff(b, read, (H, W), options=PyramidOptions(compression="zlib"))
     for x, y in zip(level_arrays(a), level_arrays(b), strict=True):
         np.testing.assert_array_equal(x, y)
     # level 0 is read once, in tiles of at most 512 x 512 that cover the image exactly
@@ -224,10 +227,10 @@ def test_streaming_from_callable_equals_array_and_reads_each_pixel_once(tmp_path
 def test_reduced_levels_spooled_to_disk_are_identical(tmp_path, rgb, monkeypatch):
     """Large levels go to an anonymous scratch file instead of memory; the result must not change."""
     a = tmp_path / "memory.ome.tif"
-    write_pyramidal_ome_tiff(a, rgb, compression="zlib")
+    write_pyramidal_ome_tiff(a, rgb, options=PyramidOptions(compression="zlib"))
     monkeypatch.setattr(ome_tiff_module, "SPOOL_IN_MEMORY_BYTES", 0)
     b = tmp_path / "spooled.ome.tif"
-    write_pyramidal_ome_tiff(b, rgb, compression="zlib")
+    write_pyramidal_ome_tiff(b, rgb, options=PyramidOptions(compression="zlib"))
     for x, y in zip(level_arrays(a), level_arrays(b), strict=True):
         np.testing.assert_array_equal(x, y)
     assert files_in(tmp_path) == ["memory.ome.tif", "spooled.ome.tif"]  # no scratch left behind
@@ -250,7 +253,10 @@ def test_ome_xml_is_valid_and_marks_the_image_synthetic(tmp_path, rgb):
     ome_types = pytest.importorskip("ome_types")
     path = tmp_path / "tissue.ome.tif"
     write_pyramidal_ome_tiff(
-        path, rgb, pixel_size_um=0.25, annotations={"seed": 7, "context": "adenocarcinoma"}
+        path,
+        rgb,
+        options=PyramidOptions(pixel_size_um=0.25),
+        annotations={"seed": 7, "context": "adenocarcinoma"},
     )
     xml = ome_xml(path)
     ome = ome_types.from_xml(xml, validate=True)  # the OME 2016-06 schema
@@ -277,7 +283,7 @@ def test_ome_xml_is_valid_and_marks_the_image_synthetic(tmp_path, rgb):
 
 def test_physical_size_in_tiff_resolution_tags_per_level(tmp_path, rgb):
     path = tmp_path / "res.ome.tif"
-    write_pyramidal_ome_tiff(path, rgb, compression="zlib", pixel_size_um=0.5)
+    write_pyramidal_ome_tiff(path, rgb, options=PyramidOptions(compression="zlib", pixel_size_um=0.5))
     with tifffile.TiffFile(path) as tif:
         for n, level in enumerate(tif.series[0].levels):
             page = level.keyframe
@@ -291,14 +297,16 @@ def test_bigtiff_only_when_needed(tmp_path, rgb):
 
     assert not _needs_bigtiff(pyramid_shapes(16384, 16384), 512, 3, 1)  # ~1 GiB of raw tiles
     assert _needs_bigtiff(pyramid_shapes(40000, 40000), 512, 3, 1)  # ~6.4 GiB
-    info = write_pyramidal_ome_tiff(tmp_path / "big.ome.tif", rgb[:600, :600], bigtiff=True)
+    info = write_pyramidal_ome_tiff(
+        tmp_path / "big.ome.tif", rgb[:600, :600], options=PyramidOptions(bigtiff=True)
+    )
     with tifffile.TiffFile(info.path) as tif:
         assert tif.is_bigtiff and tif.is_ome
 
 
 def test_read_pyramid_is_lazy_and_matches(tmp_path, rgb):
     path = tmp_path / "lazy.ome.tif"
-    write_pyramidal_ome_tiff(path, rgb, compression="zlib")
+    write_pyramidal_ome_tiff(path, rgb, options=PyramidOptions(compression="zlib"))
     levels = read_pyramid(path)
     assert [lv.shape for lv in levels] == [(h, w, 3) for h, w in LEVEL_SHAPES]
     assert not isinstance(levels[0], np.ndarray)  # zarr arrays, decoded on slicing
@@ -364,7 +372,7 @@ def test_argument_errors_before_any_file(tmp_path, rgb):
     with pytest.raises(IsADirectoryError):
         write_pyramidal_ome_tiff(tmp_path, rgb)
     with pytest.raises(ValueError, match="compression"):
-        write_pyramidal_ome_tiff(tmp_path / "x.ome.tif", rgb, compression="lzw")
+        write_pyramidal_ome_tiff(tmp_path / "x.ome.tif", rgb, options=PyramidOptions(compression="lzw"))
     with pytest.raises(TypeError, match="uint8"):
         write_pyramidal_ome_tiff(tmp_path / "x.ome.tif", rgb.astype(np.float32))
     with pytest.raises(ValueError, match=r"\(height, width, 3\)"):
@@ -411,7 +419,7 @@ def test_disk_full_message():
 CHILD_PRELUDE = """
 import os, sys, time, resource, signal
 import numpy as np
-from napari_diffinfinite.io import write_pyramidal_ome_tiff
+from napari_diffinfinite.io import PyramidOptions, write_pyramidal_ome_tiff
 """
 
 
@@ -423,7 +431,7 @@ def test_write_error_midway_leaves_nothing(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))
         img = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
         try:
-            write_pyramidal_ome_tiff({str(tmp_path / "e.ome.tif")!r}, img, compression="none")
+            write_pyramidal_ome_tiff({str(tmp_path / "e.ome.tif")!r}, img, options=PyramidOptions(compression="none"))
         except OSError as e:
             print("ERRNO", e.errno, str(e))
     """)
@@ -443,7 +451,8 @@ def test_sigkill_midway_leaves_no_target_and_next_export_cleans_up(tmp_path):
             return img[y0:y1, x0:x1]
         def progress(done, total):
             print("tile", done, total, flush=True)
-        write_pyramidal_ome_tiff({str(target)!r}, read, (2048, 2048), compression="zlib", progress=progress)
+        write_pyramidal_ome_tiff({str(target)!r}, read, (2048, 2048), options=PyramidOptions(compression="zlib"),
+                                 progress=progress)
         print("finished", flush=True)
     """)
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

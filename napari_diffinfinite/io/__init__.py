@@ -1,5 +1,6 @@
 """Export of generated regions, and reading them back.
 
+- :class:`PyramidOptions`: tile, compression, pixel size, thumbnail... of a pyramid, as one value.
 - :func:`write_pyramidal_ome_tiff`: tiled, pyramidal (SubIFD) OME-TIFF for QuPath / Bio-Formats / OMERO,
   streamed tile by tile from an array or a ``read(y0, y1, x0, x1)`` callable, with bounded memory.
 - :func:`write_png`: small regions (<= 8192 px a side), RGB or 8/16-bit labels.
@@ -20,6 +21,7 @@ from .ome_tiff import (
     SYNTHETIC_NAMESPACE,
     TOP_LEVEL_MAX,
     PyramidInfo,
+    PyramidOptions,
     pyramid_shapes,
     read_export_info,
     read_pyramid,
@@ -36,6 +38,7 @@ __all__ = [
     "ExportCancelled",
     "ExportError",
     "PyramidInfo",
+    "PyramidOptions",
     "clean_stale_partials",
     "export_paths",
     "export_region",

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..canvas.grid import Rect, TileKey
 from ..canvas.store import STATUS_PIXELS, CanvasStore
+from .ome_tiff import PyramidOptions
 from .sidecar import export_region
 
 
@@ -82,9 +83,8 @@ def export_canvas(
         (r.height, r.width),
         settings,
         fmt=fmt,
-        compression=compression,
+        options=PyramidOptions(compression=compression, pixel_size_um=store.pixel_size_um),
         overwrite=overwrite,
-        pixel_size_um=store.pixel_size_um,
         max_label=store.num_classes - 1,
         progress=progress,
         cancel=cancel,

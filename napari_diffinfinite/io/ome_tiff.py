@@ -34,7 +34,7 @@ import os
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,54 @@ class PyramidInfo:
     bigtiff: bool
     thumbnail_shape: tuple[int, int] | None
     nbytes: int
+
+
+@dataclass(frozen=True)
+class PyramidOptions:
+    """How pyramids are written, as one value: the CLI, the canvas, the distributed path and the napari writer
+    build it once, and it travels unchanged to the tile writer (``dataclasses.replace`` derives variants).
+
+    ``compression``: ``"jpeg"`` (default for RGB, at ``jpeg_quality``), ``"zlib"`` (default for labels) or
+    ``"none"``; labels are always lossless. ``pixel_size_um``: level 0's µm per pixel (OME ``PhysicalSizeX/Y``).
+    ``thumbnail``: a small associated image named "thumbnail" (half the smallest level, <= 512 px).
+    ``bigtiff``: force BigTIFF on or off (default: only when the file could exceed 4 GiB). ``workers``: threads
+    that compress tiles.
+    """
+
+    tile: int = 512
+    compression: str | None = None
+    jpeg_quality: int = 95
+    pixel_size_um: float = 0.5
+    thumbnail: bool = True
+    bigtiff: bool | None = None
+    workers: int = 1
+
+    def __post_init__(self):
+        size = self.pixel_size_um
+        if not isinstance(size, (int, float)) or not math.isfinite(size) or size <= 0:
+            raise ValueError(f"pixel_size_um must be a positive number, got {size}")
+
+    def for_mask(self) -> PyramidOptions:
+        """The options of the mask beside an image: lossless (a JPEG image gets a zlib mask), no thumbnail."""
+        lossless = None if self.compression in (None, "jpeg") else self.compression
+        return replace(self, compression=lossless, thumbnail=False)
+
+
+#: The defaults: 512-px tiles, JPEG RGB / zlib labels, 0.5 µm per pixel, a thumbnail.
+DEFAULT_PYRAMID = PyramidOptions()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated source, ready to write: everything checked before a file exists."""
+
+    read: Reader
+    hw: tuple[int, int]
+    kind: str
+    dtype: np.dtype
+    comp: str
+    tiff_comp: Any
+    comp_args: Any
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -458,23 +506,14 @@ def _write_pyramid(
     return shapes, thumb_shape
 
 
-def _prepare(
-    source,
-    shape,
-    *,
-    kind: str,
-    tile: int,
-    compression,
-    jpeg_quality: int,
-    max_label: int | None,
-):
+def _prepare(source, shape, *, kind: str, options: PyramidOptions, max_label: int | None) -> _Prepared:
     """Validate everything that can be validated before a file exists; returns the pieces for writing."""
     if kind not in KINDS:
         raise ValueError(f"kind must be 'rgb' or 'labels', not {kind!r}")
-    tile = int(tile)
+    tile = int(options.tile)
     if tile < 16 or tile % 16:
         raise ValueError(f"tile must be a positive multiple of 16 (TIFF requires it), got {tile}")
-    comp, tiff_comp, comp_args = _tiff_compression(compression, kind, jpeg_quality)
+    comp, tiff_comp, comp_args = _tiff_compression(options.compression, kind, options.jpeg_quality)
     read, hw = _as_reader(source, kind, shape)
     if kind == "rgb":
         dtype = np.dtype(np.uint8)
@@ -491,7 +530,7 @@ def _prepare(
             max_label = 255
         # a callable (or a lazy array) with no max_label: uint8, the common case; a larger id fails clearly
         dtype = _label_dtype(255 if max_label is None else int(max_label))
-    return read, hw, dtype, comp, tiff_comp, comp_args
+    return _Prepared(read, hw, kind, dtype, comp, tiff_comp, comp_args)
 
 
 def write_pyramidal_ome_tiff(
@@ -500,21 +539,15 @@ def write_pyramidal_ome_tiff(
     shape: tuple[int, ...] | None = None,
     *,
     kind: str = "rgb",
-    tile: int = 512,
-    compression: str | None = None,
-    jpeg_quality: int = 95,
-    pixel_size_um: float = 0.5,
+    options: PyramidOptions = DEFAULT_PYRAMID,
     description: str | None = None,
     synthetic_note: bool = True,
-    thumbnail: bool = True,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     max_label: int | None = None,
     annotations: Mapping[str, Any] | None = None,
     name: str | None = None,
-    bigtiff: bool | None = None,
-    workers: int = 1,
 ) -> PyramidInfo:
     """Write ``source`` as a tiled, pyramidal OME-TIFF at ``path``, all or nothing.
 
@@ -523,19 +556,14 @@ def write_pyramidal_ome_tiff(
     source
         An array (``(H, W, 3)`` uint8 for ``kind="rgb"``, ``(H, W)`` integer ids for ``kind="labels"``; numpy,
         zarr or dask), or a callable ``read(y0, y1, x0, x1) -> array`` returning any region (rows ``y0:y1``,
-        columns ``x0:x1``). Level 0 is read once, in 512 x 512 tiles, row by row.
+        columns ``x0:x1``). Level 0 is read once, in tiles, row by row.
     shape
         ``(H, W)`` (or ``(H, W, 3)``); required for a callable, checked against an array.
-    compression
-        ``"jpeg"`` (default for RGB, quality ``jpeg_quality``), ``"zlib"`` (default for labels) or ``"none"``.
-        Labels are always lossless.
-    pixel_size_um
-        Physical pixel size of level 0 (µm per pixel), stored as OME ``PhysicalSizeX/Y``.
+    options
+        Tile size, compression, pixel size, thumbnail, BigTIFF and compression threads: :class:`PyramidOptions`.
     description, synthetic_note
         The OME Image Description (a default one says what the image is); with ``synthetic_note`` (default)
         the disclaimer is appended and a MapAnnotation marks the file as synthetic.
-    thumbnail
-        Add a small associated image named "thumbnail" (half the smallest level, so <= 512 px).
     overwrite
         Replace an existing file; otherwise ``FileExistsError``.
     progress, cancel
@@ -548,45 +576,22 @@ def write_pyramidal_ome_tiff(
         Extra key/value pairs (e.g. generation settings) for a second OME MapAnnotation.
     name
         The OME Image Name (default: the file name without ``.ome.tif``).
-    bigtiff
-        Force BigTIFF on or off; by default BigTIFF is used only when the file could exceed 4 GiB (a classic
-        TIFF is readable by more tools).
-    workers
-        Threads that compress tiles (default 1).
 
     Raises ``FileExistsError``, ``FileNotFoundError`` (missing folder), ``PermissionError``, ``OSError`` with
     errno ENOSPC ("disk full while writing ...; nothing was written"), :class:`ExportCancelled`, and
     :class:`ExportError` for a failure while reading the source; ``ValueError`` / ``TypeError`` for bad
     arguments, raised before any file is created.
     """
-    read, hw, dtype, comp, tiff_comp, comp_args = _prepare(
-        source,
-        shape,
-        kind=kind,
-        tile=tile,
-        compression=compression,
-        jpeg_quality=jpeg_quality,
-        max_label=max_label,
-    )
+    prepared = _prepare(source, shape, kind=kind, options=options, max_label=max_label)
     with AtomicFile(path, overwrite=overwrite) as af:
         info = _write_into(
             af,
-            read=read,
-            hw=hw,
-            kind=kind,
-            dtype=dtype,
-            tile=int(tile),
-            comp=comp,
-            tiff_comp=tiff_comp,
-            comp_args=comp_args,
-            pixel_size_um=pixel_size_um,
+            prepared,
+            options,
             description=description,
             synthetic_note=synthetic_note,
-            thumbnail=thumbnail,
             annotations=annotations,
             name=name,
-            bigtiff=bigtiff,
-            workers=workers,
             progress=progress,
             cancel=cancel,
         )
@@ -604,30 +609,20 @@ def _image_name(target: Path) -> str:
 
 def _write_into(
     af: AtomicFile,
+    prepared: _Prepared,
+    options: PyramidOptions,
     *,
-    read,
-    hw,
-    kind,
-    dtype,
-    tile,
-    comp,
-    tiff_comp,
-    comp_args,
-    pixel_size_um,
     description,
     synthetic_note,
-    thumbnail,
     annotations,
     name,
-    bigtiff,
-    workers,
     progress,
     cancel,
 ) -> PyramidInfo:
     """Write the pyramid into ``af``'s temporary (not committed); errors come out translated."""
     target = af.target
-    if not pixel_size_um or pixel_size_um <= 0 or not math.isfinite(pixel_size_um):
-        raise ValueError(f"pixel_size_um must be a positive number, got {pixel_size_um}")
+    kind, dtype, hw, tile = prepared.kind, prepared.dtype, prepared.hw, int(options.tile)
+    pixel_size_um, bigtiff = options.pixel_size_um, options.bigtiff
     shapes = pyramid_shapes(*hw)
     channels = 3 if kind == "rgb" else 0
     if bigtiff is None:
@@ -640,7 +635,7 @@ def _write_into(
         synthetic_note=synthetic_note,
         annotations=annotations,
     )
-    checked = _checked_reader(read, kind, dtype)
+    checked = _checked_reader(prepared.read, kind, dtype)
     fh = af.open()
     try:
         shapes, thumb_shape = _write_pyramid(
@@ -650,13 +645,13 @@ def _write_into(
             kind=kind,
             dtype=dtype,
             tile=tile,
-            tiff_compression=tiff_comp,
-            compressionargs=comp_args,
+            tiff_compression=prepared.tiff_comp,
+            compressionargs=prepared.comp_args,
             pixel_size_um=pixel_size_um,
             metadata=metadata,
-            thumbnail=thumbnail,
+            thumbnail=options.thumbnail,
             bigtiff=bool(bigtiff),
-            workers=workers,
+            workers=options.workers,
             scratch_dir=target.parent,
             progress=progress,
             cancel=cancel,
@@ -675,7 +670,7 @@ def _write_into(
         shapes=tuple(shapes),
         dtype=dtype.name,
         kind=kind,
-        compression=comp,
+        compression=prepared.comp,
         bigtiff=bool(bigtiff),
         thumbnail_shape=thumb_shape,
         nbytes=nbytes,

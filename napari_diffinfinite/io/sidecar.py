@@ -15,7 +15,7 @@ import numpy as np
 from .. import DISCLAIMER, __version__
 from .._json import plain_json
 from ._atomic import AtomicFile, ExportError, check_target, translate_oserror
-from .ome_tiff import _prepare, _write_into, pyramid_shapes
+from .ome_tiff import DEFAULT_PYRAMID, PyramidOptions, _prepare, _write_into, pyramid_shapes
 from .png import PNG_MAX_SIDE, _png_image, _too_large, _write_png_into
 
 FORMATS = ("ome.tif", "png")
@@ -112,16 +112,11 @@ def export_region(
     settings: Mapping[str, Any],
     *,
     fmt: str = "ome.tif",
+    options: PyramidOptions = DEFAULT_PYRAMID,
     overwrite: bool = False,
-    pixel_size_um: float = 0.5,
-    compression: str | None = None,
-    jpeg_quality: int = 95,
-    tile: int = 512,
-    thumbnail: bool = True,
     max_label: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
-    workers: int = 1,
 ) -> dict[str, Path | None]:
     """Export a region as ``<stem>.ome.tif`` + ``<stem>_mask.ome.tif`` + ``<stem>.json`` (or ``.png`` files).
 
@@ -130,7 +125,8 @@ def export_region(
     place; if one fails, the others are removed again. ``image_source`` / ``mask_source`` are arrays or
     ``read(y0, y1, x0, x1)`` callables as for :func:`write_pyramidal_ome_tiff`; ``mask_source=None`` writes no
     mask. ``settings`` (model, seed, omega, steps, context, region, ...) go into the JSON sidecar, with the
-    export's own parameters under ``"export"``, and into an OME MapAnnotation of the image.
+    export's own parameters under ``"export"``, and into an OME MapAnnotation of the image. ``options``: the
+    image's :class:`PyramidOptions` (the mask gets :meth:`PyramidOptions.for_mask`; PNG uses the pixel size only).
     ``progress(done, total)`` counts the tiles of both files; ``cancel()`` is polled per tile.
 
     Returns ``{"image": Path, "mask": Path | None, "sidecar": Path}``.
@@ -142,41 +138,25 @@ def export_region(
             check_target(p, overwrite=overwrite)
 
     if fmt == "ome.tif":
-        img = _prepare(
-            image_source,
-            shape,
-            kind="rgb",
-            tile=tile,
-            compression=compression,
-            jpeg_quality=jpeg_quality,
-            max_label=None,
-        )
-        hw = img[1]
+        img = _prepare(image_source, shape, kind="rgb", options=options, max_label=None)
+        hw = img.hw
         msk = None
         if mask_source is not None:
-            msk = _prepare(
-                mask_source,
-                hw,
-                kind="labels",
-                tile=tile,
-                compression=None if compression in (None, "jpeg") else compression,
-                jpeg_quality=jpeg_quality,
-                max_label=max_label,
-            )
+            msk = _prepare(mask_source, hw, kind="labels", options=options.for_mask(), max_label=max_label)
         export = {
             "format": fmt,
             "shape": list(hw),
-            "pixel_size_um": pixel_size_um,
-            "tile": int(tile),
-            "compression": img[3],
-            "jpeg_quality": int(jpeg_quality) if img[3] == "jpeg" else None,
-            "mask_compression": msk[3] if msk else None,
+            "pixel_size_um": options.pixel_size_um,
+            "tile": int(options.tile),
+            "compression": img.comp,
+            "jpeg_quality": int(options.jpeg_quality) if img.comp == "jpeg" else None,
+            "mask_compression": msk.comp if msk else None,
         }
     else:
         hw = tuple(int(s) for s in (shape if shape is not None else image_source.shape)[:2])
         if max(hw) > PNG_MAX_SIDE:
             raise ValueError(_too_large(hw))
-        export = {"format": fmt, "shape": list(hw), "pixel_size_um": pixel_size_um}
+        export = {"format": fmt, "shape": list(hw), "pixel_size_um": options.pixel_size_um}
     export.update(image=paths["image"].name, mask=paths["mask"].name if paths["mask"] else None)
     doc_settings = {**dict(settings), "export": export}
     sidecar = _sidecar_bytes(doc_settings)  # unsavable settings fail here, before any file exists
@@ -187,19 +167,7 @@ def export_region(
             if p is not None:
                 afs[key] = AtomicFile(p, overwrite=overwrite)
         if fmt == "ome.tif":
-            _export_ome(
-                afs,
-                img,
-                msk,
-                hw,
-                settings,
-                pixel_size_um=pixel_size_um,
-                tile=int(tile),
-                thumbnail=thumbnail,
-                progress=progress,
-                cancel=cancel,
-                workers=workers,
-            )
+            _export_ome(afs, img, msk, settings, options, progress=progress, cancel=cancel)
         else:
             _export_png(afs, image_source, mask_source, hw, cancel=cancel)
         _write_bytes_into(afs["sidecar"], sidecar)
@@ -220,41 +188,32 @@ def export_region(
     return {k: (afs[k].target if k in afs else None) for k in ("image", "mask", "sidecar")}
 
 
-def _export_ome(afs, img, msk, hw, settings, *, pixel_size_um, tile, thumbnail, progress, cancel, workers):
+def _export_ome(afs, img, msk, settings, options: PyramidOptions, *, progress, cancel):
+    tile = int(options.tile)
+
     def tiles(shape):
         return sum(-(-h // tile) * -(-w // tile) for h, w in pyramid_shapes(*shape))
 
-    n_img = tiles(hw)
-    total = n_img + (tiles(hw) if msk is not None else 0)
+    n_img = tiles(img.hw)
+    total = n_img + (tiles(msk.hw) if msk is not None else 0)
 
     def shifted(offset):
         if progress is None:
             return None
         return lambda done, _total: progress(offset + done, total)
 
-    annotations = {k: v for k, v in plain_json(dict(settings)).items()}
-    for key, prepared, kind, offset in (("image", img, "rgb", 0), ("mask", msk, "labels", n_img)):
+    annotations = plain_json(dict(settings))
+    for key, prepared, opts, offset in (("image", img, options, 0), ("mask", msk, options.for_mask(), n_img)):
         if prepared is None:
             continue
-        read, shape, dtype, comp, tiff_comp, comp_args = prepared
         _write_into(
             afs[key],
-            read=read,
-            hw=shape,
-            kind=kind,
-            dtype=dtype,
-            tile=tile,
-            comp=comp,
-            tiff_comp=tiff_comp,
-            comp_args=comp_args,
-            pixel_size_um=pixel_size_um,
+            prepared,
+            opts,
             description=None,
             synthetic_note=True,
-            thumbnail=thumbnail and kind == "rgb",
             annotations=annotations,
             name=None,
-            bigtiff=None,
-            workers=workers,
             progress=shifted(offset),
             cancel=cancel,
         )
