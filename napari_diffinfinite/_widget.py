@@ -532,7 +532,7 @@ class DiffInfiniteWidget(Container):
         if self.unpainted.value != ctrl.unpainted:
             with self.unpainted.changed.blocked():
                 self.unpainted.value = ctrl.unpainted
-        ctrl.unpainted_context = int(self.context.value)
+        ctrl.session.unpainted_context = int(self.context.value)
         h, w = ctrl.grid.shape
         self.canvas_status.value = f"{ctrl.folder.name}: {h} x {w} px" + (
             "  (read-only)" if ctrl.read_only else ""
@@ -722,7 +722,7 @@ class DiffInfiniteWidget(Container):
     def _on_context_changed(self, value) -> None:
         ctrl = self.controller
         if ctrl is not None:
-            ctrl.unpainted_context = int(value)
+            ctrl.session.unpainted_context = int(value)
 
     @_guarded
     def load_mask_file(self, path=None, *, centre_px=None):

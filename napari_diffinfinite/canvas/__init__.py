@@ -5,6 +5,8 @@
   multiscales) and per-tile status; crash-safe writes; readers that never run a model.
 - :mod:`.scheduler`: :class:`TileScheduler`, centre-first tile requests, invalidation, re-rolls, and one
   worker thread that generates tiles into the store.
+- :mod:`.session`: :class:`~.session.CanvasSession`, one open canvas without a viewer (model, settings, view
+  requests, label edits, re-rolls, events); the napari controller is a face on top of it.
 """
 
 from .grid import CanvasGrid, Rect, TileKey

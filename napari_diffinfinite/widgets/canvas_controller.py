@@ -1,5 +1,6 @@
 """The napari face of a canvas: layers over a :class:`~napari_diffinfinite.canvas.CanvasStore`, camera and
-paint events turned into scheduler requests, tiles landing turned into layer refreshes.
+paint events turned into requests and edits of its :class:`~napari_diffinfinite.canvas.session.CanvasSession`
+(the Qt-free model, settings, edits and re-rolls), tiles landing turned into layer refreshes.
 
 :class:`CanvasController` owns, for one viewer:
 
@@ -34,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,13 +45,11 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..canvas.grid import Rect, TileKey, as_rect
+from ..canvas.session import MAX_MASK_SIDE, MAX_REROLL_TILES, CanvasSession
 from ..canvas.store import (
-    STATUS_EMPTY,
-    STATUS_PIXELS,
     CanvasLockedError,
     CanvasStore,
     RGBLevelArray,
-    recorded_sampler,
 )
 from ..label_grid import labels_at_cell_centres
 from .canvas_layers import (
@@ -82,8 +80,6 @@ if TYPE_CHECKING:
     from ..canvas.scheduler import EarlyStart
 
 __all__ = [
-    "MAX_MASK_SIDE",
-    "MAX_REROLL_TILES",
     "SELECTION_NAME",
     "CanvasController",
     "CanvasRegistry",
@@ -100,10 +96,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SELECTION_NAME = "DiffInfinite selection"
-#: Largest side (px) of a region whose mask is generated in one go.
-MAX_MASK_SIDE = 8192
-#: Most tiles one re-roll may regenerate.
-MAX_REROLL_TILES = 256
 
 _controllers: dict[int, CanvasController] = {}
 
@@ -295,13 +287,10 @@ class CanvasController(QObject):
         self.grid = store.grid
         self.pixel_size = store.pixel_size_um
         self.window = int(window)
-        self.scheduler = None
-        self.model = None
-        self.model_spec: ModelSpec | None = None
+        #: the Qt-free state and behaviour of the canvas; this object adds layers, camera and timers
+        self.session = CanvasSession(store, scheduler_options=scheduler_options)
         self.loading_model = False  # a load_model() worker is on its way
-        self.scheduler_options = dict(scheduler_options or {})
         self.closed = False
-        self.generating = False
         #: level-0 tiles invalidated by the last label write; all tiles landed so far (GUI thread)
         self.last_invalidated: list[TileKey] = []
         self.landed: list[TileKey] = []
@@ -311,13 +300,6 @@ class CanvasController(QObject):
         self._ignore_labels = 0
         self._workers: list = []
         self.mask_state = "idle"  # "running", "done", "error"
-        #: what tiles requested where no label is painted get: "unlabelled" (label 0) or "generated" (masks
-        #: from the mask model for :attr:`unpainted_context`, first); a canvas setting
-        self.unpainted = str(store.settings.get("unpainted", "unlabelled"))
-        self.unpainted_context = store.settings.get("context", 0)
-        #: tiles whose mask the "generated" setting asked for (each is asked for once in a session, so a tile the
-        #: mask model left all 0, or that the user erased whole afterwards, is not filled again)
-        self.auto_masked: set[TileKey] = set()
         self._auto_mask_warned = False
         #: the last mask read from a file and where it was placed (latent rect), after it was written
         self.loaded_mask = None
@@ -378,6 +360,12 @@ class CanvasController(QObject):
         self._view_requested.connect(self._on_view_requested)
         self._progressed.connect(self.state_changed.emit)
         self._mask_placed.connect(self._on_mask_placed)
+        # the session's worker-thread events cross to the GUI thread through queued Qt signals
+        # (lambdas: psygnal keeps weak references to bound methods, and a bound Qt signal is a temporary)
+        self.session.tile_landed.connect(lambda key: self.tile_landed.emit(key))
+        self.session.tile_failed.connect(lambda key, message: self._tile_failed.emit(key, message))
+        self.session.progressed.connect(lambda: self._progressed.emit())
+        self.session.changed.connect(lambda: self.state_changed.emit())
 
         # napari events -------------------------------------------------------------------------------------
         cam = _camera(viewer)
@@ -434,104 +422,49 @@ class CanvasController(QObject):
     def folder(self) -> Path:
         return Path(self.store.root)
 
-    # ------------------------------------------------------------------ model / scheduler
+    # ------------------------------------------------------------------ model / scheduler (the session's)
+    scheduler = property(
+        lambda self: self.session.scheduler, doc="the session's tile scheduler (None: no model)"
+    )
+    model = property(lambda self: self.session.model, doc="the model tiles are generated with")
+    model_spec = property(lambda self: self.session.model_spec, doc="where the model came from")
+    generating = property(lambda self: self.session.generating, doc="whether the view's tiles are requested")
+    sampler = property(lambda self: self.session.sampler, doc=CanvasSession.sampler.__doc__)
+    paused = property(lambda self: self.session.paused)
+    unpainted = property(lambda self: self.session.unpainted, doc="'unlabelled' or 'generated'")
+    auto_masked = property(lambda self: self.session.auto_masked)
+    scheduler_options = property(lambda self: self.session.scheduler_options, doc="for the next scheduler")
+
     def set_model(self, model, spec: ModelSpec | None = None, *, early: EarlyStart | None = None) -> None:
-        """Generate with ``model`` from now on (a new scheduler; the running tile of the old one is abandoned).
-        ``early``: adopt this scheduler, already generating ``model`` on this canvas, instead of a new one.
-        Raises ``ValueError`` when the model cannot continue this canvas (other latent channels, fewer classes,
-        another model while tiles exist) and ``PermissionError`` for a read-only canvas."""
-        from ..canvas.scheduler import TileScheduler
-
-        if self.read_only:
-            raise PermissionError(
-                f"the canvas {self.folder} is open read-only (another program is writing it)"
-            )
-        if early is not None:
-            if early.scheduler.store is not self.store or early.scheduler.model is not model:
-                raise ValueError("the early scheduler generates another canvas or model")
-            sched = early.hand_over(self.tile_landed.emit)
-        else:
-            counts = self.store.status_counts()
-            untouched = counts[STATUS_EMPTY] == sum(counts.values())
-            sched = TileScheduler(
-                self.store,
-                model,
-                on_tile_done=self.tile_landed.emit,
-                allow_other_model=untouched,
-                **self.scheduler_options,
-            )
-        sched.add_error_callback(lambda key, exc: self._tile_failed.emit(key, str(exc)))
-        sched.add_progress_callback(lambda _stats: self._progressed.emit())
-        old, self.scheduler = self.scheduler, sched
-        self.model, self.model_spec = model, spec
-        if old is not None:
-            old.stop(timeout=10)
-        if spec is not None and "model_source" not in self.store.settings:
-            self.store.update_settings(model_source=spec.source)
+        """:meth:`CanvasSession.set_model`, and the view is requested if generating."""
+        self.session.set_model(model, spec, early=early)
         if self.generating:
-            self.start()
-        self.state_changed.emit()
-
-    @property
-    def sampler(self) -> str | None:
-        """The image sampler this canvas generates with: its recorded one (DDIM for canvases from before samplers
-        were recorded), else the model's; None while neither is known."""
-        return recorded_sampler(self.store.settings) or (None if self.model is None else self.model.sampler)
+            self.update_view()
 
     def apply_settings(
         self, *, omega: float | None = None, steps: int | None = None, sampler: str | None = None
     ) -> bool:
-        """Record new guidance / steps / sampler for the tiles generated from now on (tiles already made keep
-        theirs); the scheduler is rebuilt if they changed. Returns whether they changed."""
-        changes = {}
-        s = self.store.settings
-        if omega is not None and float(omega) != float(s.get("omega", 3.0)):
-            changes["omega"] = float(omega)
-        if steps is not None and int(steps) != int(s.get("steps") or 0):
-            changes["steps"] = int(steps)
-        if sampler is not None and sampler != self.sampler:
-            from ..model.diffusion import check_sampler
-
-            changes["sampler"] = check_sampler(sampler)
-        if not changes or self.read_only:
-            return False
-        self.store.update_settings(**changes)
-        if self.model is not None:
-            self.set_model(self.model, self.model_spec)
-        return True
+        """:meth:`CanvasSession.apply_settings`."""
+        changed = self.session.apply_settings(omega=omega, steps=steps, sampler=sampler)
+        if changed and self.generating:
+            self.update_view()
+        return changed
 
     def start(self) -> None:
         """Generate the view (and any re-rolled or repainted tiles) in the worker thread."""
-        if self.scheduler is None:
-            raise RuntimeError("no model is loaded for this canvas; choose one in the DiffInfinite widget")
-        self.generating = True
-        self.scheduler.resume()
-        self.scheduler.start()
+        self.session.start()
         self.update_view()
-        self.state_changed.emit()
 
     def pause(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.pause()
-        self.state_changed.emit()
+        self.session.pause()
 
     def resume(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.resume()
-        self.state_changed.emit()
+        self.session.resume()
 
     def cancel(self) -> None:
         """Drop every request and abandon the running tile; panning no longer requests tiles until
         :meth:`start` again."""
-        self.generating = False
-        if self.scheduler is not None:
-            self.scheduler.cancel()
-            self.scheduler.clear_view()
-        self.state_changed.emit()
-
-    @property
-    def paused(self) -> bool:
-        return self.scheduler is not None and self.scheduler.stats.state == "paused"
+        self.session.cancel()
 
     # ------------------------------------------------------------------ view
     def current_view(self) -> CanvasView:
@@ -561,81 +494,24 @@ class CanvasController(QObject):
         self._maybe_reanchor(view.rect)
         self._prefetch_view()
         if self.scheduler is not None and self.generating:
-            future = self._io.submit(self._request_view, view)
+            future = self._io.submit(self.session.request_view, view.level, view.rect)
             if wait:
                 self._handle_view_request(future.result())
             else:
                 future.add_done_callback(self._view_requested.emit)
         return view
 
-    def _request_view(self, view: CanvasView):
-        # I/O thread. With unpainted = "generated", the view's unpainted tiles get masks first: nothing is
-        # requested until they are written (the view is requested again then).
-        if self._wants_auto_masks():
-            tiles = self.unpainted_tiles(view)
-            if tiles:
-                self.scheduler.clear_view()
-                return ("masks", tiles)
-        return self.scheduler.request_view(view.level, view.rect)
-
-    def _wants_auto_masks(self) -> bool:
-        return (
-            self.unpainted == "generated"
-            and self.model is not None
-            and self.model.mask_unet is not None
-            and not self.read_only
-        )
-
     def unpainted_tiles(self, view: CanvasView | None = None) -> list[TileKey]:
-        """Tiles of ``view`` (default: the current one) that the view would request and that have no label
-        painted at all and no tissue yet: those the "generated masks" setting fills from the mask model. None
-        when zoomed out beyond the scheduler's request level (nothing is requested there), and only within
-        ``MAX_MASK_SIDE`` px of the view's centre (one mask generation)."""
+        """:meth:`CanvasSession.unpainted_tiles` of ``view`` (default: the current one)."""
         view = view or self.current_view()
-        sched = self.scheduler
-        if sched is None or view.rect.empty or view.level > sched.max_request_level:
-            return []
-        tiles = self.grid.view_tiles(view.rect, max_tiles=sched.max_view_tiles)
-        if not tiles:
-            return []
-        tr = self.grid.tile_range(view.rect)
-        status = self.store.read_status(tr)
-        lt = self.grid.latent_tile
-        labels = self.store.read_labels(Rect(tr.y0 * lt, tr.y1 * lt, tr.x0 * lt, tr.x1 * lt))
-        cy, cx = view.rect.centre
-        half = MAX_MASK_SIDE // 2 - self.grid.tile
-        out = []
-        for i, j in tiles:
-            if status[i - tr.y0, j - tr.x0] >= STATUS_PIXELS or (i, j) in self.auto_masked:
-                continue
-            r = self.grid.tile_rect((i, j))
-            if max(abs(r.centre[0] - cy), abs(r.centre[1] - cx)) > half:
-                continue
-            a, b = (i - tr.y0) * lt, (j - tr.x0) * lt
-            if not labels[a : a + lt, b : b + lt].any():
-                out.append((i, j))
-        return out
+        return self.session.unpainted_tiles(view.level, view.rect)
 
     def set_unpainted(self, mode: str, context=None) -> None:
-        """What requested tiles without painted labels get: ``"unlabelled"`` (label 0, the model's "no
-        condition") or ``"generated"`` (a mask from the mask model for ``context`` first; painted labels are never
-        overwritten). Recorded in the canvas settings; the view is requested again."""
-        if mode not in ("unlabelled", "generated"):
-            raise ValueError(f"unpainted areas are 'unlabelled' or 'generated', not {mode!r}")
-        if context is not None:
-            self.unpainted_context = context
-        if mode == self.unpainted:
-            return
-        if mode == "generated" and self.model is not None and self.model.mask_unet is None:
-            raise ValueError(
-                f"the model {self.model.name!r} has no mask network; unpainted areas stay unlabelled"
-            )
-        self.unpainted = mode
-        self._auto_mask_warned = False
-        if not self.read_only:
-            self.store.update_settings(unpainted=mode)
-        if self.generating:
-            self.update_view(wait=False)
+        """:meth:`CanvasSession.set_unpainted`; the view is requested again."""
+        if self.session.set_unpainted(mode, context):
+            self._auto_mask_warned = False
+            if self.generating:
+                self.update_view(wait=False)
 
     def _handle_view_request(self, result) -> None:
         # GUI thread
@@ -660,7 +536,7 @@ class CanvasController(QObject):
         try:
             self.generate_masks(
                 rect,
-                context=self.unpainted_context,
+                context=self.session.unpainted_context,
                 seed=self.store.canvas_seed,
                 only_tiles=tiles,
                 on_done=done,
@@ -672,7 +548,7 @@ class CanvasController(QObject):
                     "warning",
                 )
             self._auto_mask_warned = True
-            self.unpainted = "unlabelled"
+            self.session.unpainted = "unlabelled"
             self.update_view(wait=False)
 
     def _prefetch_view(self) -> None:
@@ -829,7 +705,7 @@ class CanvasController(QObject):
             )
         shadow[where] = block[where]
         future = self._io.submit(
-            self._write_labels, self.anchor[0] + r.y0, self.anchor[1] + r.x0, block, where
+            self.session.write_labels, self.anchor[0] + r.y0, self.anchor[1] + r.x0, block, where
         )
         future.add_done_callback(self._labels_written.emit)
         return future.result() if wait else []
@@ -857,26 +733,10 @@ class CanvasController(QObject):
         neighbours as context). Returns those tiles. The Labels window is not touched (see :meth:`sync_labels`
         and :meth:`reload_window`). GUI thread; waits for earlier edits first."""
         self.drain()
-        tiles = self._write_labels(y0, x0, labels, where)
+        tiles = self.session.write_labels(y0, x0, labels, where)
         self.last_invalidated = tiles
         if tiles:
             self._schedule_refresh()
-        return tiles
-
-    def _write_labels(
-        self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None
-    ) -> list[TileKey]:
-        # any thread; no Qt
-        labels = np.asarray(labels)
-        lr = Rect(y0, y0 + labels.shape[0], x0, x0 + labels.shape[1])
-        lh, lw = self.grid.latent_shape
-        if lr.intersect(Rect(0, lh, 0, lw)) != lr:
-            raise ValueError(f"labels at {tuple(lr)} reach outside the canvas")
-        if self.scheduler is not None:
-            return self.scheduler.write_labels(y0, x0, labels, where=where)
-        tiles = self.store.edit_labels(y0, x0, labels, where=where)
-        if tiles:  # no model yet: the tiles show placeholders until it comes
-            self.store.set_status(tiles, STATUS_EMPTY)
         return tiles
 
     def reload_window(self, rect_latent=None) -> None:
@@ -931,20 +791,7 @@ class CanvasController(QObject):
     def reroll(self, rect_px=None, seed: int | None = None) -> list[TileKey]:
         """Generate the tiles under ``rect_px`` (default: the selection, else the view) again with a new seed,
         the mask and the neighbours kept as context."""
-        if self.scheduler is None:
-            raise RuntimeError("load a model first: re-rolling regenerates tissue")
-        rect = self.target_rect(rect_px)
-        tiles = self.grid.tiles_in_rect(rect)
-        if not tiles:
-            raise ValueError("nothing to re-roll: the region lies outside the canvas")
-        if len(tiles) > MAX_REROLL_TILES:
-            raise ValueError(
-                f"the region covers {len(tiles)} tiles; re-roll at most {MAX_REROLL_TILES} at once "
-                "(zoom in or draw a smaller rectangle)"
-            )
-        seed = random.randrange(2**31) if seed is None else int(seed)
-        keys = self.scheduler.reroll(tiles, new_seed=seed)
-        self.scheduler.start()
+        keys = self.session.reroll(self.target_rect(rect_px), seed)
         self._schedule_refresh()
         return keys
 
@@ -1154,7 +1001,7 @@ class CanvasController(QObject):
         block = np.ascontiguousarray(labels[r.y0 - ly : r.y1 - ly, r.x0 - lx : r.x1 - lx].astype(np.uint8))
         self.sync_labels()  # the user's edits first (the I/O thread runs in order)
         self.mask_state = "running"
-        future = self._io.submit(self._write_labels, r.y0, r.x0, block, block > 0)
+        future = self._io.submit(self.session.write_labels, r.y0, r.x0, block, block > 0)
         future.add_done_callback(
             lambda f: self._mask_placed.emit(f, (r, on_done, message, (h, w) != (r.height, r.width)))
         )
@@ -1433,10 +1280,9 @@ class CanvasController(QObject):
         for timer in (self._debounce, self._refresh_timer, self._sync_timer):
             timer.stop()
         self._export_cancel = True
-        if self.scheduler is not None:
-            self.scheduler.stop(timeout=10)
+        self.session.stop()
         self._io.shutdown(wait=True)
-        self.store.close()
+        self.session.close()
         if _controllers.get(id(self.viewer)) is self:
             del _controllers[id(self.viewer)]
         self.state_changed.emit()

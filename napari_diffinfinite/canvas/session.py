@@ -1,0 +1,287 @@
+"""One open canvas without a viewer: its store, the model and the scheduler that generates with it, the
+generation settings, label edits with exact invalidation, re-rolls and the "unpainted areas" policy.
+
+The napari face (:mod:`napari_diffinfinite.widgets.canvas_controller`) adds layers, the camera and timers on top,
+and connects to the session's events; scripts and tests drive a session directly. Events are psygnal signals:
+``tile_landed``, ``tile_failed`` and ``progressed`` are emitted on the scheduler's worker thread (a GUI marshals
+them to its own thread), ``changed`` on the thread that changed the state.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from psygnal import Signal
+
+from .grid import Rect, TileKey
+from .store import STATUS_EMPTY, STATUS_PIXELS, CanvasStore, recorded_sampler
+
+if TYPE_CHECKING:
+    from .scheduler import EarlyStart, TileScheduler
+
+__all__ = ["MAX_MASK_SIDE", "MAX_REROLL_TILES", "UNPAINTED_MODES", "CanvasSession"]
+
+#: Largest side (px) of a region whose mask is generated in one go.
+MAX_MASK_SIDE = 8192
+#: Most tiles one re-roll may regenerate.
+MAX_REROLL_TILES = 256
+#: What requested tiles without painted labels get: label 0, or a mask from the mask model first.
+UNPAINTED_MODES = ("unlabelled", "generated")
+
+
+class CanvasSession:
+    """The state and behaviour of one open canvas, Qt-free (see the module docstring).
+
+    Args:
+        store: the canvas (open ``"r+"`` to paint and generate; a read-only store is shown and refuses edits).
+        scheduler_options: extra :class:`~napari_diffinfinite.canvas.TileScheduler` arguments.
+    """
+
+    #: a tile reached status 2 (worker thread)
+    tile_landed = Signal(object)
+    #: a tile failed, with the message (worker thread)
+    tile_failed = Signal(object, str)
+    #: the running tile advanced (worker thread, at most every 0.2 s)
+    progressed = Signal()
+    #: the model, the generating state or a setting changed
+    changed = Signal()
+
+    def __init__(self, store: CanvasStore, *, scheduler_options: dict | None = None):
+        self.store = store
+        self.grid = store.grid
+        self.scheduler: TileScheduler | None = None
+        self.model = None
+        self.model_spec: Any = None
+        self.scheduler_options = dict(scheduler_options or {})
+        self.generating = False
+        #: "unlabelled" or "generated" (see :meth:`set_unpainted`); a canvas setting
+        self.unpainted = str(store.settings.get("unpainted", "unlabelled"))
+        self.unpainted_context = store.settings.get("context", 0)
+        #: tiles whose mask the "generated" setting asked for (each once a session, so a tile the mask model
+        #: left all 0, or that the user erased whole afterwards, is not filled again)
+        self.auto_masked: set[TileKey] = set()
+
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only
+
+    # ------------------------------------------------------------------ model and generation
+    def set_model(self, model, spec=None, *, early: EarlyStart | None = None) -> None:
+        """Generate with ``model`` from now on (a new scheduler; the running tile of the old one is abandoned).
+        ``early``: adopt this scheduler, already generating ``model`` on this canvas. Raises ``ValueError`` when
+        the model cannot continue this canvas (other latent channels, fewer classes, another model while tiles
+        exist) and ``PermissionError`` for a read-only canvas."""
+        from .scheduler import TileScheduler
+
+        if self.read_only:
+            raise PermissionError(
+                f"the canvas {self.store.root} is open read-only (another program is writing it)"
+            )
+        if early is not None:
+            if early.scheduler.store is not self.store or early.scheduler.model is not model:
+                raise ValueError("the early scheduler generates another canvas or model")
+            sched = early.hand_over(self.tile_landed.emit)
+        else:
+            counts = self.store.status_counts()
+            untouched = counts[STATUS_EMPTY] == sum(counts.values())
+            sched = TileScheduler(
+                self.store,
+                model,
+                on_tile_done=self.tile_landed.emit,
+                allow_other_model=untouched,
+                **self.scheduler_options,
+            )
+        sched.add_error_callback(lambda key, exc: self.tile_failed.emit(key, str(exc)))
+        sched.add_progress_callback(lambda _stats: self.progressed.emit())
+        old, self.scheduler = self.scheduler, sched
+        self.model, self.model_spec = model, spec
+        if old is not None:
+            old.stop(timeout=10)
+        source = getattr(spec, "source", None)
+        if source is not None and "model_source" not in self.store.settings:
+            self.store.update_settings(model_source=source)
+        if self.generating:
+            self.start()
+        self.changed.emit()
+
+    @property
+    def sampler(self) -> str | None:
+        """The image sampler this canvas generates with: its recorded one (DDIM for canvases from before samplers
+        were recorded), else the model's; None while neither is known."""
+        return recorded_sampler(self.store.settings) or (None if self.model is None else self.model.sampler)
+
+    def apply_settings(
+        self, *, omega: float | None = None, steps: int | None = None, sampler: str | None = None
+    ) -> bool:
+        """Record new guidance / steps / sampler for the tiles generated from now on (tiles already made keep
+        theirs); the scheduler is rebuilt if they changed. Returns whether they changed."""
+        changes = {}
+        s = self.store.settings
+        if omega is not None and float(omega) != float(s.get("omega", 3.0)):
+            changes["omega"] = float(omega)
+        if steps is not None and int(steps) != int(s.get("steps") or 0):
+            changes["steps"] = int(steps)
+        if sampler is not None and sampler != self.sampler:
+            from ..model.diffusion import check_sampler
+
+            changes["sampler"] = check_sampler(sampler)
+        if not changes or self.read_only:
+            return False
+        self.store.update_settings(**changes)
+        if self.model is not None:
+            self.set_model(self.model, self.model_spec)
+        return True
+
+    def start(self) -> None:
+        """Generate what is requested (and any re-rolled or repainted tiles) in the worker thread."""
+        if self.scheduler is None:
+            raise RuntimeError("no model is loaded for this canvas; choose one in the DiffInfinite widget")
+        self.generating = True
+        self.scheduler.resume()
+        self.scheduler.start()
+        self.changed.emit()
+
+    def pause(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.pause()
+        self.changed.emit()
+
+    def resume(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.resume()
+        self.changed.emit()
+
+    def cancel(self) -> None:
+        """Drop every request and abandon the running tile; views are not requested until :meth:`start`."""
+        self.generating = False
+        if self.scheduler is not None:
+            self.scheduler.cancel()
+            self.scheduler.clear_view()
+        self.changed.emit()
+
+    @property
+    def paused(self) -> bool:
+        return self.scheduler is not None and self.scheduler.stats.state == "paused"
+
+    # ------------------------------------------------------------------ views
+    def request_view(self, level: int, rect_px: Rect) -> list[TileKey] | tuple[str, list[TileKey]]:
+        """Ask for the tiles of a view (pyramid ``level``, level-0 px ``rect_px``), nearest the centre first.
+        With unpainted areas "generated", a view with unpainted tiles returns ``("masks", tiles)`` and
+        requests nothing: those tiles need masks first (then request the view again). May wait for the worker's
+        store lock: call it off the GUI thread."""
+        if self.scheduler is None or not self.generating:
+            return []
+        if self.wants_auto_masks():
+            tiles = self.unpainted_tiles(level, rect_px)
+            if tiles:
+                self.scheduler.clear_view()
+                return ("masks", tiles)
+        return self.scheduler.request_view(level, rect_px)
+
+    def wants_auto_masks(self) -> bool:
+        return (
+            self.unpainted == "generated"
+            and self.model is not None
+            and self.model.mask_unet is not None
+            and not self.read_only
+        )
+
+    def unpainted_tiles(self, level: int, rect_px: Rect) -> list[TileKey]:
+        """Tiles the view would request that have no label painted at all and no tissue yet: those the
+        "generated" setting fills from the mask model. None when zoomed out beyond the scheduler's request level
+        (nothing is requested there), and only within ``MAX_MASK_SIDE`` px of the view's centre (one mask)."""
+        sched = self.scheduler
+        if sched is None or rect_px.empty or level > sched.max_request_level:
+            return []
+        tiles = self.grid.view_tiles(rect_px, max_tiles=sched.max_view_tiles)
+        if not tiles:
+            return []
+        tr = self.grid.tile_range(rect_px)
+        status = self.store.read_status(tr)
+        lt = self.grid.latent_tile
+        labels = self.store.read_labels(Rect(tr.y0 * lt, tr.y1 * lt, tr.x0 * lt, tr.x1 * lt))
+        cy, cx = rect_px.centre
+        half = MAX_MASK_SIDE // 2 - self.grid.tile
+        out = []
+        for i, j in tiles:
+            if status[i - tr.y0, j - tr.x0] >= STATUS_PIXELS or (i, j) in self.auto_masked:
+                continue
+            r = self.grid.tile_rect((i, j))
+            if max(abs(r.centre[0] - cy), abs(r.centre[1] - cx)) > half:
+                continue
+            a, b = (i - tr.y0) * lt, (j - tr.x0) * lt
+            if not labels[a : a + lt, b : b + lt].any():
+                out.append((i, j))
+        return out
+
+    def set_unpainted(self, mode: str, context=None) -> bool:
+        """What requested tiles without painted labels get: ``"unlabelled"`` (label 0, the model's "no
+        condition") or ``"generated"`` (a mask from the mask model for ``context`` first; painted labels are
+        never overwritten). Recorded in the canvas settings. Returns whether the mode changed."""
+        if mode not in UNPAINTED_MODES:
+            raise ValueError(f"unpainted areas are 'unlabelled' or 'generated', not {mode!r}")
+        if context is not None:
+            self.unpainted_context = context
+        if mode == self.unpainted:
+            return False
+        if mode == "generated" and self.model is not None and self.model.mask_unet is None:
+            raise ValueError(
+                f"the model {self.model.name!r} has no mask network; unpainted areas stay unlabelled"
+            )
+        self.unpainted = mode
+        if not self.read_only:
+            self.store.update_settings(unpainted=mode)
+        self.changed.emit()
+        return True
+
+    # ------------------------------------------------------------------ edits
+    def write_labels(
+        self, y0: int, x0: int, labels: np.ndarray, where: np.ndarray | None = None
+    ) -> list[TileKey]:
+        """Write class ids at latent pixel ``(y0, x0)`` (only where ``where``) and invalidate exactly the tiles
+        whose labels changed (their latents and pixels; they regenerate with their neighbours as context).
+        Returns those tiles. Any thread."""
+        labels = np.asarray(labels)
+        lr = Rect(y0, y0 + labels.shape[0], x0, x0 + labels.shape[1])
+        lh, lw = self.grid.latent_shape
+        if lr.intersect(Rect(0, lh, 0, lw)) != lr:
+            raise ValueError(f"labels at {tuple(lr)} reach outside the canvas")
+        if self.scheduler is not None:
+            return self.scheduler.write_labels(y0, x0, labels, where=where)
+        tiles = self.store.edit_labels(y0, x0, labels, where=where)
+        if tiles:  # no model yet: the tiles show placeholders until it comes
+            self.store.set_status(tiles, STATUS_EMPTY)
+        return tiles
+
+    def reroll(self, rect_px: Rect, seed: int | None = None) -> list[TileKey]:
+        """Generate the tiles under ``rect_px`` again with a new seed (random if None), the mask and the
+        neighbours kept as context. Returns the tiles."""
+        if self.scheduler is None:
+            raise RuntimeError("load a model first: re-rolling regenerates tissue")
+        tiles = self.grid.tiles_in_rect(self.grid.clip(rect_px))
+        if not tiles:
+            raise ValueError("nothing to re-roll: the region lies outside the canvas")
+        if len(tiles) > MAX_REROLL_TILES:
+            raise ValueError(
+                f"the region covers {len(tiles)} tiles; re-roll at most {MAX_REROLL_TILES} at once "
+                "(zoom in or draw a smaller rectangle)"
+            )
+        seed = random.randrange(2**31) if seed is None else int(seed)
+        keys = self.scheduler.reroll(tiles, new_seed=seed)
+        self.scheduler.start()
+        return keys
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        """Abandon the running tile and end the scheduler's worker thread (the session can be closed after)."""
+        self.generating = False
+        if self.scheduler is not None:
+            self.scheduler.stop(timeout=10)
+
+    def close(self) -> None:
+        """Stop generating and release the store's writer lock."""
+        self.stop()
+        self.store.close()
+        self.changed.emit()
