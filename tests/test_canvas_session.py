@@ -51,7 +51,9 @@ def test_a_label_edit_invalidates_exactly_the_tiles_whose_labels_changed(session
     before = session.store.tile_version((1, 1))
     # 8 x 8 latents of carcinoma inside tile (0, 1) only (a tile is 64 latents a side)
     assert session.write_labels(10, 70, np.full((8, 8), 1, np.uint8)) == [(0, 1)]
-    assert session.write_labels(10, 70, np.full((8, 8), 1, np.uint8)) == []  # the same labels again: no change
+    assert (
+        session.write_labels(10, 70, np.full((8, 8), 1, np.uint8)) == []
+    )  # the same labels again: no change
     assert session.scheduler.wait_idle(timeout=120)
     assert session.store.tile_version((0, 1)) == 2 and session.store.tile_version((1, 1)) == before
     with pytest.raises(ValueError, match="reach outside the canvas"):
@@ -93,7 +95,9 @@ def test_reroll_gives_the_tiles_a_new_seed_and_refuses_bad_regions(session, tiny
 def test_settings_are_recorded_and_rebuild_the_scheduler_only_when_they_change(session, tiny):
     session.set_model(tiny)
     first = session.scheduler
-    assert session.apply_settings(omega=session.store.settings["omega"]) is False and session.scheduler is first
+    assert (
+        session.apply_settings(omega=session.store.settings["omega"]) is False and session.scheduler is first
+    )
     assert session.apply_settings(steps=2, sampler="ddim") is True
     assert session.store.settings["steps"] == 2 and session.sampler == "ddim"
     assert session.scheduler is not first
@@ -123,3 +127,38 @@ def test_a_read_only_session_refuses_to_generate(tmp_path, tiny):
         assert s.apply_settings(steps=9) is False
     finally:
         s.close()
+
+
+def test_generated_masks_fill_only_unpainted_cells_of_the_asked_tiles(session, tiny):
+    from napari_diffinfinite.generation import generate_mask
+
+    session.set_model(tiny)
+    with pytest.raises(ValueError, match="outside the canvas"):
+        session.mask_request(Rect(2000, 2100, 0, 100), 0, seed=1)
+    with pytest.raises(ValueError, match="does not support the context"):
+        session.mask_request(WHOLE, "squamous", seed=1)
+    rect, ctx, seed = session.mask_request(Rect(3, 1000, 5, 1020), "adenocarcinoma", seed=1)
+    assert rect == Rect(0, 1000, 0, 1024) and ctx == 0  # grown to whole 8-px cells, clipped to the canvas
+    assert session.mask_request(Rect(3, 1000, 5, 1020), 0, seed=1)[2] == seed  # same region, same seed
+    session.write_labels(0, 0, np.full((64, 64), 2, np.uint8))  # tile (0, 0) is painted necrosis
+    mask = np.full((rect.height, rect.width), 3, np.uint8)  # a "generated" mask: all stroma
+    written, tiles = session.write_mask(rect, mask, only_tiles=[(0, 0), (1, 1)])
+    assert written == Rect(0, 125, 0, 128) and tiles == [(1, 1)]  # (0, 0) was painted: kept
+    labels = session.store.read_labels(Rect(0, 128, 0, 128))
+    assert (
+        (labels[:64, :64] == 2).all() and (labels[64:125, 64:] == 3).all() and (labels[:64, 64:] == 0).all()
+    )
+    real = generate_mask(tiny, (rect.height, rect.width), context=ctx, seed=seed)
+    assert real.shape == (rect.height, rect.width)
+
+
+def test_a_placed_mask_is_centred_and_clipped_to_the_canvas(session):
+    labels = np.full((40, 60), 4, np.uint8)
+    r, block = session.placement(labels, (512.0, 512.0))  # centre of the canvas, latent (64, 64)
+    assert r == Rect(44, 84, 34, 94) and block.shape == (40, 60)
+    r, block = session.placement(labels, (0.0, 0.0))  # clipped at the top-left corner
+    assert r == Rect(0, 20, 0, 30) and (block == 4).all() and block.shape == (20, 30)
+    with pytest.raises(ValueError, match="classes 0..4"):
+        session.placement(np.full((4, 4), 7), (512.0, 512.0))
+    with pytest.raises(ValueError, match="outside the canvas"):
+        session.placement(labels, (10_000.0, 10_000.0))

@@ -145,12 +145,6 @@ def changed_bbox(before: np.ndarray, after: np.ndarray) -> tuple[Rect, np.ndarra
     return r, diff[r.slices]
 
 
-def align_rect(rect_px, multiple: int, grid: CanvasGrid | None = None) -> Rect:
-    """``rect_px`` grown outwards to multiples of ``multiple`` px (and clipped to the canvas if given)."""
-    r = as_rect(rect_px).scaled_out(multiple).scaled_in(multiple)
-    return r if grid is None else grid.clip(r)
-
-
 def rect_from_vertices(vertices_world: np.ndarray, pixel_size: float, grid: CanvasGrid | None = None) -> Rect:
     """The level-0 pixel rectangle covering shape vertices given in world coordinates (``(n, 2)``, y then x;
     extra leading columns are dropped), clipped to the canvas if ``grid`` is given."""
