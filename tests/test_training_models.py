@@ -27,6 +27,7 @@ from napari_diffinfinite.training.image import (
     min_snr_weights,
     noise_loss,
     train_image_model,
+    v_weights,
 )
 from napari_diffinfinite.training.loop import TrainConfig
 from napari_diffinfinite.training.mask import encode_masks, mask_batch, patch_context, train_mask_model
@@ -520,3 +521,19 @@ def test_min_snr_weights_spare_the_noisy_steps_and_shrink_the_clean_ones():
     assert torch.equal(min_snr_weights(schedule, t, 0), torch.ones(5))
     pred, target = torch.zeros(5, 2, 3, 3), torch.ones(5, 2, 3, 3)
     assert torch.isclose(noise_loss(pred, target, "mse", w), w.mean())
+
+
+def test_v_weights_make_the_noisy_steps_count_as_a_v_prediction_loss_would():
+    schedule = cosine_schedule()
+    t = torch.tensor([0, 100, 500, 900, 999])
+    a = schedule.alphas_cumprod[t]
+    w = v_weights(schedule, t, 100.0)
+    # eps error e gives the v error e / sqrt(alpha_bar): the weight of a squared error is 1 / alpha_bar
+    torch.manual_seed(0)
+    eps_err = torch.randn(5, 2, 4, 4)
+    v_err = eps_err / a.sqrt()[:, None, None, None]
+    unclipped = a >= 0.01
+    assert torch.allclose((eps_err**2).flatten(1).mean(1)[unclipped] * w[unclipped],
+                          (v_err**2).flatten(1).mean(1)[unclipped])
+    assert w[-1] == 100.0 and torch.all(w[1:] >= w[:-1]) and w[0] == pytest.approx(1.0, abs=1e-3)
+    assert torch.equal(v_weights(schedule, t, 0), torch.ones(5))

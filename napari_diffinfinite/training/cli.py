@@ -204,6 +204,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         default=0.0,
         help="image: min-SNR-gamma loss weighting (e.g. 5; 0: off), less weight on nearly noise-free steps",
     )
+    net.add_argument(
+        "--v-weighting",
+        type=float,
+        default=0.0,
+        metavar="CLIP",
+        help="image: weigh each step's noise loss by 1/alpha_bar, at most CLIP (the v-prediction's loss; e.g. "
+        "100), so the nearly pure-noise steps, where the class condition matters, are learnt (0: off)",
+    )
     net.add_argument("--omega", type=float, default=3.0, help="guidance weight of the sample grids")
     net.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the sample grids")
     net.add_argument(
@@ -364,6 +372,7 @@ def run_train(args) -> int:
                 cond_drop=args.cond_drop,
                 loss=args.loss,
                 snr_gamma=args.snr_gamma,
+                v_weighting=args.v_weighting,
                 per_label=args.per_label,
                 balance_labels=args.balance_labels,
                 init_from=args.init_from,
