@@ -356,20 +356,20 @@ def generate(
         progress("decode", 1, 1)
     timings["decode_s"] = time.perf_counter() - t2
     image = (pixels[:, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    settings = dict(
-        model=model.name,
-        seed=seed,
-        omega=options.omega,
-        steps=steps,
-        sampler=options.sampler,
-        mode=mode,
-        block=block,
-        mask_omega=mask_omega if mask is None else None,
-        context=CONTEXT_DISPLAY.get(model.context_id(context), str(context)) if mask is None else None,
-        mask="generated" if mask is None else "given",
-        size=[h, w],
-        pixel_size_um=model.pixel_size_um,
-        version=__version__,
-    )
+    settings = {
+        "model": model.name,
+        "seed": seed,
+        "omega": options.omega,
+        "steps": steps,
+        "sampler": options.sampler,
+        "mode": mode,
+        "block": block,
+        "mask_omega": mask_omega if mask is None else None,
+        "context": CONTEXT_DISPLAY.get(model.context_id(context), str(context)) if mask is None else None,
+        "mask": "generated" if mask is None else "given",
+        "size": [h, w],
+        "pixel_size_um": model.pixel_size_um,
+        "version": __version__,
+    }
     timings["total_s"] = time.perf_counter() - t0
     return GenerationResult(image=image, mask=labels, settings=settings, stats=stats, seconds=timings)

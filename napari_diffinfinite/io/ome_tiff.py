@@ -451,18 +451,18 @@ def _write_pyramid(
             progress(done, total)
         done += 1
 
-    options = dict(
-        dtype=dtype,
-        tile=(tile, tile),
-        photometric="rgb" if kind == "rgb" else "minisblack",
-        planarconfig="contig" if kind == "rgb" else None,
-        compression=tiff_compression,
-        compressionargs=compressionargs,
-        resolutionunit="CENTIMETER",
-        software=GENERATOR,
-        maxworkers=max(1, int(workers)),
-        buffersize=2 * max(1, int(workers)) * tilebytes,
-    )
+    options = {
+        "dtype": dtype,
+        "tile": (tile, tile),
+        "photometric": "rgb" if kind == "rgb" else "minisblack",
+        "planarconfig": "contig" if kind == "rgb" else None,
+        "compression": tiff_compression,
+        "compressionargs": compressionargs,
+        "resolutionunit": "CENTIMETER",
+        "software": GENERATOR,
+        "maxworkers": max(1, int(workers)),
+        "buffersize": 2 * max(1, int(workers)) * tilebytes,
+    }
     stores: list[_LevelStore] = []
     thumb_shape = None
     try:

@@ -13,6 +13,8 @@ from .autoencoder import (
     sd2_vae_config,
 )
 from .checkpoint import RELEASED_CONFIGS, CheckpointError, load_diffinfinite_checkpoint, save_unet
+from .compact_autoencoder import CompactAutoencoder
+from .device import DeviceUnavailableError, select_device, select_dtype
 from .diffusion import (
     SAMPLERS,
     Schedule,
@@ -28,28 +30,23 @@ from .diffusion import (
     q_sample,
     time_pairs,
 )
-from .compact_autoencoder import CompactAutoencoder
-from .device import DeviceUnavailableError, select_device, select_dtype
 from .unet import ImageUnet, MaskUnet, guide
 
 __all__ = [
-    "Autoencoder",
-    "CompactAutoencoder",
-    "DeviceUnavailableError",
+    "RELEASED_CONFIGS",
+    "SAMPLERS",
     "SD2VAE",
     "SD2_LATENT_DIVISOR",
     "SD2_REPO_ID",
     "TINY_VAE_OVERRIDES",
-    "VAEWeightsNotFoundError",
-    "sd2_vae_config",
-    "select_device",
-    "select_dtype",
+    "Autoencoder",
     "CheckpointError",
+    "CompactAutoencoder",
+    "DeviceUnavailableError",
     "ImageUnet",
     "MaskUnet",
-    "RELEASED_CONFIGS",
-    "SAMPLERS",
     "Schedule",
+    "VAEWeightsNotFoundError",
     "check_sampler",
     "cosine_schedule",
     "ddim_step",
@@ -63,5 +60,8 @@ __all__ = [
     "predictions",
     "q_sample",
     "save_unet",
+    "sd2_vae_config",
+    "select_device",
+    "select_dtype",
     "time_pairs",
 ]

@@ -35,14 +35,14 @@ from napari_diffinfinite._resources import resource_path
 from .device import select_device, select_dtype
 
 __all__ = [
-    "Autoencoder",
     "SD2VAE",
-    "VAEWeightsNotFoundError",
-    "sd2_vae_config",
+    "SD2_LATENT_DIVISOR",
     "SD2_REPO_ID",
     "SD2_SUBFOLDER",
-    "SD2_LATENT_DIVISOR",
     "TINY_VAE_OVERRIDES",
+    "Autoencoder",
+    "VAEWeightsNotFoundError",
+    "sd2_vae_config",
 ]
 
 SD2_REPO_ID = "stabilityai/stable-diffusion-2-base"

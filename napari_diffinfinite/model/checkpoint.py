@@ -26,12 +26,22 @@ Kind = Literal["image", "mask"]
 
 #: The released configs of the reference (image_gen{5,10}, mask_gen{5,10}).
 RELEASED_CONFIGS: dict[str, dict] = {
-    "image": dict(
-        dim=256, num_classes=5, dim_mults=(1, 2, 4), channels=4, resnet_block_groups=2, block_per_layer=2
-    ),
-    "mask": dict(
-        dim=64, num_classes=2, dim_mults=(1, 2, 4, 8), channels=4, resnet_block_groups=2, block_per_layer=2
-    ),
+    "image": {
+        "dim": 256,
+        "num_classes": 5,
+        "dim_mults": (1, 2, 4),
+        "channels": 4,
+        "resnet_block_groups": 2,
+        "block_per_layer": 2,
+    },
+    "mask": {
+        "dim": 64,
+        "num_classes": 2,
+        "dim_mults": (1, 2, 4, 8),
+        "channels": 4,
+        "resnet_block_groups": 2,
+        "block_per_layer": 2,
+    },
 }
 _NETWORKS = {"image": ImageUnet, "mask": MaskUnet}
 # Prefixes under which UNet weights sit in the reference's files, most specific first.
@@ -129,13 +139,13 @@ def _infer_config(state: dict[str, torch.Tensor], kind: Kind, path: Path) -> dic
             f"{path} does not have the layout of a DiffInfinite {kind} UNet (missing {e}); "
             "see the manifests of the released checkpoints"
         ) from None
-    return dict(
-        dim=int(dim),
-        num_classes=int(num_classes),
-        dim_mults=tuple(mults),
-        channels=int(channels),
-        block_per_layer=int(blocks),
-    )
+    return {
+        "dim": int(dim),
+        "num_classes": int(num_classes),
+        "dim_mults": tuple(mults),
+        "channels": int(channels),
+        "block_per_layer": int(blocks),
+    }
 
 
 def _load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -66,7 +66,7 @@ class CompactAutoencoder(nn.Module):
             raise ValueError(
                 f"a pooling encoder gives the 3 colour channels as latents, not {latent_channels}"
             )
-        self.config = dict(latent_channels=latent_channels, widths=list(widths), blocks=list(blocks))
+        self.config = {"latent_channels": latent_channels, "widths": list(widths), "blocks": list(blocks)}
         if downsampling != COMPACT_DOWNSAMPLING:  # 8x configs stay as they were written
             self.config["downsampling"] = downsampling
         if encoder != "learned":
@@ -171,7 +171,7 @@ class CompactAutoencoder(nn.Module):
             z = z * scale + mean
         return self.decode_raw(z).clamp(0, 1)
 
-    def standardised(self, latent_mean, latent_std, latent_target: float) -> "CompactAutoencoder":
+    def standardised(self, latent_mean, latent_std, latent_target: float) -> CompactAutoencoder:
         """A copy (same weights) whose :meth:`encode` gives per-channel standardised latents."""
         statistics = ("latent_mean", "latent_std", "latent_target")
         base = {k: v for k, v in self.config.items() if k not in statistics}
@@ -188,7 +188,7 @@ class CompactAutoencoder(nn.Module):
         atomic_save_tensors(Path(path), self.state_dict(), metadata)
 
     @classmethod
-    def load(cls, path, device=None) -> "CompactAutoencoder":
+    def load(cls, path, device=None) -> CompactAutoencoder:
         from safetensors.torch import safe_open
 
         with safe_open(str(path), framework="pt") as f:

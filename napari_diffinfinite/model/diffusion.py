@@ -27,7 +27,7 @@ class Schedule:
     def timesteps(self) -> int:
         return int(self.betas.shape[0])
 
-    def to(self, device) -> "Schedule":
+    def to(self, device) -> Schedule:
         return Schedule(self.betas.to(device), self.alphas_cumprod.to(device))
 
 

@@ -14,9 +14,9 @@ from torch import nn
 
 from .layers import (
     Attention,
-    PointwiseConv2d,
     LinearAttention,
     MaskCrossAttention,
+    PointwiseConv2d,
     PreNorm,
     Residual,
     ResnetBlock,
@@ -40,14 +40,14 @@ class _UnetSkeleton(nn.Module):
         dropout: float,
     ):
         super().__init__()
-        self.config = dict(
-            dim=dim,
-            num_classes=num_classes,
-            dim_mults=tuple(dim_mults),
-            channels=channels,
-            resnet_block_groups=resnet_block_groups,
-            block_per_layer=block_per_layer,
-        )
+        self.config = {
+            "dim": dim,
+            "num_classes": num_classes,
+            "dim_mults": tuple(dim_mults),
+            "channels": channels,
+            "resnet_block_groups": resnet_block_groups,
+            "block_per_layer": block_per_layer,
+        }
         self.channels = channels
         self.num_classes = num_classes
         self.init_conv = nn.Conv2d(channels, dim, 7, padding=3)

@@ -40,14 +40,14 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "LatentReader",
-    "MARGIN",
     "HANN",
-    "hann_windows",
-    "decode_strategy",
+    "MARGIN",
+    "LatentReader",
+    "decode_full",
     "decode_hann",
     "decode_region",
-    "decode_full",
+    "decode_strategy",
+    "hann_windows",
 ]
 
 #: ``read_latents(ys, xs)`` returns the window ``latent[..., ys, xs]`` ``(B, C, h, w)`` of a full latent.

@@ -15,8 +15,8 @@ from .loop import TrainConfig
 #: (8 channels per group at dim 32; the reference uses 2 groups at dim 256): ~2.1 M parameters.
 #: Mask: dim 16 with levels 1,2,4,8 (32x32 simplex latents -> 4x4), one block per level: ~1.9 M parameters.
 NETWORK_DEFAULTS = {
-    "image": dict(dim=32, dim_mults=(1, 2, 4), block_per_layer=1, groups=4, crop_latents=32),
-    "mask": dict(dim=16, dim_mults=(1, 2, 4, 8), block_per_layer=1, groups=4, crop_latents=32),
+    "image": {"dim": 32, "dim_mults": (1, 2, 4), "block_per_layer": 1, "groups": 4, "crop_latents": 32},
+    "mask": {"dim": 16, "dim_mults": (1, 2, 4, 8), "block_per_layer": 1, "groups": 4, "crop_latents": 32},
 }
 
 
@@ -243,12 +243,12 @@ def _network_settings(args) -> tuple[dict, int]:
     """The UNet keywords and crop of ``args.what``, defaults filled in."""
     d = NETWORK_DEFAULTS[args.what]
     pick = lambda name: d[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
-    unet = dict(
-        dim=pick("dim"),
-        dim_mults=tuple(pick("dim_mults")),
-        block_per_layer=pick("block_per_layer"),
-        resnet_block_groups=pick("groups"),
-    )
+    unet = {
+        "dim": pick("dim"),
+        "dim_mults": tuple(pick("dim_mults")),
+        "block_per_layer": pick("block_per_layer"),
+        "resnet_block_groups": pick("groups"),
+    }
     if args.what == "image":
         unet["num_classes"] = args.num_classes
     return unet, pick("crop_latents")
