@@ -31,11 +31,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.is_available())"
 T="python3 -m napari_diffinfinite.training train"
 # name | arguments (steps, save/sample cadence added per phase)
+# Image models only, with the MSE noise loss (the trainer's default since 2026-12-05; the runs of 2026-12-04 used
+# L1), sized for the CPU's 2 s tile budget: dim 16 is the shipped network (0.66 s a tile), dim 24 about 2.2x
+# its cost, dim 32 with mults 1,2,4,4 about 1.8x (GPU A of 2026-12-04). E adds the v-prediction weighting.
 declare -A RUNS=(
  [imgA]="image --data $D --holdout-file $H --autoencoder $AE --dim 32 --dim-mults 1,2,4,4 --block-per-layer 1 --groups 8 --crop-latents 48 --batch ${IB:-64} --per-label --lr 1e-3 --ema-decay 0.9995 --device $DEV --threads 3"
- [imgB]="image --data $D --holdout-file $H --autoencoder $AE --dim 32 --dim-mults 1,2,4 --block-per-layer 2 --groups 8 --crop-latents 48 --batch ${IB:-64} --per-label --lr 1e-3 --ema-decay 0.9995 --device $DEV --threads 3"
  [imgC]="image --data $D --holdout-file $H --autoencoder $AE --dim 16 --dim-mults 1,2,4 --block-per-layer 1 --groups 4 --crop-latents 48 --batch ${IB:-64} --per-label --lr 1e-3 --ema-decay 0.9995 --device $DEV --threads 3"
- [dec]="autoencoder --data $D --holdout-file $H --init-from $AE --freeze-encoder --crop 256 --batch ${AB:-16} --fourier-weight 0.5 --texture-weight 1.0 --phase-weight 2.0 --adversarial-weight 0.5 --lr 1e-4 --device $DEV --threads 3"
+ [imgD]="image --data $D --holdout-file $H --autoencoder $AE --dim 24 --dim-mults 1,2,4 --block-per-layer 1 --groups 4 --crop-latents 48 --batch ${IB:-64} --per-label --lr 1e-3 --ema-decay 0.9995 --device $DEV --threads 3"
+ [imgE]="image --data $D --holdout-file $H --autoencoder $AE --dim 32 --dim-mults 1,2,4,4 --block-per-layer 1 --groups 8 --crop-latents 48 --batch ${IB:-64} --per-label --lr 1e-3 --ema-decay 0.9995 --v-weighting 100 --device $DEV --threads 3"
 )
 CAL=${CAL:-40}
 echo "== phase 1: calibration, $CAL steps each, side by side"
