@@ -4,8 +4,9 @@ Each repeat is a fresh process, as a user's first open is: nothing imported beyo
 loaded. A 10 ms QTimer heartbeat (``responsiveness.Heartbeat``) runs in napari's event loop; the gap between
 two beats beyond 10 ms is how long the GUI was frozen. Per repeat: the longest stall of the idle viewer (3 s
 before opening, the baseline of the same process), the longest stall from ``File > Open Sample > DiffInfinite
-demo canvas`` until the first tile lands, the time ``open_sample`` took and the first tile's latency. Prints
-each repeat and the medians.
+demo canvas`` until the first tile lands, the time ``open_sample`` took and the first tile's latency; and, in
+another fresh process, the control: the longest stall when napari alone adds an RGB image and a Labels layer
+with class features to a fresh viewer (napari's price of a first layer). Prints each repeat and the medians.
 
     xvfb-run -a python benchmarks/demo_open.py                    # the embedded model, 3 repeats
     xvfb-run -a python benchmarks/demo_open.py --model FOLDER --repeats 5
@@ -66,6 +67,20 @@ print(json.dumps({"idle_max_stall_ms": round(idle), "open_max_stall_ms": round(s
 close_all_controllers()
 viewer.close()
 """
+# the control: napari alone, in a fresh process too, adding an RGB image and a Labels layer with class features
+# (what the demo's layers are) - the price of a first layer in napari (its unit registry, pandas, scipy imports)
+ONE_CONTROL = ONE_OPEN.split("t0 = time.perf_counter()")[0] + r"""
+import numpy as np
+t0 = time.perf_counter()
+viewer.add_image(np.zeros((1024, 1024, 3), np.uint8), scale=(0.5, 0.5), units=("um", "um"))
+viewer.add_labels(np.zeros((2048, 2048), np.uint8), scale=(4, 4), units=("um", "um"),
+                  features={"class": ["Unknown", "Carcinoma", "Necrosis", "Tumor stroma", "Others"]})
+opened = time.perf_counter() - t0
+spin(3.0)
+print(json.dumps({"napari_alone_max_stall_ms": round(beat.stop()["max_stall_ms"]),
+                  "napari_alone_add_s": round(opened, 2)}))
+viewer.close()
+"""
 
 
 def main(argv=None) -> int:
@@ -83,14 +98,22 @@ def main(argv=None) -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        control = subprocess.run([sys.executable, "-c", ONE_CONTROL, str(args.timeout), str(HERE)], env=env,
+                                 check=False, capture_output=True, text=True, timeout=args.timeout + 120)
+        if control.returncode != 0:
+            print(control.stderr[-3000:], file=sys.stderr)
+            return 1
+        runs[-1].update(json.loads(control.stdout.strip().splitlines()[-1]))
         print(f"repeat {i + 1}: {runs[-1]}", flush=True)
         time.sleep(1)
-    keys = ("idle_max_stall_ms", "open_max_stall_ms", "open_sample_s", "first_tile_s")
+    keys = ("idle_max_stall_ms", "open_max_stall_ms", "open_sample_s", "first_tile_s", "napari_alone_max_stall_ms",
+            "napari_alone_add_s")
     medians = {k: statistics.median(r[k] for r in runs if r[k] is not None) for k in keys}
     print(json.dumps({"model": args.model, "repeats": args.repeats, "median": medians}))
     print(f"opening froze napari {medians['open_max_stall_ms']:.0f} ms at most (idle viewer "
           f"{medians['idle_max_stall_ms']:.0f} ms; target: idle + 100 ms); first tile "
-          f"{medians['first_tile_s']:.1f} s after the open")
+          f"{medians['first_tile_s']:.1f} s after the open; napari alone adding an image and a Labels layer to a "
+          f"fresh viewer froze it {medians['napari_alone_max_stall_ms']:.0f} ms")
     return 0
 
 
