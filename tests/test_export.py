@@ -249,6 +249,15 @@ def test_progress_reports_every_tile(tmp_path, rgb):
 # ------------------------------------------------------------------------------------------------- metadata
 
 
+
+def test_pyramid_options_take_any_real_pixel_size_and_refuse_the_rest():
+    assert PyramidOptions(pixel_size_um=np.float32(0.25)).pixel_size_um == pytest.approx(0.25)
+    for bad in (0, -0.5, float("nan"), float("inf"), "0.5", None):
+        with pytest.raises(ValueError, match="pixel_size_um must be a positive number"):
+            PyramidOptions(pixel_size_um=bad)
+    mask = PyramidOptions(compression="jpeg", pixel_size_um=0.25).for_mask()
+    assert mask.compression is None and not mask.thumbnail and mask.pixel_size_um == 0.25
+
 def test_ome_xml_is_valid_and_marks_the_image_synthetic(tmp_path, rgb):
     ome_types = pytest.importorskip("ome_types")
     path = tmp_path / "tissue.ome.tif"

@@ -30,6 +30,7 @@ regenerate tissue with a generator source, and reducing the decoded JPEG would c
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import tempfile
 import xml.etree.ElementTree as ET
@@ -95,7 +96,7 @@ class PyramidOptions:
 
     def __post_init__(self):
         size = self.pixel_size_um
-        if not isinstance(size, (int, float)) or not math.isfinite(size) or size <= 0:
+        if not isinstance(size, numbers.Real) or not math.isfinite(size) or size <= 0:
             raise ValueError(f"pixel_size_um must be a positive number, got {size}")
 
     def for_mask(self) -> PyramidOptions:

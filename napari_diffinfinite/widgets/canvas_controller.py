@@ -715,6 +715,10 @@ class CanvasController(QObject):
             log.exception("writing labels failed")
             notify(f"DiffInfinite: the mask edit could not be written to the canvas: {exc}")
             return
+        self._invalidated(tiles)
+
+    def _invalidated(self, tiles: list[TileKey]) -> None:
+        """A label write invalidated ``tiles``: remember them, and show their placeholders (GUI thread)."""
         self.last_invalidated = tiles
         if tiles and not self.closed:
             self._schedule_refresh()
@@ -732,9 +736,7 @@ class CanvasController(QObject):
         and :meth:`reload_window`). GUI thread; waits for earlier edits first."""
         self.drain()
         tiles = self.session.write_labels(y0, x0, labels, where)
-        self.last_invalidated = tiles
-        if tiles:
-            self._schedule_refresh()
+        self._invalidated(tiles)
         return tiles
 
     def reload_window(self, rect_latent=None) -> None:
@@ -838,9 +840,7 @@ class CanvasController(QObject):
             self.sync_labels(wait=True)  # edits made meanwhile are in the store before "painted" is decided
             self.drain()
             written, tiles = self.session.write_mask(rect, mask, overwrite=overwrite, only_tiles=only_tiles)
-            self.last_invalidated = tiles
-            if tiles:
-                self._schedule_refresh()
+            self._invalidated(tiles)
             self.reload_window(written)
             self.mask_state = "done"
             self.state_changed.emit()
@@ -971,10 +971,8 @@ class CanvasController(QObject):
             return
         self.reload_window(r)
         self.loaded_mask_rect, self.loaded_mask_tiles = r, tiles
-        self.last_invalidated = tiles
+        self._invalidated(tiles)
         self.mask_state = "done"
-        if tiles:
-            self._schedule_refresh()
         if self.generating:
             self.update_view(wait=False)
         if message:
