@@ -162,3 +162,23 @@ def test_a_placed_mask_is_centred_and_clipped_to_the_canvas(session):
         session.placement(np.full((4, 4), 7), (512.0, 512.0))
     with pytest.raises(ValueError, match="outside the canvas"):
         session.placement(labels, (10_000.0, 10_000.0))
+
+
+def test_another_model_may_continue_a_canvas_only_while_no_tile_is_generated(tmp_path, tiny):
+    """The canvas records the model it was made for; another one may take over an untouched canvas (the demo
+    made before its model loaded), never one with tissue of the first model in it."""
+    store = CanvasStore.create(
+        tmp_path / "c",
+        shape_px=SHAPE,
+        model_name="some-other-model",
+        latent_channels=int(tiny.image_unet.channels),
+        settings={"num_classes": int(tiny.num_classes)},
+    )
+    session = CanvasSession(store)
+    try:
+        session.set_model(tiny)  # untouched: accepted
+        store.set_status((1, 1), 2)
+        with pytest.raises(ValueError, match="generated with model 'some-other-model'"):
+            session.set_model(tiny)
+    finally:
+        session.close()
