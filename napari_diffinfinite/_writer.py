@@ -2,7 +2,7 @@
 
 For the tissue layer of a DiffInfinite canvas it writes everything generated (the bounding box of the
 generated tiles) with the mask and the JSON sidecar, through
-:func:`~napari_diffinfinite.widgets.canvas_export.export_canvas_region`; it refuses a box with tiles that are not
+:func:`~napari_diffinfinite.io.canvas_export.export_canvas_region`; it refuses a box with tiles that are not
 generated (an export never holds placeholders: export a region from the widget instead). Any other RGB
 image is written as it is with :func:`~napari_diffinfinite.io.write_pyramidal_ome_tiff`.
 """
@@ -24,7 +24,7 @@ def write_tissue(path: str, data: Any, meta: dict) -> list[str]:
     canvas = ((meta.get("metadata") or {}).get(META_KEY) or {}).get("canvas")
     if canvas:
         from .canvas.store import CanvasStore
-        from .widgets.canvas_export import export_canvas_region, generated_bbox
+        from .io.canvas_export import export_canvas_region, generated_bbox
 
         store = CanvasStore.open(canvas, mode="r")
         rect = generated_bbox(store)

@@ -72,3 +72,54 @@ def test_cli_export(canvas, tmp_path, capsys):
     assert main(["export", str(folder), "--region", "0", "0", "2048", "2048", "--out",
                  str(tmp_path / "all.ome.tif"), "--quiet"]) == EXIT_OUTPUT
     assert "not generated yet" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- a job from a session
+@pytest.fixture
+def session(tmp_path, tiny_model_dir):
+    from napari_diffinfinite.canvas.session import CanvasSession
+
+    model = load_model(tiny_model_dir, device="cpu")
+    store = CanvasStore.create_for_model(tmp_path / "live", model, shape_px=(1024, 1024), seed=2)
+    store.write_labels(0, 0, np.full((64, 128), 1, np.uint8))
+    s = CanvasSession(store)
+    s.set_model(model)
+    yield s
+    s.close()
+
+
+def test_an_export_job_refuses_missing_tiles_or_generates_them_first(session, tmp_path):
+    """Without a viewer: the job refuses at once with the missing tiles, or waits for the session to generate
+    them (progress counts them), then writes tissue equal to the store's."""
+    from napari_diffinfinite.io.canvas_export import CanvasExportJob
+
+    region = Rect(0, 512, 0, 1024)  # tiles (0, 0) and (0, 1), neither generated
+    with pytest.raises(MissingTilesError, match="2 of the 2 tiles") as refused:
+        CanvasExportJob(session, tmp_path / "no.ome.tif", region).start()
+    assert refused.value.tiles == [(0, 0), (0, 1)] and not list(tmp_path.glob("no*"))
+    states = []
+    job = CanvasExportJob(session, tmp_path / "roi.ome.tif", region, generate_missing=True, compression="zlib")
+    job.changed.connect(lambda: states.append(job.state))
+    job.start()
+    assert states[0] == "waiting" and job.progress[1] == 2
+    assert job.wait(timeout=120), job.state
+    assert job.state == "done", job.error
+    assert "running" in states and states[-1] == "done"
+    assert (session.store.read_status()[0] == 2).all() and (session.store.read_status()[1] == 0).all()
+    with tifffile.TiffFile(job.result["image"]) as tif:
+        level0 = tif.series[0].levels[0].asarray()
+    np.testing.assert_array_equal(level0, session.store.read_tissue_raw(0, 0, 512, 0, 1024))
+
+
+def test_an_export_job_cancelled_while_waiting_writes_nothing(session, tmp_path):
+    from napari_diffinfinite.io.canvas_export import CanvasExportJob
+
+    job = CanvasExportJob(session, tmp_path / "roi.ome.tif", Rect(512, 1024, 0, 512), generate_missing=True)
+    job.changed.connect(lambda: job.state == "waiting" and job.cancel())  # the user cancels at once
+    job.start()
+    assert job.wait(timeout=5) and job.state == "cancelled"
+    assert session.scheduler.wait_idle(timeout=120)
+    assert session.store.tile_status((1, 0)) == 0  # its tile was never asked for
+    assert not list(tmp_path.glob("roi*"))
+    session.tile_landed.emit((1, 0))  # a late event: the job no longer listens
+    assert job.state == "cancelled"

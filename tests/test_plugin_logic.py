@@ -13,7 +13,7 @@ from napari_diffinfinite import DISCLAIMER
 from napari_diffinfinite.canvas import CanvasGrid, CanvasStore, Rect, TileScheduler
 from napari_diffinfinite.label_grid import labels_at_cell_centres
 from napari_diffinfinite.widgets import canvas_models
-from napari_diffinfinite.widgets.canvas_export import (
+from napari_diffinfinite.io.canvas_export import (
     MissingTilesError,
     export_canvas_region,
     generated_bbox,

@@ -168,6 +168,15 @@ class CanvasSession:
             self.scheduler.clear_view()
         self.changed.emit()
 
+    def request_tiles(self, tiles: list[TileKey]) -> None:
+        """Generate exactly ``tiles`` now (an export's missing tiles, say), whether or not the session generates
+        its views; emits no event."""
+        if self.scheduler is None:
+            raise RuntimeError("no model is loaded for this canvas; choose one in the DiffInfinite widget")
+        self.scheduler.request_tiles(tiles)
+        self.scheduler.resume()
+        self.scheduler.start()
+
     @property
     def paused(self) -> bool:
         return self.scheduler is not None and self.scheduler.stats.state == "paused"

@@ -45,7 +45,7 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..canvas.grid import Rect, TileKey, as_rect
-from ..canvas.session import MAX_REROLL_TILES, CanvasSession
+from ..canvas.session import CanvasSession
 from ..canvas.store import (
     CanvasLockedError,
     CanvasStore,
@@ -263,6 +263,7 @@ class CanvasController(QObject):
     #: every 0.2 s while a tile samples), export progress. Widgets refresh on it instead of polling.
     state_changed = Signal()
     _progressed = Signal()  # emitted on worker threads; re-emitted as state_changed on the GUI thread
+    _export_changed = Signal()  # the export job moved (any thread)
 
     def __init__(
         self,
@@ -303,10 +304,10 @@ class CanvasController(QObject):
         self.loaded_mask = None
         self.loaded_mask_rect: Rect | None = None
         self.loaded_mask_tiles: list[TileKey] = []
-        self.export_state = "idle"
-        self.export_progress = (0, 0)
-        self.export_result: dict | None = None
-        self._export_cancel = False
+        #: the last export (:class:`~napari_diffinfinite.io.canvas_export.CanvasExportJob`), None before the first
+        self.export_job = None
+        self._export_on_done: Callable | None = None
+        self._reported_export = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffinfinite-canvas-io")
         self._prefetching = False
         self._refresh_again = False
@@ -357,6 +358,7 @@ class CanvasController(QObject):
         self._labels_written.connect(self._on_labels_written)
         self._view_requested.connect(self._on_view_requested)
         self._progressed.connect(self.state_changed.emit)
+        self._export_changed.connect(self._on_export_changed)
         self._mask_placed.connect(self._on_mask_placed)
         # the session's worker-thread events cross to the GUI thread through queued Qt signals
         # (lambdas: psygnal keeps weak references to bound methods, and a bound Qt signal is a temporary)
@@ -991,7 +993,7 @@ class CanvasController(QObject):
         """The level-0 rectangle of an export region: ``"view"`` (what is on screen), ``"selection"`` (the drawn
         rectangle; the view if none is drawn), ``"rectangle"`` (the drawn rectangle, required) or
         ``"generated"`` (the bounding box of every generated tile)."""
-        from .canvas_export import generated_bbox
+        from ..io.canvas_export import generated_bbox
 
         if region == "view":
             return self.current_view().rect
@@ -1009,6 +1011,19 @@ class CanvasController(QObject):
             return box
         raise ValueError(f"unknown export region {region!r}: 'view', 'rectangle', 'selection' or 'generated'")
 
+    @property
+    def export_state(self) -> str:
+        """The last export's state: "idle" before the first, then the job's (waiting, running, done, ...)."""
+        return "idle" if self.export_job is None else self.export_job.state
+
+    @property
+    def export_progress(self) -> tuple[int, int]:
+        return (0, 0) if self.export_job is None else self.export_job.progress
+
+    @property
+    def export_result(self) -> dict | None:
+        return None if self.export_job is None else self.export_job.result
+
     def export(
         self,
         path: str | os.PathLike,
@@ -1019,126 +1034,55 @@ class CanvasController(QObject):
         generate_missing: bool = False,
         on_done: Callable | None = None,
     ):
-        """Export the tissue and mask of ``rect_px`` (default: the selection, else the view) in a worker thread
-        (:func:`~.canvas_export.export_canvas_region`). Tiles that are not generated make it refuse with a
-        notification, or, with ``generate_missing``, are requested first and the export starts when they have
-        landed. Progress: :attr:`export_progress`; state: :attr:`export_state`. Returns the worker (or None
-        while waiting for tiles)."""
-        from .canvas_export import MissingTilesError, export_canvas_region, missing_tiles
+        """Export the tissue and mask of ``rect_px`` (default: the selection, else the view) as a
+        :class:`~napari_diffinfinite.io.canvas_export.CanvasExportJob`: tiles that are not generated make it
+        refuse at once, or, with ``generate_missing``, are generated first. Its progress shows in the widget;
+        ``on_done(paths)`` runs on the GUI thread when the files are written. Returns the job."""
+        from ..io.canvas_export import CanvasExportJob
 
-        rect = self.target_rect(rect_px)
-        missing = missing_tiles(self.store, rect)
-        if missing and generate_missing:
-            if self.scheduler is None:
-                raise RuntimeError("load a model first: the region has tiles that are not generated")
-            if len(missing) > MAX_REROLL_TILES * 4:
-                raise MissingTilesError(
-                    f"{len(missing)} tiles of the region are not generated; that is too many "
-                    "to generate before an export (zoom in or select less)",
-                    missing,
-                )
-            self.scheduler.request_tiles(missing)
-            self.scheduler.resume()
-            self.scheduler.start()
-            self.export_state = "waiting"
-            self.export_progress = (0, len(missing))
+        job = CanvasExportJob(
+            self.session,
+            path,
+            self.target_rect(rect_px),
+            fmt=fmt,
+            overwrite=overwrite,
+            generate_missing=generate_missing,
+        )
+        self._export_on_done = on_done
+        # any thread -> a queued Qt signal -> the GUI thread (a lambda: psygnal keeps weak refs to methods)
+        job.changed.connect(lambda: self._export_changed.emit())
+        job.start()
+        self.export_job = job
+        if job.state == "waiting":
+            total = job.progress[1]
             notify(
-                f"DiffInfinite: generating the {len(missing)} missing tiles first; the export starts when "
-                "they have landed",
+                f"DiffInfinite: generating the {total} missing tiles first; the export starts when they have landed",
                 "info",
             )
-            self._wait_then_export(path, rect, fmt, overwrite, on_done, len(missing))
-            return None
-        from superqt.utils import create_worker
+        self.state_changed.emit()
+        return job
 
-        self._export_cancel = False
-        self.export_state = "running"
-        self.export_progress = (0, 0)
-
-        def progress(done, total):
-            self.export_progress = (done, total)
-            self._progressed.emit()  # worker thread: queued to the GUI thread
-
-        def run():
-            return export_canvas_region(
-                self.store,
-                path,
-                rect,
-                fmt=fmt,
-                overwrite=overwrite,
-                progress=progress,
-                cancel=lambda: self._export_cancel,
-            )
-
-        if missing:  # refuse at once, on the GUI thread, with the reason
-            self.export_state = "error"
-            raise MissingTilesError(
-                f"{len(missing)} of the {len(self.grid.tiles_in_rect(rect))} tiles in the region are not generated "
-                "yet; generate them first (or tick 'generate missing tiles'): an export never contains placeholders",
-                missing,
-            )
-        worker = create_worker(run, _start_thread=False, _ignore_errors=True)
-
-        def done(paths):
-            self.export_state = "done"
-            self.export_result = paths
-            if fmt == "ome.tif":
+    def _on_export_changed(self) -> None:
+        """GUI thread: show the export's progress; report its end once."""
+        job = self.export_job
+        self.state_changed.emit()
+        if job is None or not job.finished or job is self._reported_export:
+            return
+        self._reported_export = job
+        if job.state == "done":
+            if job.fmt == "ome.tif":
                 from .reader_preferences import remember_reader
 
-                remember_reader(paths["image"])
-            self.state_changed.emit()
-            notify(f"DiffInfinite: exported {paths['image']}", "info")
-            if on_done is not None:
-                on_done(paths)
-
-        def failed(exc):
-            self.export_state = "error"
-            self.state_changed.emit()
-            notify(f"DiffInfinite: export failed: {exc}")
-
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
-        self._keep(worker)
-        worker.start()
-        return worker
-
-    def _wait_then_export(self, path, rect, fmt, overwrite, on_done, total):
-        """Start the export once the missing tiles have landed: checked whenever a tile lands or the state
-        changes (e.g. generation cancelled: the tiles are asked for again)."""
-        from .canvas_export import missing_tiles
-
-        def stop_watching():
-            disconnect(self.tile_landed, check)
-            disconnect(self.state_changed, check)
-
-        def check(*_args):
-            if self.closed or self.export_state != "waiting":
-                stop_watching()
-                return
-            left = missing_tiles(self.store, rect)
-            self.export_progress = (total - len(left), total)
-            if not left:
-                stop_watching()
-                try:
-                    self.export(path, rect, fmt=fmt, overwrite=overwrite, on_done=on_done)
-                except Exception as exc:  # noqa: BLE001
-                    self.export_state = "error"
-                    notify(f"DiffInfinite: export failed: {exc}")
-            elif (
-                self.scheduler is not None
-                and not self.scheduler.pending()
-                and self.scheduler.stats.current is None
-            ):
-                self.scheduler.request_tiles(left)  # e.g. cancelled meanwhile: ask again
-
-        self.tile_landed.connect(check)
-        self.state_changed.connect(check)
+                remember_reader(job.result["image"])
+            notify(f"DiffInfinite: exported {job.result['image']}", "info")
+            if self._export_on_done is not None:
+                self._export_on_done(job.result)
+        elif job.state == "error":
+            notify(f"DiffInfinite: export failed: {job.error}")
 
     def cancel_export(self) -> None:
-        self._export_cancel = True
-        if self.export_state == "waiting":
-            self.export_state = "cancelled"
-            self.state_changed.emit()
+        if self.export_job is not None:
+            self.export_job.cancel()
 
     def load_model(
         self,
@@ -1228,7 +1172,9 @@ class CanvasController(QObject):
         self.closed = True
         for timer in (self._debounce, self._refresh_timer, self._sync_timer):
             timer.stop()
-        self._export_cancel = True
+        if self.export_job is not None:
+            self.export_job.cancel()
+            self.export_job.wait(timeout=10)
         self.session.stop()
         self._io.shutdown(wait=True)
         self.session.close()
