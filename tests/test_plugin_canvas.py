@@ -196,6 +196,35 @@ def test_panning_requests_new_tiles_keeps_old_ones_and_generated_areas_cost_noth
         np.testing.assert_array_equal(np.asarray(ctrl.tissue_layer.data[0][r.y0 : r.y1, r.x0 : r.x1]), tile_pixels(store, k))
 
 
+def test_generation_and_exports_show_in_naparis_activity_dock(viewer, tiny, qtbot, tmp_path):
+    """Each piece of long work has a bar in napari's activity dock while it runs, closed when it ends."""
+    from napari.utils import progress
+
+    seen = []
+
+    def on_change(event):
+        seen.extend(("+", str(bar.desc)) for bar in event.added)
+        seen.extend(("-", str(bar.desc)) for bar in event.removed)
+
+    progress._all_instances.events.changed.connect(on_change)
+    try:
+        store = small_canvas(tmp_path / "c", tiny)
+        ctrl = open_canvas(viewer, store=store, model=tiny, camera=((2048, 2048), 1.0),
+                           scheduler_options={"max_view_tiles": 2})
+        ctrl.start()
+        wait_idle(qtbot, ctrl)
+        qtbot.waitUntil(lambda: not ctrl.activity["tiles"].active, timeout=3000)
+        tiles = [d for sign, d in seen if sign == "+" and "generating tiles" in d]
+        assert tiles and ("-", tiles[0]) in seen
+        ctrl.export(tmp_path / "corner.ome.tif", (0, 512, 0, 512), generate_missing=True)
+        assert ctrl.activity["export"].active and "corner.ome.tif" in str(ctrl.activity["export"].bar.desc)
+        qtbot.waitUntil(lambda: ctrl.export_state == "done", timeout=30000)
+        qtbot.waitUntil(lambda: not ctrl.activity["export"].active, timeout=3000)
+        assert not [bar for bar in progress._all_instances if "DiffInfinite" in str(bar.desc)]
+    finally:
+        progress._all_instances.events.changed.disconnect(on_change)
+
+
 def test_the_far_corner_of_a_2_20_canvas_lands_within_a_pixel(viewer, tiny, qtbot, tmp_path):
     store = CanvasStore.create_for_model(tmp_path / "big", tiny)  # 2**20 x 2**20 px, nothing allocated
     target = (DEFAULT_SIDE - 512, DEFAULT_SIDE - 512)

@@ -46,6 +46,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from ..canvas.grid import Rect, TileKey, as_rect
 from ..canvas.session import CanvasSession
 from ..canvas.store import CanvasLockedError, CanvasStore
+from .activity import ActivityBar
 from .canvas_layers import (
     META_KEY,
     PrefetchLevel,
@@ -203,6 +204,11 @@ class CanvasController(QObject):
         #: the Qt-free state and behaviour of the canvas; this object adds layers, camera and timers
         self.session = CanvasSession(store, scheduler_options=scheduler_options)
         self.loading_model = False  # a load_model() worker is on its way
+        self._loading_spec: ModelSpec | None = None
+        #: napari's activity dock: one bar per kind of work while it runs
+        self.activity = {kind: ActivityBar("tile") for kind in ("model", "tiles", "mask", "export")}
+        self._tiles_base = 0  # tiles_done when the current "generating tiles" bar opened
+        self._activity_busy = self._activity_again = False
         self.closed = False
         #: level-0 tiles invalidated by the last label write; all tiles landed so far (GUI thread)
         self.last_invalidated: list[TileKey] = []
@@ -212,7 +218,7 @@ class CanvasController(QObject):
         self.last_requested: list[TileKey] = []
         self._ignore_labels = 0
         self._workers: list = []
-        self.mask_state = "idle"  # "running", "done", "error"
+        self._mask_state = "idle"
         self._auto_mask_warned = False
         #: the last mask read from a file and where it was placed (latent rect), after it was written
         self.loaded_mask = None
@@ -274,6 +280,7 @@ class CanvasController(QObject):
         self._progressed.connect(self.state_changed.emit)
         self._export_changed.connect(self._on_export_changed)
         self._mask_placed.connect(self._on_mask_placed)
+        self.state_changed.connect(self._show_activity)
         # the session's worker-thread events cross to the GUI thread through queued Qt signals
         # (lambdas: psygnal keeps weak references to bound methods, and a bound Qt signal is a temporary)
         self.session.tile_landed.connect(lambda key: self.tile_landed.emit(key))
@@ -926,6 +933,66 @@ class CanvasController(QObject):
         raise ValueError(f"unknown export region {region!r}: 'view', 'rectangle', 'selection' or 'generated'")
 
     @property
+    def mask_state(self) -> str:
+        """ "idle", "running" (a mask is generated or a mask file read and placed), "done" or "error"."""
+        return self._mask_state
+
+    @mask_state.setter
+    def mask_state(self, value: str) -> None:
+        if value != self._mask_state:
+            self._mask_state = value
+            self.state_changed.emit()
+
+    def _show_activity(self) -> None:
+        """Open, advance or close the bars of napari's activity dock from the canvas's state (GUI thread).
+        Opening or closing a bar lets napari's activity dock handle events, which may land here again: that call
+        only asks for one more pass."""
+        if self._activity_busy:
+            self._activity_again = True
+            return
+        self._activity_busy = True
+        try:
+            self._activity_again = True
+            while self._activity_again:
+                self._activity_again = False
+                self._update_activity()
+        finally:
+            self._activity_busy = False
+
+    def _update_activity(self) -> None:
+        bars = self.activity
+        if self.closed:
+            for bar in bars.values():
+                bar.end()
+            return
+        if self.loading_model:
+            name = getattr(self._loading_spec, "source", "")
+            bars["model"].show(f"DiffInfinite: loading the model {Path(str(name)).name}")
+        else:
+            bars["model"].end()
+        stats = self.scheduler.stats if self.scheduler is not None else None
+        left = 0 if stats is None else stats.tiles_queued + (stats.current is not None)
+        if left and stats.state in ("running", "paused"):
+            if not bars["tiles"].active:
+                self._tiles_base = stats.tiles_done
+            done = stats.tiles_done - self._tiles_base
+            paused = " (paused)" if stats.state == "paused" else ""
+            bars["tiles"].show(f"DiffInfinite: generating tiles{paused}", done, done + left)
+        else:
+            bars["tiles"].end()
+        if self.mask_state == "running":
+            bars["mask"].show("DiffInfinite: generating / placing a mask")
+        else:
+            bars["mask"].end()
+        job = self.export_job
+        if job is not None and not job.finished and job.state in ("waiting", "running"):
+            done, total = job.progress
+            what = "generating its missing tiles" if job.state == "waiting" else "writing"
+            bars["export"].show(f"DiffInfinite: export {job.path.name}: {what}", done, total)
+        else:
+            bars["export"].end()
+
+    @property
     def export_state(self) -> str:
         """The last export's state: "idle" before the first, then the job's (waiting, running, done, ...)."""
         return "idle" if self.export_job is None else self.export_job.state
@@ -1042,6 +1109,7 @@ class CanvasController(QObject):
                 self._keep(load_model_in_thread(spec, loaded, failed))
 
         self.loading_model = True
+        self._loading_spec = spec
         self.state_changed.emit()
         if defer:
             QTimer.singleShot(0, go)
