@@ -111,6 +111,40 @@ def test_save_unet_round_trip_keeps_config(tmp_path, golden_mask):
     assert torch.equal(loaded(x, t, golden_mask.io["classes"]), net(x, t, golden_mask.io["classes"]))
 
 
+@torch.no_grad()
+def test_an_image_unet_with_its_mask_as_input_round_trips_and_sees_each_pixels_label(tmp_path):
+    """mask_input: the label map enters the first convolution as one-hot channels (labels 1..4), so a label
+    change reaches the output through that convolution too; the file loads back as the same network, from its
+    metadata or from the tensor shapes alone (a bare state dict)."""
+    torch.manual_seed(0)
+    net = ImageUnet(dim=8, num_classes=5, dim_mults=(1, 2), channels=4, resnet_block_groups=4,
+                    block_per_layer=1, mask_input=True).eval()
+    assert net.init_conv.in_channels == 4 + 4 and net.config["mask_input"] is True
+    path = tmp_path / "image.safetensors"
+    save_unet(net, path)
+    bare = tmp_path / "bare.pt"
+    torch.save(net.state_dict(), bare)
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 500])
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[0, :, :8] = 2
+    mask[1, :, 4:12, 4:12] = 3
+    for source in (path, bare):
+        loaded = load_diffinfinite_checkpoint(source, "image", resnet_block_groups=4)
+        assert loaded.config == net.config and loaded.channels == 4
+        assert torch.equal(loaded(x, t, mask), net(x, t, mask))
+    # two labels swapped between two regions: the same class embedding (the max, 3) and the same attention
+    # query (mask > 0); the reference's network cannot tell them apart, this one sees the pixel labels
+    a, b = torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)
+    a[..., :8, :] = 2
+    a[..., 8:, :] = 3
+    b[..., :8, :] = 3
+    b[..., 8:, :] = 2
+    assert not torch.allclose(net(x[:1], t[:1], a), net(x[:1], t[:1], b))
+    plain = ImageUnet(dim=8, num_classes=5, dim_mults=(1, 2), channels=4, resnet_block_groups=4, block_per_layer=1)
+    assert "mask_input" not in plain.config and plain.init_conv.in_channels == 4  # the reference's layout
+    assert torch.equal(plain.eval()(x[:1], t[:1], a), plain(x[:1], t[:1], b))
+
+
 def test_config_fills_what_shapes_cannot_reveal(tmp_path, golden_image):
     path = tmp_path / "unet.pt"
     torch.save(golden_image.weights, path)

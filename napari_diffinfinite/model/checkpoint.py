@@ -139,13 +139,17 @@ def _infer_config(state: dict[str, torch.Tensor], kind: Kind, path: Path) -> dic
             f"{path} does not have the layout of a DiffInfinite {kind} UNet (missing {e}); "
             "see the manifests of the released checkpoints"
         ) from None
-    return {
+    config = {
         "dim": int(dim),
         "num_classes": int(num_classes),
         "dim_mults": tuple(mults),
         "channels": int(channels),
         "block_per_layer": int(blocks),
     }
+    out_channels = state["final_conv.weight"].shape[0] if "final_conv.weight" in state else channels
+    if kind == "image" and channels == out_channels + num_classes - 1:  # ImageUnet(mask_input=True)
+        config.update(channels=int(out_channels), mask_input=True)
+    return config
 
 
 def _load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

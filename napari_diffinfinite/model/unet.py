@@ -149,6 +149,10 @@ class ImageUnet(_UnetSkeleton):
     ``forward(x, time, mask)``: ``mask`` is a label map at latent resolution, shape (B, 1, H, W). The class
     embedding uses ``int(max(mask))`` per sample; cross-attention queries use the binary mask ``mask > 0``.
     The null condition (for guidance) is the same call with an all-zero mask.
+
+    ``mask_input`` (not in the reference; its checkpoints have none): the label map also enters the first
+    convolution as one-hot channels for labels 1..num_classes-1, so every latent pixel sees its own label
+    directly instead of through a per-sample embedding and an attention query.
     """
 
     def __init__(
@@ -160,8 +164,13 @@ class ImageUnet(_UnetSkeleton):
         resnet_block_groups: int = 2,
         block_per_layer: int = 2,
         dropout: float = 0.05,
+        mask_input: bool = False,
     ):
         super().__init__(dim, num_classes, dim_mults, channels, resnet_block_groups, block_per_layer, dropout)
+        self.mask_input = bool(mask_input)
+        if self.mask_input:
+            self.config["mask_input"] = True
+            self.init_conv = nn.Conv2d(channels + num_classes - 1, dim, 7, padding=3)
 
     def _level_attention(self, dim):
         return MaskCrossAttention(dim)
@@ -178,6 +187,9 @@ class ImageUnet(_UnetSkeleton):
         classes = mask.reshape(mask.shape[0], -1).amax(dim=-1).long()
         if classes.min() < 0 or classes.max() >= self.num_classes:
             raise ValueError(f"mask labels must lie in 0..{self.num_classes - 1}, got max {classes.tolist()}")
+        if self.mask_input:
+            ids = torch.arange(1, self.num_classes, device=x.device).view(1, -1, 1, 1)
+            x = torch.cat((x, (mask.long() == ids).to(x.dtype)), dim=1)
         return self._run(x, _per_sample(time, x.shape[0], x.device), self.classes_emb(classes), mask)
 
     def forward_with_cond_scale(self, x, time, mask, cond_scale: float) -> torch.Tensor:

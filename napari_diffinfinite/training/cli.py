@@ -186,6 +186,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "the multi-label sampler does (the reference conditions on class = max(mask))",
     )
     net.add_argument(
+        "--mask-input",
+        action="store_true",
+        help="image: also feed the label map to the first convolution as one-hot channels, so each latent "
+        "pixel sees its own label (not in the reference's networks)",
+    )
+    net.add_argument(
         "--balance-labels",
         action="store_true",
         help="image, with --per-label: draw each crop's label evenly over the dataset's labels, then a "
@@ -251,6 +257,8 @@ def _network_settings(args) -> tuple[dict, int]:
     }
     if args.what == "image":
         unet["num_classes"] = args.num_classes
+        if args.mask_input:
+            unet["mask_input"] = True
     return unet, pick("crop_latents")
 
 
