@@ -17,6 +17,9 @@ DEMO_MASK_FILE = ("masks", "squamous_mask_example_5classes.png")
 DEMO_CANVAS_NAME = "demo-canvas"
 #: The demo mask's context prompt: squamous cell carcinoma, as the file name says.
 DEMO_CONTEXT = 1
+#: Pause between the steps of opening the demo (ms): long enough for napari to paint and take input between
+#: them (a zero-delay timer would run in the same turn of the event loop, one freeze instead of three).
+STEP_MS = 40
 #: Physical pixel size of the demo mask (it is at image resolution; the paper's data is 20x, ~0.5 um/px).
 DEMO_MASK_UM_PER_PX = 0.5
 
@@ -67,7 +70,6 @@ def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | No
     ``(store, mask rectangle in level-0 px)``."""
     from .canvas.grid import DEFAULT_SIDE, Rect
     from .canvas.store import CanvasStore
-    from .label_grid import labels_at_cell_centres
 
     shape_px = shape_px or (DEFAULT_SIDE, DEFAULT_SIDE)
     extra = {"context": DEMO_CONTEXT, **(settings or {})}
@@ -81,15 +83,49 @@ def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | No
             settings={"num_classes": len(FIVE_CLASSES), **extra},
             latent_channels=4,
         )
-    d = store.grid.downsampling
-    labels = labels_at_cell_centres(load_demo_mask(), d)
-    if store.num_classes < len(FIVE_CLASSES):
-        labels = np.where(labels < store.num_classes, labels, 0).astype(np.uint8)
-    cy, cx = store.grid.centre()
-    lh, lw = labels.shape
-    ly, lx = cy // d - lh // 2, cx // d - lw // 2
+    labels, (ly, lx) = demo_labels(store.grid, store.num_classes)
     store.write_labels(ly, lx, labels)
-    return store, Rect(ly * d, (ly + lh) * d, lx * d, (lx + lw) * d)
+    d = store.grid.downsampling
+    return store, Rect(ly * d, (ly + labels.shape[0]) * d, lx * d, (lx + labels.shape[1]) * d)
+
+
+def demo_labels(grid, num_classes: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The demo mask at the latent scale of ``grid`` (labels the canvas's classes do not have become 0), and
+    the latent pixel of its top-left corner: the mask centred on the canvas."""
+    from .label_grid import labels_at_cell_centres
+
+    d = grid.downsampling
+    labels = labels_at_cell_centres(load_demo_mask(), d)
+    if num_classes < len(FIVE_CLASSES):
+        labels = np.where(labels < num_classes, labels, 0).astype(np.uint8)
+    cy, cx = grid.centre()
+    lh, lw = labels.shape
+    return labels, (cy // d - lh // 2, cx // d - lw // 2)
+
+
+def demo_mask_window(folder, manifest) -> tuple:
+    """LayerData of the demo canvas's Labels window, computed from the model's manifest before the canvas
+    exists (no zarr, no store): what the controller will read from the store once it is made, so it adopts
+    this layer as it is."""
+    from .canvas.grid import DEFAULT_SIDE, CanvasGrid, Rect
+    from .classes import class_set
+    from .widgets.canvas_layers import window_layer_kwargs
+    from .widgets.canvas_view import window_anchor, window_rect
+
+    grid = CanvasGrid(DEFAULT_SIDE, DEFAULT_SIDE, downsampling=manifest.downsampling)
+    try:
+        classes = class_set(manifest.num_classes)
+    except ValueError:
+        classes = FIVE_CLASSES
+    labels, (ly, lx) = demo_labels(grid, manifest.num_classes)
+    d = grid.downsampling
+    centre = Rect(ly * d, (ly + labels.shape[0]) * d, lx * d, (lx + labels.shape[1]) * d).centre
+    anchor = window_anchor(Rect(int(centre[0]), int(centre[0]) + 1, int(centre[1]), int(centre[1]) + 1), grid)
+    win = window_rect(anchor, grid)
+    window = np.zeros((win.height, win.width), np.uint8)
+    window[ly - win.y0 : ly - win.y0 + labels.shape[0], lx - win.x0 : lx - win.x0 + labels.shape[1]] = labels
+    kwargs = window_layer_kwargs(folder, grid, manifest.pixel_size_um, classes, anchor)
+    return window, kwargs, "labels"
 
 
 def demo_model():
@@ -160,6 +196,39 @@ def start_generating(store, model, rect, **scheduler_options):
     return EarlyStart(store, model, centre_px=rect.centre, **scheduler_options)
 
 
+def schedule_demo_canvas(folder, manifest, spec) -> None:
+    """On the next turns of the event loop: make the demo canvas in ``folder`` for the model of ``manifest``,
+    then open it in the current viewer (the controller adds the tissue layer, adopts the Labels window and loads
+    ``spec``)."""
+    from qtpy.QtCore import QTimer
+
+    def make():
+        from .widgets.canvas_controller import notify
+
+        try:
+            store, rect = create_demo_canvas(folder, manifest, settings={"model_source": spec.source})
+        except Exception as exc:  # noqa: BLE001 - a full disk, say: shown, not raised into Qt
+            notify(f"DiffInfinite: the demo canvas could not be made in {folder}: {exc}")
+            return
+        QTimer.singleShot(STEP_MS, lambda: attach(store, rect))
+
+    def attach(store, rect):
+        import napari
+
+        from .widgets.canvas_controller import notify, open_canvas
+
+        viewer = napari.current_viewer()
+        if viewer is None:
+            store.close()
+            return
+        try:
+            open_canvas(viewer, store=store, model_spec=spec, camera=(rect.centre, 1.0), start=True)
+        except Exception as exc:  # noqa: BLE001
+            notify(f"DiffInfinite: the demo canvas {folder} is shown but cannot be edited: {exc}", "warning")
+
+    QTimer.singleShot(STEP_MS, make)
+
+
 def demo_canvas() -> list[tuple]:
     """LayerData of a new demo canvas (tissue pyramid + mask window). In napari the canvas is then opened at 1:1
     zoom centred on the mask and generation starts (the model: ``$DIFFINFINITE_MODEL`` or the embedded one).
@@ -168,20 +237,16 @@ def demo_canvas() -> list[tuple]:
 
     spec, manifest = demo_manifest()
     if manifest is not None:
-        # not loaded yet: the canvas from the model's manifest now, the model (and torch) in a worker thread
-        # once napari has built the layers (a load beside the build slows both: one GIL, 2 cores), so that
-        # opening does not freeze napari; generation starts when the model is in
-        store, rect, layers = new_demo_canvas(manifest, spec)
-        schedule_attach(
-            store.root,
-            store=store,
-            model=None,
-            model_spec=spec,
-            camera=(rect.centre, 1.0),
-            start=True,
-            load_model=True,
-        )
-        return layers
+        # not loaded yet. Each step in its own turn of the event loop, so that none adds to another's freeze:
+        # now only the mask's Labels window, from the model's manifest (napari's first layer costs it most of
+        # a second whatever we do); next the canvas store (zarr); then the tissue layer and the controller;
+        # the model (and torch) in a worker thread; generation starts when the model is in
+        import tempfile
+        from pathlib import Path
+
+        folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
+        schedule_demo_canvas(folder, manifest, spec)
+        return [demo_mask_window(folder, manifest)]
     model, spec, error = demo_model()
     store, rect, layers = new_demo_canvas(model, spec)
     early = start_generating(store, model, rect)

@@ -14,6 +14,8 @@ from napari_diffinfinite.canvas import CanvasStore
 from napari_diffinfinite.canvas.grid import DEFAULT_SIDE, Rect
 from napari_diffinfinite.widgets import canvas_models
 from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for, open_canvas
+from napari_diffinfinite.widgets.canvas_layers import tissue_layer_kwargs
+from napari_diffinfinite.widgets.canvas_view import window_rect
 
 PLUGIN = "napari-diffinfinite"
 SMALL = (4096, 4096)  # 8 x 8 tiles; the latent canvas (512 x 512) fits one Labels window
@@ -90,17 +92,24 @@ def test_demo_canvas_opens_at_1to1_on_the_mask_and_generates(viewer, tiny, qtbot
 
 
 def test_demo_canvas_opens_before_its_model_is_loaded(viewer, tiny_not_loaded, qtbot):
-    """A model not loaded yet: the layers come at once from the model's manifest, the model loads in a worker
-    thread while napari's event loop runs, then the view generates (opening froze napari for 3.7-4.4 s while
-    the model and torch loaded on the GUI thread)."""
+    """A model not loaded yet: the mask window comes at once from the model's manifest (nothing else in that
+    turn of the event loop: napari's first layer is its own freeze), the canvas and its tissue layer in the next
+    turns, the model in a worker thread, then the view generates (opening froze napari for 3.7-4.4 s while the
+    model and torch loaded on the GUI thread)."""
+    import sys
     import threading
 
     loads = tiny_not_loaded
-    tissue, mask = viewer.open_sample(PLUGIN, "demo_canvas")
-    assert loads == []  # nothing loaded while napari built the layers
+    zarr_before = "zarr" in sys.modules
+    (mask,) = viewer.open_sample(PLUGIN, "demo_canvas")
+    assert loads == []  # nothing loaded while napari built the layer
+    assert zarr_before or "zarr" not in sys.modules  # nor the canvas store
     qtbot.waitUntil(lambda: controller_for(viewer) is not None, timeout=5000)
     ctrl = controller_for(viewer)
-    assert ctrl.tissue_layer is tissue and ctrl.labels_layer is mask
+    assert ctrl.labels_layer is mask and list(viewer.layers) == [ctrl.tissue_layer, mask]  # tissue under the mask
+    # the window shown before the store existed is exactly the store's
+    np.testing.assert_array_equal(mask.data, ctrl.store.read_labels(window_rect(ctrl.anchor, ctrl.grid)))
+    assert mask.data.any() and ctrl.tissue_layer.metadata == tissue_layer_kwargs(ctrl.store)["metadata"]
     assert ctrl.store.model_name == "tiny-test-model" and ctrl.store.latent_channels == 4
     qtbot.waitUntil(lambda: ctrl.model is not None and ctrl.generating, timeout=20000)
     assert len(loads) == 1 and loads[0] is not threading.main_thread()
@@ -197,32 +206,30 @@ def test_panning_requests_new_tiles_keeps_old_ones_and_generated_areas_cost_noth
 
 
 def test_generation_and_exports_show_in_naparis_activity_dock(viewer, tiny, qtbot, tmp_path):
-    """Each piece of long work has a bar in napari's activity dock while it runs, closed when it ends."""
+    """Each piece of long work has a bar in napari's activity dock while it runs, closed when it ends. The dock
+    follows the state 50 ms behind (work shorter than that never shows); the test holds the work paused, or
+    updates the dock at once, to see the bars."""
     from napari.utils import progress
 
-    seen = []
+    def ours():
+        return [str(bar.desc) for bar in progress._all_instances if "DiffInfinite" in str(bar.desc)]
 
-    def on_change(event):
-        seen.extend(("+", str(bar.desc)) for bar in event.added)
-        seen.extend(("-", str(bar.desc)) for bar in event.removed)
-
-    progress._all_instances.events.changed.connect(on_change)
-    try:
-        store = small_canvas(tmp_path / "c", tiny)
-        ctrl = open_canvas(viewer, store=store, model=tiny, camera=((2048, 2048), 1.0),
-                           scheduler_options={"max_view_tiles": 2})
-        ctrl.start()
-        wait_idle(qtbot, ctrl)
-        qtbot.waitUntil(lambda: not ctrl.activity["tiles"].active, timeout=3000)
-        tiles = [d for sign, d in seen if sign == "+" and "generating tiles" in d]
-        assert tiles and ("-", tiles[0]) in seen
-        ctrl.export(tmp_path / "corner.ome.tif", (0, 512, 0, 512), generate_missing=True)
-        assert ctrl.activity["export"].active and "corner.ome.tif" in str(ctrl.activity["export"].bar.desc)
-        qtbot.waitUntil(lambda: ctrl.export_state == "done", timeout=30000)
-        qtbot.waitUntil(lambda: not ctrl.activity["export"].active, timeout=3000)
-        assert not [bar for bar in progress._all_instances if "DiffInfinite" in str(bar.desc)]
-    finally:
-        progress._all_instances.events.changed.disconnect(on_change)
+    store = small_canvas(tmp_path / "c", tiny)
+    ctrl = open_canvas(viewer, store=store, model=tiny, camera=((2048, 2048), 1.0))
+    ctrl.scheduler.pause()
+    ctrl.scheduler.request_tiles([(0, 0), (0, 1)])
+    ctrl.state_changed.emit()
+    qtbot.waitUntil(lambda: ctrl.activity["tiles"].active, timeout=3000)
+    assert ctrl.activity["tiles"].bar.total == 2 and "(paused)" in ours()[0]
+    ctrl.scheduler.resume()
+    ctrl.scheduler.start()
+    wait_idle(qtbot, ctrl)
+    qtbot.waitUntil(lambda: not ctrl.activity["tiles"].active and not ours(), timeout=3000)
+    ctrl.export(tmp_path / "corner.ome.tif", (512, 1024, 0, 512), generate_missing=True)
+    ctrl._show_activity()  # now, not 50 ms later: the tiny model's tile may be done by then
+    assert ctrl.export_state == "done" or "corner.ome.tif" in str(ctrl.activity["export"].bar.desc)
+    qtbot.waitUntil(lambda: ctrl.export_state == "done", timeout=30000)
+    qtbot.waitUntil(lambda: not ours(), timeout=3000)
 
 
 def test_the_far_corner_of_a_2_20_canvas_lands_within_a_pixel(viewer, tiny, qtbot, tmp_path):

@@ -248,7 +248,7 @@ def test_labels_to_latent_resamples_a_layer_by_its_scale():
 
 
 def test_prefetched_regions_serve_napari_slicings_from_memory(generated):
-    from napari_diffinfinite.widgets.canvas_layers import PrefetchLevel
+    from napari_diffinfinite.canvas.prefetch import PrefetchLevel
 
     store = CanvasStore.open(generated, mode="r")
     level = PrefetchLevel(store.tissue_level(0), margin=0.5)

@@ -10,13 +10,6 @@
 """
 
 from .grid import CanvasGrid, Rect, TileKey
-from .store import (
-    STATUS_EMPTY,
-    STATUS_LATENTS,
-    STATUS_PIXELS,
-    CanvasLockedError,
-    CanvasStore,
-)
 
 __all__ = [
     "STATUS_EMPTY",
@@ -31,11 +24,18 @@ __all__ = [
     "TileScheduler",
 ]
 
+_STORE_NAMES = ("STATUS_EMPTY", "STATUS_LATENTS", "STATUS_PIXELS", "CanvasLockedError", "CanvasStore")
+
 
 def __getattr__(name):
-    # the scheduler imports torch; the store and the grid do not
+    # imported on first use: the scheduler imports torch, the store zarr (0.16 s that opening the demo
+    # spends before napari's first layer otherwise); the grid needs neither
     if name in ("TileScheduler", "SchedulerStats"):
         from . import scheduler
 
         return getattr(scheduler, name)
+    if name in _STORE_NAMES:
+        from . import store
+
+        return getattr(store, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,12 +44,12 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..canvas.grid import Rect, TileKey, as_rect
+from ..canvas.prefetch import PrefetchLevel
 from ..canvas.session import CanvasSession
 from ..canvas.store import CanvasLockedError, CanvasStore
 from .activity import ActivityBar
 from .canvas_layers import (
     META_KEY,
-    PrefetchLevel,
     canvas_meta,
     labels_layer_kwargs,
     read_window,
@@ -89,6 +89,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: Delay (ms) of the activity dock behind the state it shows (see CanvasController._schedule_activity).
+ACTIVITY_MS = 50
 
 SELECTION_NAME = "DiffInfinite selection"
 
@@ -236,6 +238,9 @@ class CanvasController(QObject):
         levels = [PrefetchLevel(level) for level in store.tissue_levels()]
         if tissue_layer is None:
             tissue_layer = viewer.add_image(levels, **tissue_layer_kwargs(store))
+            if labels_layer is not None:  # shown first (the demo's mask window): the tissue goes under it
+                layers = viewer.layers
+                layers.move(layers.index(tissue_layer), layers.index(labels_layer))
         else:
             tissue_layer.data = levels  # read through this (writable) store: no status TTL
         self.tissue_layer = tissue_layer
@@ -272,6 +277,12 @@ class CanvasController(QObject):
         self._sync_timer.setSingleShot(True)
         self._sync_timer.setInterval(int(sync_ms))
         self._sync_timer.timeout.connect(self._guarded(self.sync_labels))
+        # the activity dock follows state_changed in a turn of its own: napari builds a bar's widget on the
+        # spot (0.35 s for the first), which must not add to the freeze of whatever changed the state
+        self._activity_timer = QTimer(self)
+        self._activity_timer.setSingleShot(True)
+        self._activity_timer.setInterval(ACTIVITY_MS)
+        self._activity_timer.timeout.connect(self._guarded(self._show_activity))
         self.tile_landed.connect(self._on_tile_landed)
         self._tile_failed.connect(self._on_tile_failed)
         self._prefetched.connect(self._on_prefetched)
@@ -280,7 +291,7 @@ class CanvasController(QObject):
         self._progressed.connect(self.state_changed.emit)
         self._export_changed.connect(self._on_export_changed)
         self._mask_placed.connect(self._on_mask_placed)
-        self.state_changed.connect(self._show_activity)
+        self.state_changed.connect(self._schedule_activity)
         # the session's worker-thread events cross to the GUI thread through queued Qt signals
         # (lambdas: psygnal keeps weak references to bound methods, and a bound Qt signal is a temporary)
         self.session.tile_landed.connect(lambda key: self.tile_landed.emit(key))
@@ -942,6 +953,13 @@ class CanvasController(QObject):
         if value != self._mask_state:
             self._mask_state = value
             self.state_changed.emit()
+
+    def _schedule_activity(self) -> None:
+        if self.closed:
+            self._activity_timer.stop()
+            self._show_activity()  # closes every bar now
+        elif not self._activity_timer.isActive():
+            self._activity_timer.start()
 
     def _show_activity(self) -> None:
         """Open, advance or close the bars of napari's activity dock from the canvas's state (GUI thread).
