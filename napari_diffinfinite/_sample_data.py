@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from . import DISCLAIMER
@@ -203,13 +205,21 @@ def schedule_demo_canvas(folder, manifest, spec) -> None:
     from qtpy.QtCore import QTimer
 
     def make():
+        import threading
+
         from .widgets.canvas_controller import notify
+        from .widgets.canvas_models import get_model
 
         try:
             store, rect = create_demo_canvas(folder, manifest, settings={"model_source": spec.source})
         except Exception as exc:  # noqa: BLE001 - a full disk, say: shown, not raised into Qt
             notify(f"DiffInfinite: the demo canvas could not be made in {folder}: {exc}")
             return
+        # the model starts loading now, beside the tissue layer (the controller's load then finds it loaded, or
+        # waits for it, and reports its errors)
+        threading.Thread(
+            target=_quietly, args=(get_model, spec), name="diffinfinite-demo-model", daemon=True
+        ).start()
         QTimer.singleShot(STEP_MS, lambda: attach(store, rect))
 
     def attach(store, rect):
@@ -229,11 +239,18 @@ def schedule_demo_canvas(folder, manifest, spec) -> None:
     QTimer.singleShot(STEP_MS, make)
 
 
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        logging.getLogger(__name__).debug("%s failed", fn.__name__, exc_info=True)
+
+
 def demo_canvas() -> list[tuple]:
-    """LayerData of a new demo canvas (tissue pyramid + mask window). In napari the canvas is then opened at 1:1
-    zoom centred on the mask and generation starts (the model: ``$DIFFINFINITE_MODEL`` or the embedded one).
-    Without a model the mask is shown and a notification says how to pick one."""
-    from .widgets.canvas_controller import schedule_attach
+    """LayerData of a new demo canvas: the tissue pyramid and the mask window, or, while the model is not loaded
+    yet, the mask window alone (the tissue layer follows a moment later). In napari the canvas is then opened at
+    1:1 zoom centred on the mask and generation starts (the model: ``$DIFFINFINITE_MODEL`` or the embedded
+    one). Without a model the mask is shown and a notification says how to pick one."""
 
     spec, manifest = demo_manifest()
     if manifest is not None:
@@ -247,6 +264,8 @@ def demo_canvas() -> list[tuple]:
         folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
         schedule_demo_canvas(folder, manifest, spec)
         return [demo_mask_window(folder, manifest)]
+    from .widgets.canvas_controller import schedule_attach
+
     model, spec, error = demo_model()
     store, rect, layers = new_demo_canvas(model, spec)
     early = start_generating(store, model, rect)
