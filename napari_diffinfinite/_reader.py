@@ -99,7 +99,7 @@ def read_canvas(path, *, attach: bool = True) -> list[tuple]:
     if attach:
         from .widgets.canvas_controller import schedule_attach
 
-        schedule_attach(path)
+        schedule_attach(path, defer_load=True)  # torch's import beside napari's first paint would add to it
     return layers
 
 

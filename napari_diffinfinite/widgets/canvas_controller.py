@@ -91,6 +91,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 #: Delay (ms) of the activity dock behind the state it shows (see CanvasController._schedule_activity).
 ACTIVITY_MS = 50
+#: Delay (ms) of a deferred model load: after napari's first paint of new layers (importing torch holds the GIL
+#: up to 0.2 s at a time, which would add to that paint's freeze).
+LOAD_DELAY_MS = 300
 
 SELECTION_NAME = "DiffInfinite selection"
 
@@ -1130,7 +1133,7 @@ class CanvasController(QObject):
         self._loading_spec = spec
         self.state_changed.emit()
         if defer:
-            QTimer.singleShot(0, go)
+            QTimer.singleShot(LOAD_DELAY_MS, go)
         else:
             go()
 
@@ -1210,6 +1213,7 @@ def open_canvas(
     start: bool = False,
     load_model: bool = True,
     early: EarlyStart | None = None,
+    defer_load: bool = False,
     **options,
 ) -> CanvasController:
     """Show a canvas folder in ``viewer`` and drive it (layers found by their metadata are reused, else added).
@@ -1219,6 +1223,7 @@ def open_canvas(
     else to the centre at 1:1. The model is ``model``, else ``model_spec`` (or the canvas's recorded source,
     or the default) loaded in a worker thread; with ``start`` generation starts as soon as it is loaded.
     ``early``: a scheduler already generating ``model`` on ``store`` (see :class:`EarlyStart`), adopted.
+    ``defer_load``: start loading the model only after napari's first paint of the new layers.
     """
     viewer = _unwrap(viewer)
     if store is None:
@@ -1248,7 +1253,7 @@ def open_canvas(
         spec = model_spec or ModelSpec(
             store.settings.get("model_source") or os.environ.get("DIFFINFINITE_MODEL") or "embedded"
         )
-        ctrl.load_model(spec, start=start)
+        ctrl.load_model(spec, start=start, defer=defer_load)
     return ctrl
 
 
