@@ -244,6 +244,7 @@ class CanvasController(QObject):
             if labels_layer is not None:  # shown first (the demo's mask window): the tissue goes under it
                 layers = viewer.layers
                 layers.move(layers.index(tissue_layer), layers.index(labels_layer))
+                layers.selection.active = labels_layer  # the brush stays ready
         else:
             tissue_layer.data = levels  # read through this (writable) store: no status TTL
         self.tissue_layer = tissue_layer
