@@ -107,6 +107,7 @@ def test_demo_canvas_opens_before_its_model_is_loaded(viewer, tiny_not_loaded, q
     qtbot.waitUntil(lambda: controller_for(viewer) is not None, timeout=5000)
     ctrl = controller_for(viewer)
     assert ctrl.labels_layer is mask and list(viewer.layers) == [ctrl.tissue_layer, mask]  # tissue under the mask
+    assert viewer.layers.selection.active is mask  # the brush is ready
     # the window shown before the store existed is exactly the store's
     np.testing.assert_array_equal(mask.data, ctrl.store.read_labels(window_rect(ctrl.anchor, ctrl.grid)))
     assert mask.data.any() and ctrl.tissue_layer.metadata == tissue_layer_kwargs(ctrl.store)["metadata"]
