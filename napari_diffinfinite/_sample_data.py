@@ -70,7 +70,7 @@ def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | No
     it (latent channels, steps, guidance, classes); without, with the default geometry (4 latent channels,
     5 classes) and no model name, so that any model with that geometry can generate it later. Returns
     ``(store, mask rectangle in level-0 px)``."""
-    from .canvas.grid import DEFAULT_SIDE, Rect
+    from .canvas.grid import DEFAULT_SIDE
     from .canvas.store import CanvasStore
 
     shape_px = shape_px or (DEFAULT_SIDE, DEFAULT_SIDE)
@@ -85,15 +85,15 @@ def create_demo_canvas(folder, model=None, *, shape_px=None, settings: dict | No
             settings={"num_classes": len(FIVE_CLASSES), **extra},
             latent_channels=4,
         )
-    labels, (ly, lx) = demo_labels(store.grid, store.num_classes)
+    labels, (ly, lx), rect = demo_labels(store.grid, store.num_classes)
     store.write_labels(ly, lx, labels)
-    d = store.grid.downsampling
-    return store, Rect(ly * d, (ly + labels.shape[0]) * d, lx * d, (lx + labels.shape[1]) * d)
+    return store, rect
 
 
-def demo_labels(grid, num_classes: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """The demo mask at the latent scale of ``grid`` (labels the canvas's classes do not have become 0), and
-    the latent pixel of its top-left corner: the mask centred on the canvas."""
+def demo_labels(grid, num_classes: int):
+    """The demo mask at the latent scale of ``grid`` (labels the canvas's classes do not have become 0), the
+    latent pixel of its top-left corner and its rectangle in level-0 px: the mask centred on the canvas."""
+    from .canvas.grid import Rect
     from .label_grid import labels_at_cell_centres
 
     d = grid.downsampling
@@ -102,31 +102,29 @@ def demo_labels(grid, num_classes: int) -> tuple[np.ndarray, tuple[int, int]]:
         labels = np.where(labels < num_classes, labels, 0).astype(np.uint8)
     cy, cx = grid.centre()
     lh, lw = labels.shape
-    return labels, (cy // d - lh // 2, cx // d - lw // 2)
+    ly, lx = cy // d - lh // 2, cx // d - lw // 2
+    return labels, (ly, lx), Rect(ly * d, (ly + lh) * d, lx * d, (lx + lw) * d)
 
 
 def demo_mask_window(folder, manifest) -> tuple:
     """LayerData of the demo canvas's Labels window, computed from the model's manifest before the canvas
     exists (no zarr, no store): what the controller will read from the store once it is made, so it adopts
     this layer as it is."""
-    from .canvas.grid import DEFAULT_SIDE, CanvasGrid, Rect
-    from .classes import class_set
-    from .widgets.canvas_layers import window_layer_kwargs
-    from .widgets.canvas_view import window_anchor, window_rect
+    from .canvas.grid import DEFAULT_SIDE, CanvasGrid
+    from .widgets.canvas_layers import classes_for, window_layer_kwargs
+    from .widgets.canvas_view import window_anchor_at, window_rect
 
     grid = CanvasGrid(DEFAULT_SIDE, DEFAULT_SIDE, downsampling=manifest.downsampling)
-    try:
-        classes = class_set(manifest.num_classes)
-    except ValueError:
-        classes = FIVE_CLASSES
-    labels, (ly, lx) = demo_labels(grid, manifest.num_classes)
-    d = grid.downsampling
-    centre = Rect(ly * d, (ly + labels.shape[0]) * d, lx * d, (lx + labels.shape[1]) * d).centre
-    anchor = window_anchor(Rect(int(centre[0]), int(centre[0]) + 1, int(centre[1]), int(centre[1]) + 1), grid)
+    labels, (ly, lx), rect = demo_labels(grid, manifest.num_classes)
+    anchor = window_anchor_at(
+        grid, rect.centre
+    )  # as the store's layer data would place it (canvas_layer_data)
     win = window_rect(anchor, grid)
     window = np.zeros((win.height, win.width), np.uint8)
     window[ly - win.y0 : ly - win.y0 + labels.shape[0], lx - win.x0 : lx - win.x0 + labels.shape[1]] = labels
-    kwargs = window_layer_kwargs(folder, grid, manifest.pixel_size_um, classes, anchor)
+    kwargs = window_layer_kwargs(
+        folder, grid, manifest.pixel_size_um, classes_for(manifest.num_classes), anchor
+    )
     return window, kwargs, "labels"
 
 

@@ -277,11 +277,11 @@ class CanvasExportJob:
             self.progress = (self._to_generate - len(left), self._to_generate)
             if not left:
                 self._stop_watching()
-                self.state = "running"
-        self.changed.emit()
+                self.state = "running"  # under the lock: no second _check launches it again
         if not left:
             self._launch()
             return
+        self.changed.emit()
         sched = self.session.scheduler
         if sched is not None and not sched.pending() and sched.stats.current is None:
             self.session.request_tiles(left)  # e.g. generation was cancelled meanwhile

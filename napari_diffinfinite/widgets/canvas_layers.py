@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import DISCLAIMER
-from ..canvas.grid import CanvasGrid, Rect
+from ..canvas.grid import CanvasGrid
 from ..classes import ClassSet, class_set
-from .canvas_view import DEFAULT_WINDOW, labels_translate, window_anchor, window_rect
+from .canvas_view import DEFAULT_WINDOW, labels_translate, window_anchor_at, window_rect
 
 if TYPE_CHECKING:  # the store imports zarr; these functions only call its methods
     from ..canvas.store import CanvasStore
@@ -30,6 +30,7 @@ __all__ = [
     "canvas_class_set",
     "canvas_layer_data",
     "canvas_meta",
+    "classes_for",
     "labels_layer_kwargs",
     "read_window",
     "tissue_layer_kwargs",
@@ -42,8 +43,14 @@ LABELS_NAME = "DiffInfinite mask"
 
 
 def canvas_class_set(store: CanvasStore) -> ClassSet:
+    return classes_for(store.num_classes)
+
+
+def classes_for(num_classes: int) -> ClassSet:
+    """The class set with ``num_classes`` labels; the 5-class set's names and colours for a label count that
+    has no set of its own."""
     try:
-        return class_set(store.num_classes)
+        return class_set(num_classes)
     except ValueError:
         return class_set(5)
 
@@ -128,10 +135,7 @@ def canvas_layer_data(
 ) -> list[tuple]:
     """LayerData ``[(tissue levels, kwargs, "image"), (mask window, kwargs, "labels")]`` for ``store``, the
     Labels window centred on ``centre_px`` (level-0 px; default: the canvas centre)."""
-    if centre_px is None:
-        centre_px = store.grid.centre()
-    cy, cx = centre_px
-    anchor = window_anchor(Rect(int(cy), int(cy) + 1, int(cx), int(cx) + 1), store.grid, window)
+    anchor = window_anchor_at(store.grid, store.grid.centre() if centre_px is None else centre_px, window)
     return [
         (store.tissue_levels(), tissue_layer_kwargs(store), "image"),
         (read_window(store, anchor, window), labels_layer_kwargs(store, anchor, window), "labels"),

@@ -29,6 +29,7 @@ __all__ = [
     "rect_from_vertices",
     "view_from_camera",
     "window_anchor",
+    "window_anchor_at",
 ]
 
 #: Side of the Labels window in latent pixels (one label per 8 image px): 2048 labels = 16,384 image px.
@@ -98,6 +99,14 @@ def window_anchor(
         return max(0, min(a, size - side))
 
     return one(cy, wh, lh), one(cx, ww, lw)
+
+
+def window_anchor_at(
+    grid: CanvasGrid, centre_px: tuple[float, float], window: int = DEFAULT_WINDOW
+) -> tuple[int, int]:
+    """:func:`window_anchor` for a view centred on level-0 pixel ``centre_px``."""
+    cy, cx = (int(c) for c in centre_px)
+    return window_anchor(Rect(cy, cy + 1, cx, cx + 1), grid, window)
 
 
 def window_rect(anchor: tuple[int, int], grid: CanvasGrid, window: int = DEFAULT_WINDOW) -> Rect:
