@@ -3,8 +3,8 @@ pyramidal OME-TIFFs our exporter writes.
 
 - A canvas folder becomes the multiscale tissue layer (everything generated shows at once, placeholders
   elsewhere; the store is only read, never a model) and the mask window around the saved view. In a running
-  napari the canvas is then driven (paint, pan to generate) by
-  :func:`~napari_diffinfinite.widgets.canvas_controller.schedule_attach`.
+  napari the mask window comes first and the tissue layer a moment later, and the canvas is then driven
+  (paint, pan to generate) by :func:`~napari_diffinfinite.widgets.opening.schedule_attach`.
 - ``<stem>.ome.tif`` (with ``<stem>_mask.ome.tif`` and ``<stem>.json`` beside it) becomes a multiscale RGB layer
   at its physical pixel size, plus the mask as a Labels layer. OME-TIFFs without our "synthetic" annotation are
   left to other readers.
@@ -48,18 +48,11 @@ def _single(path):
 
 
 def is_canvas_folder(path) -> bool:
-    """Whether ``path`` is a DiffInfinite canvas folder (a zarr group with our format attributes)."""
-    from .canvas.store import ATTRS_KEY, FORMAT
+    """Whether ``path`` is a DiffInfinite canvas folder (a zarr group with our format attributes; read without
+    zarr)."""
+    from .canvas.header import canvas_attrs
 
-    p = Path(path)
-    meta = p / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    return isinstance(attrs.get(ATTRS_KEY), dict) and attrs[ATTRS_KEY].get("format") == FORMAT
+    return canvas_attrs(path) is not None
 
 
 def is_diffinfinite_export(path) -> bool:
@@ -87,20 +80,40 @@ def get_reader(path):
 
 
 def read_canvas(path, *, attach: bool = True) -> list[tuple]:
-    """LayerData of a canvas folder (tissue pyramid + mask window around the saved view). With ``attach`` and
-    a running napari, the canvas is driven once napari has added the layers."""
+    """LayerData of a canvas folder: the tissue pyramid and the mask window around the saved view.
+
+    With ``attach`` in a running napari, only the mask window, empty, from the canvas's metadata (no zarr: napari
+    freezes as it adds its first layer, and opening the store would add to it); in the next turns of the event
+    loop the store opens, the tissue layer is added under the mask, the window is filled and the canvas is
+    driven (:func:`~napari_diffinfinite.widgets.opening.schedule_attach`).
+    """
+    path = Path(_single(path))
+    if attach and _qt_running():
+        from .canvas.header import read_header
+        from .widgets.canvas_layers import window_layer_data
+        from .widgets.opening import schedule_attach
+
+        header = read_header(path)
+        centre = header.view_centre_px or header.grid.centre()
+        window = window_layer_data(path, header.grid, header.pixel_size_um, header.num_classes, centre)
+        schedule_attach(path, defer_load=True)  # torch's import beside napari's first paint would add to it
+        return [window]
     from .canvas.store import CanvasStore
     from .widgets.canvas_layers import canvas_layer_data
 
-    path = Path(_single(path))
     store = CanvasStore.open(path, mode="r")
     view = store.settings.get("view") or {}
-    layers = canvas_layer_data(store, centre_px=tuple(view["centre_px"]) if "centre_px" in view else None)
-    if attach:
-        from .widgets.canvas_controller import schedule_attach
+    return canvas_layer_data(store, centre_px=tuple(view["centre_px"]) if "centre_px" in view else None)
 
-        schedule_attach(path, defer_load=True)  # torch's import beside napari's first paint would add to it
-    return layers
+
+def _qt_running() -> bool:
+    import sys
+
+    if "qtpy" not in sys.modules:  # no viewer without Qt; do not import it for a script
+        return False
+    from qtpy.QtWidgets import QApplication
+
+    return QApplication.instance() is not None
 
 
 def read_export(path) -> list[tuple]:

@@ -19,9 +19,6 @@ DEMO_MASK_FILE = ("masks", "squamous_mask_example_5classes.png")
 DEMO_CANVAS_NAME = "demo-canvas"
 #: The demo mask's context prompt: squamous cell carcinoma, as the file name says.
 DEMO_CONTEXT = 1
-#: Pause between the steps of opening the demo (ms): long enough for napari to paint and take input between
-#: them (a zero-delay timer would run in the same turn of the event loop, one freeze instead of three).
-STEP_MS = 40
 #: Physical pixel size of the demo mask (it is at image resolution; the paper's data is 20x, ~0.5 um/px).
 DEMO_MASK_UM_PER_PX = 0.5
 
@@ -111,21 +108,19 @@ def demo_mask_window(folder, manifest) -> tuple:
     exists (no zarr, no store): what the controller will read from the store once it is made, so it adopts
     this layer as it is."""
     from .canvas.grid import DEFAULT_SIDE, CanvasGrid
-    from .widgets.canvas_layers import classes_for, window_layer_kwargs
-    from .widgets.canvas_view import window_anchor_at, window_rect
+    from .widgets.canvas_layers import window_layer_data
 
     grid = CanvasGrid(DEFAULT_SIDE, DEFAULT_SIDE, downsampling=manifest.downsampling)
-    labels, (ly, lx), rect = demo_labels(grid, manifest.num_classes)
-    anchor = window_anchor_at(
-        grid, rect.centre
-    )  # as the store's layer data would place it (canvas_layer_data)
-    win = window_rect(anchor, grid)
-    window = np.zeros((win.height, win.width), np.uint8)
-    window[ly - win.y0 : ly - win.y0 + labels.shape[0], lx - win.x0 : lx - win.x0 + labels.shape[1]] = labels
-    kwargs = window_layer_kwargs(
-        folder, grid, manifest.pixel_size_um, classes_for(manifest.num_classes), anchor
+    labels, labels_at, rect = demo_labels(grid, manifest.num_classes)
+    return window_layer_data(
+        folder,
+        grid,
+        manifest.pixel_size_um,
+        manifest.num_classes,
+        rect.centre,
+        labels=labels,
+        labels_at=labels_at,
     )
-    return window, kwargs, "labels"
 
 
 def demo_model():
@@ -202,6 +197,8 @@ def schedule_demo_canvas(folder, manifest, spec) -> None:
     ``spec``)."""
     from qtpy.QtCore import QTimer
 
+    from .widgets.opening import OPEN_STEP_MS
+
     def make():
         import threading
 
@@ -218,7 +215,7 @@ def schedule_demo_canvas(folder, manifest, spec) -> None:
         threading.Thread(
             target=_quietly, args=(get_model, spec), name="diffinfinite-demo-model", daemon=True
         ).start()
-        QTimer.singleShot(STEP_MS, lambda: attach(store, rect))
+        QTimer.singleShot(OPEN_STEP_MS, lambda: attach(store, rect))
 
     def attach(store, rect):
         import napari
@@ -234,7 +231,7 @@ def schedule_demo_canvas(folder, manifest, spec) -> None:
         except Exception as exc:  # noqa: BLE001
             notify(f"DiffInfinite: the demo canvas {folder} is shown but cannot be edited: {exc}", "warning")
 
-    QTimer.singleShot(STEP_MS, make)
+    QTimer.singleShot(OPEN_STEP_MS, make)
 
 
 def _quietly(fn, *args) -> None:
@@ -262,7 +259,7 @@ def demo_canvas() -> list[tuple]:
         folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
         schedule_demo_canvas(folder, manifest, spec)
         return [demo_mask_window(folder, manifest)]
-    from .widgets.canvas_controller import schedule_attach
+    from .widgets.opening import schedule_attach
 
     model, spec, error = demo_model()
     store, rect, layers = new_demo_canvas(model, spec)

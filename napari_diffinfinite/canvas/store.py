@@ -59,6 +59,7 @@ from ._atomic_store import (
     remove_stale_partials,
 )
 from .grid import DEFAULT_SIDE, CanvasGrid, Rect, TileKey, as_rect
+from .header import ATTRS_KEY, FORMAT, FORMAT_VERSION, CanvasHeader
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -73,9 +74,6 @@ __all__ = [
     "recorded_sampler",
 ]
 
-FORMAT = "diffinfinite-canvas"
-FORMAT_VERSION = 1
-ATTRS_KEY = "diffinfinite"
 NGFF_VERSION = "0.5"
 
 STATUS_EMPTY = 0
@@ -276,19 +274,11 @@ class CanvasStore:
             self._mirror = handle.shared.setdefault("status", _StatusMirror(ttl=None))
         else:
             self._mirror = None
-        meta = group.attrs[ATTRS_KEY]
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{root} is not a DiffInfinite canvas (format {meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(
-                f"{root} was written by a newer napari-diffinfinite (canvas format {meta['format_version']}, "
-                f"this version reads up to {FORMAT_VERSION}); upgrade the package"
-            )
-        geo = meta["geometry"]
-        self.grid = CanvasGrid(*geo["shape_px"], tile=geo["tile_px"], downsampling=geo["downsampling"])
-        self.latent_channels = int(geo["latent_channels"])
-        self.model_name = meta.get("model")
-        self._settings = dict(meta["settings"])
+        header = CanvasHeader.from_attrs(root, group.attrs[ATTRS_KEY])
+        self.grid = header.grid
+        self.latent_channels = header.latent_channels
+        self.model_name = header.model_name
+        self._settings = header.settings
         self.latents = group["latents"]
         self.status = group["status"]
         self.version = group["version"]

@@ -68,6 +68,7 @@ from .canvas_view import (
     window_anchor,
     window_rect,
 )
+from .opening import find_canvas_layers
 
 if TYPE_CHECKING:
     import napari
@@ -85,7 +86,7 @@ __all__ = [
     "load_model_in_thread",
     "notify",
     "open_canvas",
-    "schedule_attach",
+    "open_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,9 @@ class CanvasController(QObject):
             win = window_rect(anchor, self.grid, self.window)
             if tuple(labels_layer.data.shape) != (win.height, win.width):
                 raise ValueError("the mask layer does not match its canvas window; reopen the canvas")
+            held = read_window(store, anchor, self.window)
+            if not np.array_equal(held, labels_layer.data):  # a window shown before the store was open
+                labels_layer.data = held
         self.labels_layer = labels_layer
         self.anchor: tuple[int, int] = (int(anchor[0]), int(anchor[1]))
         self._shadow = np.array(labels_layer.data, dtype=np.uint8, copy=True)
@@ -1189,18 +1193,14 @@ class CanvasController(QObject):
 
 
 # ---------------------------------------------------------------------------------------------- opening
-def _find_canvas_layers(viewer, folder: Path):
-    folder = str(Path(folder).resolve())
-    tissue = labels = None
-    for layer in viewer.layers:
-        meta = canvas_meta(layer)
-        if meta is None or meta.get("canvas") != folder:
-            continue
-        if meta.get("role") == "tissue":
-            tissue = layer
-        elif meta.get("role") == "labels":
-            labels = layer
-    return tissue, labels
+def open_store(folder) -> CanvasStore:
+    """The canvas in ``folder`` opened for writing; if another program holds it, read-only (a notification
+    says so)."""
+    try:
+        return CanvasStore.open(folder, mode="r+")
+    except CanvasLockedError as exc:
+        notify(f"DiffInfinite: {exc}; the canvas is shown read-only", "warning")
+        return CanvasStore.open(folder, mode="r")
 
 
 def open_canvas(
@@ -1228,16 +1228,12 @@ def open_canvas(
     """
     viewer = _unwrap(viewer)
     if store is None:
-        try:
-            store = CanvasStore.open(folder, mode="r+")
-        except CanvasLockedError as exc:
-            store = CanvasStore.open(folder, mode="r")
-            notify(f"DiffInfinite: {exc}; the canvas is shown read-only", "warning")
+        store = open_store(folder)
     folder = Path(store.root)
     from .reader_preferences import remember_reader
 
     remember_reader(folder)
-    tissue, labels = _find_canvas_layers(viewer, folder)
+    tissue, labels = find_canvas_layers(viewer, folder)
     ctrl = CanvasController(viewer, store, tissue_layer=tissue, labels_layer=labels, **options)
     if camera is None:
         view = store.settings.get("view") or {}
@@ -1256,34 +1252,3 @@ def open_canvas(
         )
         ctrl.load_model(spec, start=start, defer=defer_load)
     return ctrl
-
-
-def schedule_attach(folder, **kwargs) -> None:
-    """After napari has added a canvas's layers (from the reader or a sample), drive them: a zero-delay Qt timer
-    finds them in the current viewer and calls :func:`open_canvas`. Does nothing without a Qt application."""
-    from qtpy.QtWidgets import QApplication
-
-    if QApplication.instance() is None:
-        return
-
-    def attach():
-        attached = False
-        try:
-            import napari
-
-            viewer = napari.current_viewer()
-            tissue, labels = (None, None) if viewer is None else _find_canvas_layers(viewer, Path(folder))
-            current = None if viewer is None else controller_for(viewer)
-            if tissue is None or labels is None or (current is not None and current.tissue_layer is tissue):
-                return
-            open_canvas(viewer, folder, **kwargs)
-            attached = True
-        except Exception as exc:
-            log.exception("attaching the canvas %s failed", folder)
-            notify(f"DiffInfinite: the canvas {folder} is shown but cannot be edited: {exc}", "warning")
-        finally:
-            early = kwargs.get("early")
-            if early is not None and not attached:  # nobody drives the canvas: stop generating it
-                early.scheduler.stop(timeout=0)
-
-    QTimer.singleShot(0, attach)

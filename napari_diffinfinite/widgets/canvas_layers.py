@@ -34,6 +34,7 @@ __all__ = [
     "labels_layer_kwargs",
     "read_window",
     "tissue_layer_kwargs",
+    "window_layer_data",
     "window_layer_kwargs",
 ]
 
@@ -128,6 +129,30 @@ def window_layer_kwargs(
             "disclaimer": DISCLAIMER,
         },
     }
+
+
+def window_layer_data(
+    folder,
+    grid: CanvasGrid,
+    pixel_size_um: float,
+    num_classes: int,
+    centre_px: tuple[float, float],
+    *,
+    labels: np.ndarray | None = None,
+    labels_at: tuple[int, int] = (0, 0),
+    window: int = DEFAULT_WINDOW,
+) -> tuple:
+    """LayerData of a Labels window centred on ``centre_px`` from the canvas geometry alone (no store, no zarr):
+    all 0 but for ``labels`` placed with their top-left corner at latent pixel ``labels_at``. The reader and the
+    demo show it while the store opens; the controller that adopts it fills it from the store."""
+    anchor = window_anchor_at(grid, centre_px, window)
+    win = window_rect(anchor, grid, window)
+    data = np.zeros((win.height, win.width), np.uint8)
+    if labels is not None:
+        y, x = labels_at[0] - win.y0, labels_at[1] - win.x0
+        data[y : y + labels.shape[0], x : x + labels.shape[1]] = labels
+    kwargs = window_layer_kwargs(folder, grid, pixel_size_um, classes_for(num_classes), anchor, window)
+    return data, kwargs, "labels"
 
 
 def canvas_layer_data(
