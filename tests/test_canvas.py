@@ -679,3 +679,29 @@ def test_undo_and_redo_of_a_repainted_stroke_bring_its_tissue_back(tmp_path, tin
     assert not np.array_equal(np.asarray(store.read_latents(tile)), original)
     assert sched.stats.repainted_latents > rows
     store.close()
+
+
+def test_the_header_reads_a_canvas_without_zarr_and_names_a_newer_format(tmp_path):
+    """The reader lays out its window from ``zarr.json`` alone; a canvas from a newer version is still claimed,
+    so that opening it says what to do rather than falling to another reader."""
+    from napari_diffinfinite._reader import is_canvas_folder
+    from napari_diffinfinite.canvas.header import read_header
+
+    root = tmp_path / "c"
+    settings = {"num_classes": 3, "pixel_size_um": 0.25, "view": {"centre_px": [100, 200]}}
+    store = CanvasStore.create(root, shape_px=(2048, 3072), model_name="m", settings=settings)
+    header = read_header(root)
+    assert header.grid == store.grid and header.model_name == "m" and header.latent_channels == 4
+    assert (header.num_classes, header.pixel_size_um, header.view_centre_px) == (3, 0.25, (100.0, 200.0))
+    store.close()
+    assert not is_canvas_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a DiffInfinite canvas"):
+        read_header(tmp_path)
+    meta = json.loads((root / "zarr.json").read_text())
+    meta["attributes"]["diffinfinite"]["format_version"] = 99
+    (root / "zarr.json").write_text(json.dumps(meta))
+    assert is_canvas_folder(root)
+    with pytest.raises(ValueError, match="upgrade the package"):
+        read_header(root)
+    with pytest.raises(ValueError, match="upgrade the package"):
+        CanvasStore.open(root, mode="r")
