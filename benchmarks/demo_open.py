@@ -11,6 +11,7 @@ with class features to a fresh viewer (napari's price of a first layer). Prints 
     xvfb-run -a python benchmarks/demo_open.py                    # the embedded model, 3 repeats
     xvfb-run -a python benchmarks/demo_open.py --model FOLDER --repeats 5
     xvfb-run -a python benchmarks/demo_open.py --reader                 # a canvas folder through the reader
+    xvfb-run -a python benchmarks/demo_open.py --demo-mode              # the widget's "Demo mode" button
 
 To compare with an earlier version in the same run, check it out (``git worktree add /tmp/old REV``) and run
 this script from outside the repository with ``PYTHONPATH=/tmp/old`` (from inside, ``python -c`` puts the
@@ -54,14 +55,17 @@ idle = beat.stop()["max_stall_ms"]
 beat.start()
 spin(0.05)  # a first beat, so that the gap across open_sample is measured
 t0 = time.perf_counter()
-if len(sys.argv) > 3:  # --reader: a canvas folder, as File > Open Folder or a drop opens it
+if len(sys.argv) > 3 and sys.argv[3] == "--demo-mode":  # the widget's "Demo mode" button
+    from napari_diffinfinite.demo import demo_mode_button_clicked
+    demo_mode_button_clicked(viewer)
+elif len(sys.argv) > 3:  # --reader: a canvas folder, as File > Open Folder or a drop opens it
     viewer.open(sys.argv[3], plugin="napari-diffinfinite")
 else:
     viewer.open_sample("napari-diffinfinite", "demo_canvas")
 opened = time.perf_counter() - t0
 from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for
 
-if len(sys.argv) > 3:  # a reopened canvas does not generate until asked: until its model is in, then 1 s more
+if len(sys.argv) > 3 and sys.argv[3] != "--demo-mode":  # a reopened canvas does not generate until asked: until its model is in, then 1 s more
     spin(float(sys.argv[1]), lambda: controller_for(viewer) is not None and controller_for(viewer).model is not None)
     spin(1.0)
 else:
@@ -98,6 +102,8 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the first tile")
     parser.add_argument("--reader", action="store_true", help="open a demo canvas folder (made first, nothing "
                         "generated in it) with the plugin's reader instead of the demo sample")
+    parser.add_argument("--demo-mode", action="store_true", help="enter demo mode in the open viewer, as the "
+                        "widget's 'Demo mode' button does, instead of opening the demo sample")
     args = parser.parse_args(argv)
     env = {**os.environ, "DIFFINFINITE_MODEL": "" if args.model == "embedded" else args.model}
     runs = []
@@ -113,6 +119,8 @@ def main(argv=None) -> int:
         store, _ = create_demo_canvas(folder, read_manifest(source), settings={"model_source": source})
         store.close()
         extra = [str(folder)]
+    elif args.demo_mode:
+        extra = ["--demo-mode"]
     for i in range(args.repeats):
         proc = subprocess.run([sys.executable, "-c", ONE_OPEN, str(args.timeout), str(HERE), *extra], env=env,
                               check=False, capture_output=True, text=True, timeout=args.timeout + 120)
@@ -131,9 +139,10 @@ def main(argv=None) -> int:
     keys = ("idle_max_stall_ms", "open_max_stall_ms", "open_sample_s", "first_tile_s", "napari_alone_max_stall_ms",
             "napari_alone_add_s")
     medians = {k: statistics.median([r[k] for r in runs if r[k] is not None] or [float("nan")]) for k in keys}
-    print(json.dumps({"model": args.model, "opened": "reader" if args.reader else "demo sample",
+    opened = "the reader" if args.reader else "demo mode" if args.demo_mode else "the demo sample"
+    print(json.dumps({"model": args.model, "opened": opened,
                       "repeats": args.repeats, "median": medians}))
-    print(f"{'the reader' if args.reader else 'the demo sample'}: opening froze napari {medians['open_max_stall_ms']:.0f} ms at most (idle viewer "
+    print(f"{opened}: opening froze napari {medians['open_max_stall_ms']:.0f} ms at most (idle viewer "
           f"{medians['idle_max_stall_ms']:.0f} ms; target: idle + 100 ms); first tile "
           f"{medians['first_tile_s']:.1f} s after the open; napari alone adding an image and a Labels layer to a "
           f"fresh viewer froze it {medians['napari_alone_max_stall_ms']:.0f} ms")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -19,6 +20,8 @@ DEMO_MASK_FILE = ("masks", "squamous_mask_example_5classes.png")
 DEMO_CANVAS_NAME = "demo-canvas"
 #: The demo mask's context prompt: squamous cell carcinoma, as the file name says.
 DEMO_CONTEXT = 1
+#: The geometry of a demo canvas made without a model (:func:`create_demo_canvas`'s), for its early mask window.
+NO_MODEL_GEOMETRY = SimpleNamespace(downsampling=8, num_classes=len(FIVE_CLASSES), pixel_size_um=0.5)
 #: Physical pixel size of the demo mask (it is at image resolution; the paper's data is 20x, ~0.5 um/px).
 DEMO_MASK_UM_PER_PX = 0.5
 

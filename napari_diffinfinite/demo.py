@@ -131,6 +131,9 @@ class DemoSession:
         self.mask_rect = mask_rect
         self.model_error = model_error
         self.panel = None
+        #: the controller and the panel are in place (:func:`enter_demo_mode` builds them over a few turns of
+        #: the event loop)
+        self.ready = False
         self.synthetic_layer = None
         self.exports: list[dict] = []
         self._outlined: tuple = ()
@@ -292,10 +295,28 @@ def enter_demo_mode(
     """Open a new demo canvas in ``viewer`` generating at 1:1, dock the guided panel (alone, so the canvas keeps
     the room; its "All controls" button docks the full widget; if that widget is docked already the panel is
     tabbed with it), label the canvas synthetic and apply ``preset`` (see :func:`choose_preset`; default: from
-    the device). ``fullscreen``: full screen, else maximised. Returns the :class:`DemoSession`."""
-    from ._sample_data import demo_manifest, demo_model, new_demo_canvas, notify_no_model, start_generating
-    from .widgets.canvas_controller import open_canvas
-    from .widgets.demo_panel import DemoPanel
+    the device). ``fullscreen``: full screen, else maximised.
+
+    Returns the :class:`DemoSession` at once; it is :attr:`~DemoSession.ready` (controller and panel in place) a
+    few turns of the event loop later. Each step has a turn of its own, so that none adds to the freeze napari
+    causes as it adds its first layer: now the mask's Labels window (from the model's manifest: no zarr, no
+    torch) and the title; then the canvas store; then the tissue layer under the mask, the synthetic-image
+    overlay and the controller (the model loads in a worker thread, or the loaded one starts generating); then
+    the panel."""
+    import tempfile
+
+    from qtpy.QtCore import QTimer
+
+    from ._sample_data import (
+        DEMO_CANVAS_NAME,
+        NO_MODEL_GEOMETRY,
+        create_demo_canvas,
+        demo_manifest,
+        demo_mask_window,
+        demo_model,
+        notify_no_model,
+    )
+    from .widgets.opening import OPEN_STEP_MS
 
     viewer = getattr(viewer, "__wrapped__", viewer)
     spec, manifest = demo_manifest()
@@ -304,47 +325,80 @@ def enter_demo_mode(
         # freezes; "auto" is the CPU preset until the model's device is known (see _load_demo_model)
         model, error = None, None
         chosen = choose_preset("cpu" if preset in (None, "auto") else preset)
-        settings = {"steps": chosen.steps_for(manifest), "omega": chosen.omega_for(manifest)}
-    else:
+    else:  # already loaded, or a model without a manifest (the released checkpoints): loaded first
         model, spec, error = demo_model()
         chosen = choose_preset(preset, device=getattr(model, "device", None))
-        settings = {}
-        if model is not None:
-            settings = {"steps": chosen.steps_for(model), "omega": chosen.omega_for(model)}
-    store, rect, layers = new_demo_canvas(model or manifest, spec, settings=settings)
+    made_for = model or manifest
+    settings = {}
+    if made_for is not None:
+        settings = {
+            "steps": chosen.steps_for(made_for),
+            "omega": chosen.omega_for(made_for),
+            "model_source": spec.source,
+        }
     options = {"max_view_tiles": int(chosen.max_view_tiles)}
-    early = start_generating(store, model, rect, **options)
-    for data, kwargs, kind in layers:
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
-    ctrl = open_canvas(
-        viewer,
-        store=store,
-        model=model,
-        model_spec=spec,
-        camera=(rect.centre, 1.0),
-        start=model is not None,
-        load_model=False,
-        early=early,
-        scheduler_options=options,
-    )
-    ctrl.labels_layer.opacity = DEMO_MASK_OPACITY
-    session = DemoSession(viewer, ctrl, chosen, mask_rect=tuple(rect), model_error=error)
-    if manifest is not None:
-        _load_demo_model(session, spec, auto=preset in (None, "auto"))
-    session.show_synthetic_overlay()
-    ctrl.tile_landed.connect(session.update_synthetic_outlines)
-    session.update_synthetic_outlines()  # tiles the early start finished before the connection
+    session = DemoSession(viewer, None, chosen, model_error=error)
+    folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
+
+    data, kwargs, _kind = demo_mask_window(folder, made_for or NO_MODEL_GEOMETRY)
+    viewer.add_labels(data, **{**kwargs, "opacity": DEMO_MASK_OPACITY}).selected_label = 1
     viewer.title = "DiffInfinite demo - synthetic images, not for diagnosis"
 
-    old = viewer.window.dock_widgets.get(DEMO_PANEL_NAME)
-    if old is not None:
-        viewer.window.remove_dock_widget(getattr(old, "native", old))
-    session.panel = DemoPanel(session)
-    dock = viewer.window.add_dock_widget(session.panel, name=DEMO_PANEL_NAME, area="right", tabify=True)
-    viewer.layers.selection.active = ctrl.labels_layer
-    _fill_screen(dock, fullscreen)
-    if error is not None:
-        notify_no_model(error)
+    def step(fn):
+        def run(*args):
+            try:
+                fn(*args)
+            except Exception as exc:
+                from .widgets.canvas_controller import notify
+
+                log.exception("demo mode: %s failed", fn.__name__)
+                notify(f"DiffInfinite: the demo could not start: {exc}")
+
+        return run
+
+    @step
+    def make_canvas():
+        store, rect = create_demo_canvas(folder, made_for, settings=settings or None)
+        session.mask_rect = tuple(rect)
+        QTimer.singleShot(OPEN_STEP_MS, lambda: attach(store, rect))
+
+    @step
+    def attach(store, rect):
+        from .widgets.canvas_controller import open_canvas
+
+        ctrl = open_canvas(
+            viewer,
+            store=store,
+            model=model,
+            model_spec=spec,
+            camera=(rect.centre, 1.0),
+            start=model is not None,
+            load_model=False,
+            scheduler_options=options,
+        )
+        session.controller = ctrl
+        session.show_synthetic_overlay()  # with the tissue (its first paint costs 0.1-0.3 s: not in the first turn)
+        if manifest is not None:
+            _load_demo_model(session, spec, auto=preset in (None, "auto"))
+        ctrl.tile_landed.connect(session.update_synthetic_outlines)
+        QTimer.singleShot(OPEN_STEP_MS, dock_panel)
+
+    @step
+    def dock_panel():
+        from .widgets.demo_panel import DemoPanel
+
+        old = viewer.window.dock_widgets.get(DEMO_PANEL_NAME)
+        if old is not None:
+            viewer.window.remove_dock_widget(getattr(old, "native", old))
+        session.panel = DemoPanel(session)
+        dock = viewer.window.add_dock_widget(session.panel, name=DEMO_PANEL_NAME, area="right", tabify=True)
+        viewer.layers.selection.active = session.controller.labels_layer
+        _fill_screen(dock, fullscreen)
+        session.ready = True
+        if error is not None:
+            notify_no_model(error)
+
+    QTimer.singleShot(OPEN_STEP_MS, make_canvas)
     return session
 
 

@@ -65,7 +65,7 @@ def test_python_dash_m_runs_the_cli():
     assert proc.stdout.strip() == f"diffinfinite {napari_diffinfinite.__version__}"
 
 
-def test_demo_opens_demo_mode_with_the_widget_one_click_away(napari_app_calls):
+def test_demo_opens_demo_mode_with_the_widget_one_click_away(napari_app_calls, qtbot):
     from napari_diffinfinite._widget import DiffInfiniteWidget
     from napari_diffinfinite.demo import DEMO_PANEL_NAME
     from napari_diffinfinite.widgets.canvas_controller import close_all_controllers
@@ -75,6 +75,8 @@ def test_demo_opens_demo_mode_with_the_widget_one_click_away(napari_app_calls):
         assert cli.main(["demo"]) == 0
         (viewer,) = viewers
         assert runs == [True]
+        # the rest comes in the event loop's first turns (napari.run's, here qtbot's)
+        qtbot.waitUntil(lambda: DEMO_PANEL_NAME in viewer.window.dock_widgets, timeout=10000)
         # the demo canvas: tissue pyramid + the painted mask window, and the guided panel (tests/test_demo.py)
         assert [layer.name for layer in viewer.layers] == ["DiffInfinite tissue", "DiffInfinite mask"]
         panel = viewer.window.dock_widgets[DEMO_PANEL_NAME]

@@ -23,6 +23,13 @@ from napari_diffinfinite.widgets.canvas_controller import close_all_controllers,
 from napari_diffinfinite.widgets.canvas_layers import labels_layer_kwargs
 
 
+def _enter(viewer, qtbot, **kwargs):
+    """Demo mode as the button starts it, waited for: it builds itself over a few turns of the event loop."""
+    session = enter_demo_mode(viewer, **kwargs)
+    qtbot.waitUntil(lambda: session.ready, timeout=10000)
+    return session
+
+
 def _zoom(viewer) -> float:
     """Screen px per image px (napari's zoom is per um; the canvas is 0.5 um/px)."""
     return float(viewer.scene.camera.zoom) * 0.5
@@ -54,8 +61,13 @@ def test_demo_mode_opens_before_its_model_is_loaded(viewer, tiny_not_loaded, qtb
 
     loads = tiny_not_loaded
     session = enter_demo_mode(viewer)
+    # at once: the mask window, light; nothing imported that would freeze (the tissue and its label follow)
+    (mask,) = viewer.layers
+    assert mask.opacity == DEMO_MASK_OPACITY and mask.data.any()
+    assert session.controller is None and not session.ready and loads == []
+    qtbot.waitUntil(lambda: session.ready, timeout=10000)
     ctrl = session.controller
-    assert loads == [] and ctrl.model is None and ctrl.loading_model
+    assert ctrl.labels_layer is mask and [layer.name for layer in viewer.layers][0] == "DiffInfinite tissue"
     assert ctrl.store.model_name == "tiny-test-model" and ctrl.labels_layer.opacity == DEMO_MASK_OPACITY
     assert session.panel.progress.value == "loading the model ..."
     qtbot.waitUntil(lambda: ctrl.model is not None and ctrl.generating, timeout=20000)
@@ -74,7 +86,7 @@ def test_demo_mode_opens_generating_with_the_cpu_preset_and_labelled_synthetic(v
     from napari_diffinfinite.model.device import select_device
 
     assert select_device().type == "cpu"  # this machine: the automatic preset must be the CPU one
-    session = enter_demo_mode(viewer)
+    session = _enter(viewer, qtbot)
     ctrl = session.controller
     assert controller_for(viewer) is ctrl and ctrl.model is tiny and ctrl.generating
     assert session.preset is PRESETS["cpu"]
@@ -123,13 +135,13 @@ def test_demo_mode_opens_generating_with_the_cpu_preset_and_labelled_synthetic(v
 
 
 def test_the_preset_can_be_overridden(viewer, tiny, qtbot):
-    session = enter_demo_mode(viewer, preset="gpu")
+    session = _enter(viewer, qtbot, preset="gpu")
     ctrl = session.controller
     assert session.preset is PRESETS["gpu"] and ctrl.scheduler.max_view_tiles == PRESETS["gpu"].max_view_tiles
     assert ctrl.store.settings["steps"] == tiny.default_steps
     assert session.panel.preset.value.startswith("Preset: gpu")
     mine = DemoPreset("mine", steps=2, omega=1.5, max_view_tiles=2)
-    session = enter_demo_mode(viewer, preset=mine)
+    session = _enter(viewer, qtbot, preset=mine)
     ctrl = session.controller
     assert controller_for(viewer) is ctrl and session.preset is mine
     assert ctrl.store.settings["steps"] == 2 and ctrl.scheduler.options.steps == 2
@@ -141,7 +153,7 @@ def test_the_preset_can_be_overridden(viewer, tiny, qtbot):
 
 
 def test_the_panel_buttons_paint_zoom_and_export(viewer, tiny, qtbot):
-    session = enter_demo_mode(viewer, preset=DemoPreset("test", max_view_tiles=4))
+    session = _enter(viewer, qtbot, preset=DemoPreset("test", max_view_tiles=4))
     ctrl, panel = session.controller, session.panel
     labels = ctrl.labels_layer
     # 1: paint a class -> the mask layer is active, in paint mode, with that class as the brush
@@ -190,12 +202,13 @@ def test_the_panel_buttons_paint_zoom_and_export(viewer, tiny, qtbot):
     qtbot.waitUntil(lambda: widget.labels_layer.value is labels, timeout=3000)
 
 
-def test_demo_command_enters_demo_mode(napari_app_calls, tiny):
+def test_demo_command_enters_demo_mode(napari_app_calls, tiny, qtbot):
     viewers, runs = napari_app_calls
     try:
         assert cli.main(["demo", "--preset", "gpu"]) == 0
         (viewer,) = viewers
         assert runs == [True]
+        qtbot.waitUntil(lambda: DEMO_PANEL_NAME in viewer.window.dock_widgets, timeout=10000)
         ctrl = controller_for(viewer)
         assert ctrl is not None and ctrl.generating and ctrl.scheduler.max_view_tiles == PRESETS["gpu"].max_view_tiles
         assert DEMO_PANEL_NAME in viewer.window.dock_widgets
@@ -212,6 +225,7 @@ def test_the_widgets_demo_button_enters_demo_mode_beside_it(viewer, tiny, qtbot)
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-diffinfinite", "DiffInfinite")
     assert isinstance(widget, DiffInfiniteWidget)
     widget.demo_button.native.click()
+    qtbot.waitUntil(lambda: DEMO_PANEL_NAME in viewer.window.dock_widgets, timeout=10000)
     ctrl = controller_for(viewer)
     assert ctrl is not None and ctrl.generating and ctrl.model is tiny
     panel = viewer.window.dock_widgets[DEMO_PANEL_NAME]
