@@ -203,10 +203,7 @@ def schedule_demo_canvas(folder, manifest, spec) -> None:
     from .widgets.opening import OPEN_STEP_MS
 
     def make():
-        import threading
-
         from .widgets.canvas_controller import notify
-        from .widgets.canvas_models import get_model
 
         try:
             store, rect = create_demo_canvas(folder, manifest, settings={"model_source": spec.source})
@@ -215,9 +212,7 @@ def schedule_demo_canvas(folder, manifest, spec) -> None:
             return
         # the model starts loading now, beside the tissue layer (the controller's load then finds it loaded, or
         # waits for it, and reports its errors)
-        threading.Thread(
-            target=_quietly, args=(get_model, spec), name="diffinfinite-demo-model", daemon=True
-        ).start()
+        start_loading(spec)
         QTimer.singleShot(OPEN_STEP_MS, lambda: attach(store, rect))
 
     def attach(store, rect):
@@ -237,11 +232,20 @@ def schedule_demo_canvas(folder, manifest, spec) -> None:
     QTimer.singleShot(OPEN_STEP_MS, make)
 
 
-def _quietly(fn, *args) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        logging.getLogger(__name__).debug("%s failed", fn.__name__, exc_info=True)
+def start_loading(spec) -> None:
+    """Start loading the model of ``spec`` in a thread of its own; whoever asks for it next (the controller's
+    worker) finds it loaded or waits for it, and reports its errors."""
+    import threading
+
+    from .widgets.canvas_models import get_model
+
+    def load():
+        try:
+            get_model(spec)
+        except Exception:
+            logging.getLogger(__name__).debug("loading %s failed", spec, exc_info=True)
+
+    threading.Thread(target=load, name="diffinfinite-demo-model", daemon=True).start()
 
 
 def demo_canvas() -> list[tuple]:

@@ -315,6 +315,7 @@ def enter_demo_mode(
         demo_mask_window,
         demo_model,
         notify_no_model,
+        start_loading,
     )
     from .widgets.opening import OPEN_STEP_MS
 
@@ -360,6 +361,10 @@ def enter_demo_mode(
     def make_canvas():
         store, rect = create_demo_canvas(folder, made_for, settings=settings or None)
         session.mask_rect = tuple(rect)
+        if (
+            manifest is not None
+        ):  # the model starts loading now (the controller's load then finds it, or waits)
+            start_loading(spec)
         QTimer.singleShot(OPEN_STEP_MS, lambda: attach(store, rect))
 
     @step
