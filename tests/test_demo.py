@@ -93,7 +93,8 @@ def test_demo_mode_opens_generating_with_the_cpu_preset_and_labelled_synthetic(v
     # the preset reached the canvas and its scheduler: steps (capped at the tiny model's 3), tile budget
     assert ctrl.store.settings["steps"] == 3 and ctrl.scheduler.options.steps == 3
     assert ctrl.scheduler.max_view_tiles == PRESETS["cpu"].max_view_tiles
-    assert 0 < len(ctrl.last_requested) <= PRESETS["cpu"].max_view_tiles
+    qtbot.waitUntil(lambda: len(ctrl.last_requested) > 0, timeout=5000)
+    assert len(ctrl.last_requested) <= PRESETS["cpu"].max_view_tiles
     # 1:1, centred on the painted mask
     assert _zoom(viewer) == pytest.approx(1.0)
     y0, y1, x0, x1 = session.mask_rect
@@ -146,7 +147,8 @@ def test_the_preset_can_be_overridden(viewer, tiny, qtbot):
     assert controller_for(viewer) is ctrl and session.preset is mine
     assert ctrl.store.settings["steps"] == 2 and ctrl.scheduler.options.steps == 2
     assert ctrl.store.settings["omega"] == 1.5
-    assert 0 < len(ctrl.last_requested) <= 2
+    qtbot.waitUntil(lambda: len(ctrl.last_requested) > 0, timeout=5000)  # the view is requested on the I/O thread
+    assert len(ctrl.last_requested) <= 2
     # one demo panel at a time
     assert list(viewer.window.dock_widgets).count(DEMO_PANEL_NAME) == 1
     assert viewer.window.dock_widgets[DEMO_PANEL_NAME] is session.panel
