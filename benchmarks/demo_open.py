@@ -12,6 +12,7 @@ with class features to a fresh viewer (napari's price of a first layer). Prints 
     xvfb-run -a python benchmarks/demo_open.py --model FOLDER --repeats 5
     xvfb-run -a python benchmarks/demo_open.py --reader                 # a canvas folder through the reader
     xvfb-run -a python benchmarks/demo_open.py --demo-mode              # the widget's "Demo mode" button
+    xvfb-run -a python benchmarks/demo_open.py --widget                 # Plugins > DiffInfinite, no canvas
 
 To compare with an earlier version in the same run, check it out (``git worktree add /tmp/old REV``) and run
 this script from outside the repository with ``PYTHONPATH=/tmp/old`` (from inside, ``python -c`` puts the
@@ -55,7 +56,9 @@ idle = beat.stop()["max_stall_ms"]
 beat.start()
 spin(0.05)  # a first beat, so that the gap across open_sample is measured
 t0 = time.perf_counter()
-if len(sys.argv) > 3 and sys.argv[3] == "--demo-mode":  # the widget's "Demo mode" button
+if len(sys.argv) > 3 and sys.argv[3] == "--widget":  # Plugins > DiffInfinite: the dock widget alone
+    viewer.window.add_plugin_dock_widget("napari-diffinfinite", "DiffInfinite")
+elif len(sys.argv) > 3 and sys.argv[3] == "--demo-mode":  # the widget's "Demo mode" button
     from napari_diffinfinite.demo import demo_mode_button_clicked
     demo_mode_button_clicked(viewer)
 elif len(sys.argv) > 3:  # --reader: a canvas folder, as File > Open Folder or a drop opens it
@@ -65,7 +68,9 @@ else:
 opened = time.perf_counter() - t0
 from napari_diffinfinite.widgets.canvas_controller import close_all_controllers, controller_for
 
-if len(sys.argv) > 3 and sys.argv[3] != "--demo-mode":  # a reopened canvas does not generate until asked: until its model is in, then 1 s more
+if len(sys.argv) > 3 and sys.argv[3] == "--widget":  # no canvas, nothing to wait for: 3 s
+    spin(3.0)
+elif len(sys.argv) > 3 and sys.argv[3] != "--demo-mode":  # a reopened canvas does not generate until asked: until its model is in, then 1 s more
     spin(float(sys.argv[1]), lambda: controller_for(viewer) is not None and controller_for(viewer).model is not None)
     spin(1.0)
 else:
@@ -104,6 +109,7 @@ def main(argv=None) -> int:
                         "generated in it) with the plugin's reader instead of the demo sample")
     parser.add_argument("--demo-mode", action="store_true", help="enter demo mode in the open viewer, as the "
                         "widget's 'Demo mode' button does, instead of opening the demo sample")
+    parser.add_argument("--widget", action="store_true", help="open the DiffInfinite dock widget alone")
     args = parser.parse_args(argv)
     env = {**os.environ, "DIFFINFINITE_MODEL": "" if args.model == "embedded" else args.model}
     runs = []
@@ -121,6 +127,8 @@ def main(argv=None) -> int:
         extra = [str(folder)]
     elif args.demo_mode:
         extra = ["--demo-mode"]
+    elif args.widget:
+        extra = ["--widget"]
     for i in range(args.repeats):
         proc = subprocess.run([sys.executable, "-c", ONE_OPEN, str(args.timeout), str(HERE), *extra], env=env,
                               check=False, capture_output=True, text=True, timeout=args.timeout + 120)
@@ -139,7 +147,8 @@ def main(argv=None) -> int:
     keys = ("idle_max_stall_ms", "open_max_stall_ms", "open_sample_s", "first_tile_s", "napari_alone_max_stall_ms",
             "napari_alone_add_s")
     medians = {k: statistics.median([r[k] for r in runs if r[k] is not None] or [float("nan")]) for k in keys}
-    opened = "the reader" if args.reader else "demo mode" if args.demo_mode else "the demo sample"
+    opened = ("the reader" if args.reader else "demo mode" if args.demo_mode else "the widget" if args.widget
+              else "the demo sample")
     print(json.dumps({"model": args.model, "opened": opened,
                       "repeats": args.repeats, "median": medians}))
     print(f"{opened}: opening froze napari {medians['open_max_stall_ms']:.0f} ms at most (idle viewer "

@@ -78,6 +78,13 @@ def available_devices() -> list[str]:
     return devices
 
 
+def device_choices() -> list[tuple[str, str]]:
+    """The Device box's choices: "auto" (naming the device it picks here) and every device available."""
+    from .model.device import select_device
+
+    return [(f"auto ({select_device()})", "auto")] + [(d, d) for d in available_devices()]
+
+
 def _text_color(rgba) -> str:
     r, g, b = rgba[:3]
     return "#000000" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "#ffffff"
@@ -89,7 +96,7 @@ def _path_of(edit: FileEdit) -> Path | None:
 
 
 def _notify(message: str, severity: str = "error") -> None:
-    from .widgets.canvas_controller import notify
+    from .widgets.registry import notify
 
     notify(message, severity)
 
@@ -163,13 +170,9 @@ class DiffInfiniteWidget(Container):
         )
         self.num_classes.enabled = False
 
-        from .model.device import select_device
-
-        self.device = ComboBox(
-            label="Device",
-            choices=[(f"auto ({select_device()})", "auto")] + [(d, d) for d in available_devices()],
-            value="auto",
-        )
+        # a callable: magicgui and napari reset choices (layers added, removed), so the list fills itself in
+        self._devices = [("auto", "auto")]
+        self.device = ComboBox(label="Device", choices=self._device_choices, value="auto")
         self.load_model_button = PushButton(text="Load model")
         self.model_status = Label(value="no model loaded")
         self.omega = FloatSpinBox(label="Guidance ω", value=3.0, min=0.0, max=20.0, step=0.5)
@@ -336,12 +339,21 @@ class DiffInfiniteWidget(Container):
         self.export_cancel.changed.connect(lambda *_: self.cancel_export())
         self._rebuild_palette()
 
-        from .widgets.canvas_controller import canvas_registry, disconnect
+        from .widgets.registry import canvas_registry, disconnect_when_destroyed
 
         # follow the canvas of this viewer (opened here, by the reader or as a sample) through events, no polling
         canvas_registry.changed.connect(self._on_canvas_changed)
-        self.native.destroyed.connect(lambda *_: disconnect(canvas_registry.changed, self._on_canvas_changed))
+        disconnect_when_destroyed(self.native, canvas_registry, "changed", self._on_canvas_changed)
         self._on_canvas_changed()
+
+    def _device_choices(self, _widget=None) -> list[tuple[str, str]]:
+        """The Device box's choices: only "auto" until torch is imported - by a model's load, not for this list
+        (its import holds the GIL up to a second at a time, freezing the viewer wherever it runs)."""
+        import sys
+
+        if "torch" in sys.modules and len(self._devices) == 1:
+            self._devices = device_choices()
+        return self._devices
 
     # -- state -----------------------------------------------------------------------------------------------
     @property
@@ -351,7 +363,7 @@ class DiffInfiniteWidget(Container):
     @property
     def controller(self):
         """The canvas open in this viewer (None if none)."""
-        from .widgets.canvas_controller import controller_for
+        from .widgets.registry import controller_for
 
         return controller_for(self._viewer)
 
@@ -467,6 +479,7 @@ class DiffInfiniteWidget(Container):
         return worker
 
     def _model_loaded(self, spec, model, then=None) -> None:
+        self.device.reset_choices()  # torch is in now: every device can be listed
         try:
             self.loaded_model, self.loaded_spec = model, spec
             self.model_state = "loaded"
@@ -502,7 +515,7 @@ class DiffInfiniteWidget(Container):
     # -- canvas ----------------------------------------------------------------------------------------------
     def _on_canvas_changed(self, _viewer=None) -> None:
         """A canvas opened or closed (in any viewer): attach to this viewer's, refresh when its state changes."""
-        from .widgets.canvas_controller import disconnect
+        from .widgets.registry import disconnect
 
         ctrl = self.controller
         if ctrl is not self._controller:
@@ -790,6 +803,8 @@ class DiffInfiniteWidget(Container):
         try:
             ctrl = self._controller
             self.generate.enabled = not (ctrl is not None and ctrl.read_only)
+            if ctrl is not None and ctrl.model is not None and len(self._devices) == 1:
+                self.device.reset_choices()  # a canvas's model brought torch in: every device can be listed
             if ctrl is not None and ctrl.model is not None and ctrl.model is not self.loaded_model:
                 m = ctrl.model
                 self.model_status.value = (

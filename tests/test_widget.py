@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from napari_diffinfinite import DISCLAIMER
 from napari_diffinfinite._widget import GENERATE_TOOLTIP, MAX_SEED, DiffInfiniteWidget
@@ -44,9 +45,11 @@ def test_demo_sample_opens_as_a_5_class_labels_layer(viewer):
     assert layer.metadata["disclaimer"] == DISCLAIMER
 
 
-def test_dock_widget_from_the_manifest_and_its_defaults(viewer):
+def test_dock_widget_from_the_manifest_and_its_defaults(viewer, qtbot):
     layer = _open_demo(viewer)
     widget = _dock(viewer)
+    # torch is imported here (a model was loaded): the device list names what "auto" picks
+    assert [widget.device.native.itemText(i) for i in range(2)] == ["auto (cpu)", "cpu"]
     assert viewer.window.dock_widgets["DiffInfinite (napari-diffinfinite)"] is widget
     assert widget.model.value == "embedded"
     assert widget.omega.value == 3.0
@@ -133,3 +136,29 @@ def test_reroll_draws_a_new_seed(viewer):
     _click(widget.reroll)
     expected = random.Random(1234).randrange(MAX_SEED + 1)
     assert widget.seed.value == expected != 0
+
+
+@pytest.mark.napari
+def test_opening_the_widget_or_a_canvas_folder_imports_neither_torch_nor_zarr(tmp_path):
+    """What napari calls when a user opens the dock widget or drops a canvas folder returns without torch
+    (its import holds the GIL up to a second at a time) or zarr; they come in later turns and workers."""
+    import subprocess
+    import sys
+
+    from napari_diffinfinite._sample_data import create_demo_canvas
+
+    store, _ = create_demo_canvas(tmp_path / "c")
+    store.close()
+    code = (
+        "import sys, napari\n"
+        "v = napari.Viewer(show=False)\n"
+        "v.window.add_plugin_dock_widget('napari-diffinfinite', 'DiffInfinite')\n"
+        "after_widget = sorted(m for m in ('torch', 'zarr') if m in sys.modules)\n"
+        "from napari_diffinfinite._reader import get_reader\n"
+        f"layers = get_reader({str(tmp_path / 'c')!r})({str(tmp_path / 'c')!r})  # what napari calls\n"
+        "assert [kind for *_, kind in layers] == ['labels']\n"
+        "print(after_widget, sorted(m for m in ('torch', 'zarr') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[] []"

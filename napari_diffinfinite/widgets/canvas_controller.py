@@ -69,6 +69,17 @@ from .canvas_view import (
     window_rect,
 )
 from .opening import find_canvas_layers
+from .registry import (
+    CanvasRegistry,
+    canvas_registry,
+    close_all_controllers,
+    controller_for,
+    disconnect,
+    notify,
+    register,
+    unregister,
+    unwrap_viewer,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -97,49 +108,6 @@ ACTIVITY_MS = 50
 LOAD_DELAY_MS = 300
 
 SELECTION_NAME = "DiffInfinite selection"
-
-_controllers: dict[int, CanvasController] = {}
-
-
-class CanvasRegistry(QObject):
-    """Announces canvases opening and closing, so that a widget follows the canvas of its viewer without
-    polling: ``changed(viewer)`` after a controller registers for ``viewer`` or closes."""
-
-    changed = Signal(object)
-
-
-canvas_registry = CanvasRegistry()
-
-
-def disconnect(signal, slot) -> None:
-    """``signal.disconnect(slot)``, quietly when they are not connected or the sender is gone."""
-    with contextlib.suppress(TypeError, RuntimeError):
-        signal.disconnect(slot)
-
-
-def notify(message: str, severity: str = "error") -> None:
-    """A napari notification (``error``, ``warning`` or ``info``): what the user sees instead of a traceback."""
-    from napari.utils.notifications import show_error, show_info, show_warning
-
-    {"error": show_error, "warning": show_warning, "info": show_info}.get(severity, show_error)(message)
-
-
-def _unwrap(viewer):
-    # napari hands plugin widgets a PublicOnlyProxy of the viewer; the registry keys on the viewer itself
-    return getattr(viewer, "__wrapped__", viewer)
-
-
-def controller_for(viewer) -> CanvasController | None:
-    """The canvas controller of ``viewer`` (the canvas open in it), or None."""
-    viewer = _unwrap(viewer)
-    ctrl = _controllers.get(id(viewer))
-    return ctrl if ctrl is not None and not ctrl.closed and ctrl.viewer is viewer else None
-
-
-def close_all_controllers() -> None:
-    """Close every controller (write labels back, stop workers, release the stores' writer locks)."""
-    for ctrl in list(_controllers.values()):
-        ctrl.close()
 
 
 def _camera(viewer):
@@ -201,7 +169,7 @@ class CanvasController(QObject):
         scheduler_options: dict | None = None,
     ):
         super().__init__()
-        viewer = _unwrap(viewer)
+        viewer = unwrap_viewer(viewer)
         self.viewer = viewer
         self.store = store
         self.grid = store.grid
@@ -321,11 +289,7 @@ class CanvasController(QObject):
         for emitter, fn in self._connections:
             emitter.connect(fn)
 
-        previous = controller_for(viewer)
-        if previous is not None and previous is not self:
-            previous.close()
-        _controllers[id(viewer)] = self
-        canvas_registry.changed.emit(viewer)
+        register(self)
         if model is not None:
             self.set_model(model)
 
@@ -1186,8 +1150,7 @@ class CanvasController(QObject):
         self.session.stop()
         self._io.shutdown(wait=True)
         self.session.close()
-        if _controllers.get(id(self.viewer)) is self:
-            del _controllers[id(self.viewer)]
+        unregister(self)
         self.state_changed.emit()
         canvas_registry.changed.emit(self.viewer)
 
@@ -1226,7 +1189,7 @@ def open_canvas(
     ``early``: a scheduler already generating ``model`` on ``store`` (see :class:`EarlyStart`), adopted.
     ``defer_load``: start loading the model only after napari's first paint of the new layers.
     """
-    viewer = _unwrap(viewer)
+    viewer = unwrap_viewer(viewer)
     if store is None:
         store = open_store(folder)
     folder = Path(store.root)

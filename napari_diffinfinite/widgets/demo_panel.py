@@ -96,10 +96,10 @@ class DemoPanel(Container):
         self.export_button.changed.connect(lambda *_: self._export())
         self.controls_button.changed.connect(lambda *_: self._run(session.show_controls))
 
-        from .canvas_controller import disconnect
+        from .registry import disconnect_when_destroyed
 
         ctrl.state_changed.connect(self.refresh)  # tile progress, model loading, closing: no polling
-        self.native.destroyed.connect(lambda *_: disconnect(ctrl.state_changed, self.refresh))
+        disconnect_when_destroyed(self.native, ctrl, "state_changed", self.refresh)
         self.refresh()
 
     def show_preset(self) -> None:
@@ -120,7 +120,7 @@ class DemoPanel(Container):
         try:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - a button shows a notification, never a traceback
-            from .canvas_controller import notify
+            from .registry import notify
 
             notify(f"DiffInfinite demo: {exc}")
             return None
