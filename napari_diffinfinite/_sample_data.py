@@ -16,6 +16,8 @@ from . import DISCLAIMER
 from ._resources import resource_path
 from .classes import FIVE_CLASSES
 
+log = logging.getLogger(__name__)
+
 DEMO_MASK_FILE = ("masks", "squamous_mask_example_5classes.png")
 DEMO_CANVAS_NAME = "demo-canvas"
 #: The demo mask's context prompt: squamous cell carcinoma, as the file name says.
@@ -165,54 +167,49 @@ def notify_no_model(error: str) -> None:
     )
 
 
-def new_demo_canvas(model=None, spec=None, *, settings: dict | None = None):
-    """A demo canvas in a new temporary folder (see :func:`create_demo_canvas`); ``settings`` (e.g. steps,
-    omega) are recorded in it. Returns ``(store, the mask's rectangle in level-0 px, LayerData)``."""
-    import tempfile
-    from pathlib import Path
-
-    from .widgets.canvas_layers import canvas_layer_data
-
-    extra = dict(settings or {})
-    if model is not None and spec is not None:
-        extra.setdefault("model_source", spec.source)
-    folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
-    store, rect = create_demo_canvas(folder, model, settings=extra or None)
-    return store, rect, canvas_layer_data(store, centre_px=rect.centre)
+def demo_source():
+    """What the demo canvas is made for: ``(spec, the loaded model or its manifest or None, the loaded model or
+    None, an error message or None)``. The model is loaded here only when it is cached already or has no
+    manifest (the released checkpoints); a missing or broken model is reported, not raised."""
+    spec, manifest = demo_manifest()
+    if manifest is not None:
+        return spec, manifest, None, None
+    model, spec, error = demo_model()
+    return spec, model, model, error
 
 
-def start_generating(store, model, rect, **scheduler_options):
-    """Start generating the tiles around the centre of ``rect`` now, while napari builds the layers (seconds on
-    a small CPU); the canvas controller adopts the scheduler. None without a model or a Qt application (then
-    nobody would show or stop it)."""
-    from qtpy.QtWidgets import QApplication
-
-    if model is None or QApplication.instance() is None:
-        return None
-    from .canvas.scheduler import EarlyStart
-
-    return EarlyStart(store, model, centre_px=rect.centre, **scheduler_options)
-
-
-def schedule_demo_canvas(folder, manifest, spec) -> None:
-    """On the next turns of the event loop: make the demo canvas in ``folder`` for the model of ``manifest``,
-    then open it in the current viewer (the controller adds the tissue layer, adopts the Labels window and loads
-    ``spec``)."""
+def schedule_demo_canvas(
+    folder, made_for, spec, *, model=None, viewer=None, settings=None, on_open=None, **open_options
+) -> None:
+    """On the next turns of the event loop, each in its own (napari has just added the mask window, its first
+    layer's freeze): make the demo canvas in ``folder`` for ``made_for`` (a loaded model, its manifest, or None
+    for the default geometry), the model starting to load in a thread if only its manifest is known; then open
+    it in ``viewer`` (default: the current one) at 1:1 on the mask: the controller adds the tissue layer under
+    the mask window and generates with ``model``, or loads ``spec`` (unless ``load_model=False`` in
+    ``open_options``, which go to :func:`~.widgets.canvas_controller.open_canvas`). ``on_open(controller, rect)``
+    after."""
     from qtpy.QtCore import QTimer
 
     from .widgets.opening import OPEN_STEP_MS
 
+    load_model = open_options.pop("load_model", made_for is not None and model is None)
+
     def make():
         from .widgets.canvas_controller import notify
 
+        extra = dict(settings or {})
+        if made_for is not None:
+            extra.setdefault("model_source", spec.source)
         try:
-            store, rect = create_demo_canvas(folder, manifest, settings={"model_source": spec.source})
+            store, rect = create_demo_canvas(folder, made_for, settings=extra or None)
         except Exception as exc:  # noqa: BLE001 - a full disk, say: shown, not raised into Qt
             notify(f"DiffInfinite: the demo canvas could not be made in {folder}: {exc}")
             return
-        # the model starts loading now, beside the tissue layer (the controller's load then finds it loaded, or
-        # waits for it, and reports its errors)
-        start_loading(spec)
+        if made_for is not None and model is None:
+            # the model starts loading now (the controller's load finds it, or waits): the first tile 0.8 s
+            # sooner than loading after the layers, for up to 0.25 s more of the longest freeze (the load holds
+            # the GIL beside the next turns)
+            start_loading(spec)
         QTimer.singleShot(OPEN_STEP_MS, lambda: attach(store, rect))
 
     def attach(store, rect):
@@ -220,13 +217,25 @@ def schedule_demo_canvas(folder, manifest, spec) -> None:
 
         from .widgets.canvas_controller import notify, open_canvas
 
-        viewer = napari.current_viewer()
-        if viewer is None:
+        target = viewer if viewer is not None else napari.current_viewer()
+        if target is None:
             store.close()
             return
         try:
-            open_canvas(viewer, store=store, model_spec=spec, camera=(rect.centre, 1.0), start=True)
-        except Exception as exc:  # noqa: BLE001
+            ctrl = open_canvas(
+                target,
+                store=store,
+                model=model,
+                model_spec=spec,
+                camera=(rect.centre, 1.0),
+                start=made_for is not None,
+                load_model=load_model,
+                **open_options,
+            )
+            if on_open is not None:
+                on_open(ctrl, rect)
+        except Exception as exc:
+            log.exception("opening the demo canvas %s failed", folder)
             notify(f"DiffInfinite: the demo canvas {folder} is shown but cannot be edited: {exc}", "warning")
 
     QTimer.singleShot(OPEN_STEP_MS, make)
@@ -243,44 +252,30 @@ def start_loading(spec) -> None:
         try:
             get_model(spec)
         except Exception:
-            logging.getLogger(__name__).debug("loading %s failed", spec, exc_info=True)
+            log.debug("loading %s failed", spec, exc_info=True)
 
     threading.Thread(target=load, name="diffinfinite-demo-model", daemon=True).start()
 
 
 def demo_canvas() -> list[tuple]:
-    """LayerData of a new demo canvas: the tissue pyramid and the mask window, or, while the model is not loaded
-    yet, the mask window alone (the tissue layer follows a moment later). In napari the canvas is then opened at
-    1:1 zoom centred on the mask and generation starts (the model: ``$DIFFINFINITE_MODEL`` or the embedded
-    one). Without a model the mask is shown and a notification says how to pick one."""
+    """LayerData of a new demo canvas: the mask window now, from the model's manifest (or the loaded model);
+    in napari's next turns the canvas store, the tissue layer under the mask and generation at 1:1 on the mask
+    (the model: ``$DIFFINFINITE_MODEL`` or the embedded one, loaded in a worker thread). Without a model the
+    mask is shown and a notification says how to pick one. Without a Qt application (a script), the tissue
+    layer and the window of a new canvas, nothing generating."""
+    import tempfile
+    from pathlib import Path
 
-    spec, manifest = demo_manifest()
-    if manifest is not None:
-        # not loaded yet. Each step in its own turn of the event loop, so that none adds to another's freeze:
-        # now only the mask's Labels window, from the model's manifest (napari's first layer costs it most of
-        # a second whatever we do); next the canvas store (zarr); then the tissue layer and the controller;
-        # the model (and torch) in a worker thread; generation starts when the model is in
-        import tempfile
-        from pathlib import Path
+    from qtpy.QtWidgets import QApplication
 
-        folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
-        schedule_demo_canvas(folder, manifest, spec)
-        return [demo_mask_window(folder, manifest)]
-    from .widgets.opening import schedule_attach
+    spec, made_for, model, error = demo_source()
+    folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
+    if QApplication.instance() is None:
+        from .widgets.canvas_layers import canvas_layer_data
 
-    model, spec, error = demo_model()
-    store, rect, layers = new_demo_canvas(model, spec)
-    early = start_generating(store, model, rect)
-    schedule_attach(
-        store.root,
-        store=store,
-        model=model,
-        model_spec=spec,
-        camera=(rect.centre, 1.0),
-        start=model is not None,
-        load_model=False,
-        early=early,
-    )
+        store, rect = create_demo_canvas(folder, made_for)
+        return canvas_layer_data(store, centre_px=rect.centre)
+    schedule_demo_canvas(folder, made_for, spec, model=model)
     if error is not None:
         notify_no_model(error)
-    return layers
+    return [demo_mask_window(folder, made_for or NO_MODEL_GEOMETRY)]

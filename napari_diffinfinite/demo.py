@@ -310,34 +310,22 @@ def enter_demo_mode(
     from ._sample_data import (
         DEMO_CANVAS_NAME,
         NO_MODEL_GEOMETRY,
-        create_demo_canvas,
-        demo_manifest,
         demo_mask_window,
-        demo_model,
+        demo_source,
         notify_no_model,
-        start_loading,
+        schedule_demo_canvas,
     )
     from .widgets.opening import OPEN_STEP_MS
 
     viewer = getattr(viewer, "__wrapped__", viewer)
-    spec, manifest = demo_manifest()
-    if manifest is not None:
-        # the model (and torch) load in a worker thread once napari's event loop runs, so the window never
-        # freezes; "auto" is the CPU preset until the model's device is known (see _load_demo_model)
-        model, error = None, None
+    spec, made_for, model, error = demo_source()
+    if model is None:  # "auto" is the CPU preset until the model's device is known (see _load_demo_model)
         chosen = choose_preset("cpu" if preset in (None, "auto") else preset)
-    else:  # already loaded, or a model without a manifest (the released checkpoints): loaded first
-        model, spec, error = demo_model()
-        chosen = choose_preset(preset, device=getattr(model, "device", None))
-    made_for = model or manifest
+    else:
+        chosen = choose_preset(preset, device=model.device)
     settings = {}
     if made_for is not None:
-        settings = {
-            "steps": chosen.steps_for(made_for),
-            "omega": chosen.omega_for(made_for),
-            "model_source": spec.source,
-        }
-    options = {"max_view_tiles": int(chosen.max_view_tiles)}
+        settings = {"steps": chosen.steps_for(made_for), "omega": chosen.omega_for(made_for)}
     session = DemoSession(viewer, None, chosen, model_error=error)
     folder = Path(tempfile.mkdtemp(prefix="diffinfinite-demo-")) / DEMO_CANVAS_NAME
 
@@ -345,50 +333,14 @@ def enter_demo_mode(
     viewer.add_labels(data, **{**kwargs, "opacity": DEMO_MASK_OPACITY}).selected_label = 1
     viewer.title = "DiffInfinite demo - synthetic images, not for diagnosis"
 
-    def step(fn):
-        def run(*args):
-            try:
-                fn(*args)
-            except Exception as exc:
-                from .widgets.canvas_controller import notify
-
-                log.exception("demo mode: %s failed", fn.__name__)
-                notify(f"DiffInfinite: the demo could not start: {exc}")
-
-        return run
-
-    @step
-    def make_canvas():
-        store, rect = create_demo_canvas(folder, made_for, settings=settings or None)
-        session.mask_rect = tuple(rect)
-        if (
-            manifest is not None
-        ):  # the model starts loading now (the controller's load then finds it, or waits)
-            start_loading(spec)
-        QTimer.singleShot(OPEN_STEP_MS, lambda: attach(store, rect))
-
-    @step
-    def attach(store, rect):
-        from .widgets.canvas_controller import open_canvas
-
-        ctrl = open_canvas(
-            viewer,
-            store=store,
-            model=model,
-            model_spec=spec,
-            camera=(rect.centre, 1.0),
-            start=model is not None,
-            load_model=False,
-            scheduler_options=options,
-        )
-        session.controller = ctrl
+    def opened(ctrl, rect):
+        session.controller, session.mask_rect = ctrl, tuple(rect)
         session.show_synthetic_overlay()  # with the tissue (its first paint costs 0.1-0.3 s: not in the first turn)
-        if manifest is not None:
+        if made_for is not None and model is None:
             _load_demo_model(session, spec, auto=preset in (None, "auto"))
         ctrl.tile_landed.connect(session.update_synthetic_outlines)
         QTimer.singleShot(OPEN_STEP_MS, dock_panel)
 
-    @step
     def dock_panel():
         from .widgets.demo_panel import DemoPanel
 
@@ -403,7 +355,17 @@ def enter_demo_mode(
         if error is not None:
             notify_no_model(error)
 
-    QTimer.singleShot(OPEN_STEP_MS, make_canvas)
+    schedule_demo_canvas(
+        folder,
+        made_for,
+        spec,
+        model=model,
+        viewer=viewer,
+        settings=settings,
+        on_open=opened,
+        load_model=False,  # _load_demo_model: with the preset of the model's device
+        scheduler_options={"max_view_tiles": int(chosen.max_view_tiles)},
+    )
     return session
 
 

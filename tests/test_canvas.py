@@ -296,28 +296,6 @@ def test_requests_are_centre_first_and_stale_ones_dropped(tmp_path, tiny):
     assert sched.pending() == [] and sched.stats.tiles_queued == 0
 
 
-def test_an_early_start_generates_the_centre_first_and_hands_every_tile_over(tmp_path, tiny):
-    """The demo starts generating before napari has built its layers; the controller then adopts the scheduler
-    and must hear of every tile, those finished before it came included, exactly once and in order."""
-    from napari_diffinfinite.canvas.scheduler import EarlyStart
-
-    store = new_canvas(tmp_path / "c", tiny)
-    early = EarlyStart(store, tiny, centre_px=(512, 768), view_px=(1024, 1536))
-    assert early.scheduler.running
-    deadline = time.monotonic() + 60
-    while not early.landed and time.monotonic() < deadline:
-        time.sleep(0.01)
-    before = early.landed
-    assert before and before[0] in {(0, 1), (1, 1)}  # the tiles nearest the centre come first
-    heard = []
-    sched = early.hand_over(heard.append)
-    assert sched is early.scheduler and heard[: len(before)] == before and early.landed == []
-    assert sched.wait_idle(timeout=120)
-    sched.stop()
-    assert sorted(heard) == sorted(set(heard)) == [(i, j) for i in range(2) for j in range(3)]
-    assert all(store.tile_status(k) == 2 for k in heard)
-
-
 def test_dask_levels_read_placeholders_without_running_the_model(reference, tiny, monkeypatch):
     calls = {"unet": 0, "decode": 0}
     unet_forward, decode = tiny.image_unet.forward, tiny.autoencoder.decode

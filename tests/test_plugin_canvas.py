@@ -62,10 +62,11 @@ def test_demo_canvas_opens_at_1to1_on_the_mask_and_generates(viewer, tiny, qtbot
     assert isinstance(widget, DiffInfiniteWidget)
     assert widget.disclaimer.value == DISCLAIMER and not widget.disclaimer.native.isHidden()
     t0 = time.perf_counter()
-    tissue, mask = viewer.open_sample(PLUGIN, "demo_canvas")
+    (mask,) = viewer.open_sample(PLUGIN, "demo_canvas")  # the window at once; the canvas in the next turns
     qtbot.waitUntil(lambda: controller_for(viewer) is not None, timeout=5000)
     ctrl = controller_for(viewer)
-    assert ctrl.tissue_layer is tissue and ctrl.labels_layer is mask
+    tissue = ctrl.tissue_layer
+    assert ctrl.labels_layer is mask and list(viewer.layers) == [tissue, mask]
     # the tissue pyramid: 2**20 px a side, 2x levels down to one tile, physical scale
     assert tissue.multiscale and tissue.rgb and tissue.level_shapes[0].tolist() == [DEFAULT_SIDE, DEFAULT_SIDE]
     assert len(tissue.data) == ctrl.grid.levels == 12
@@ -80,7 +81,8 @@ def test_demo_canvas_opens_at_1to1_on_the_mask_and_generates(viewer, tiny, qtbot
     assert ctrl.store.read_labels(Rect(c // 8 - 2, c // 8 + 2, c // 8 - 2, c // 8 + 2)).any()
     # the view is being generated, centre first, with the injected model
     assert ctrl.model is tiny and ctrl.generating
-    assert ctrl.last_requested and ctrl.last_requested[0] in {(1023, 1023), (1023, 1024), (1024, 1023), (1024, 1024)}
+    qtbot.waitUntil(lambda: bool(ctrl.last_requested), timeout=5000)  # the view is requested on the I/O thread
+    assert ctrl.last_requested[0] in {(1023, 1023), (1023, 1024), (1024, 1023), (1024, 1024)}
     qtbot.waitUntil(lambda: len(ctrl.landed) >= 1, timeout=20000)
     first_tile_s = time.perf_counter() - t0
     print(f"first tile landed {first_tile_s:.1f} s after the demo sample was opened (tiny model)")

@@ -54,7 +54,7 @@ from ..sampling.random_patch import Cancelled, sample_region
 from .grid import Rect, TileKey
 from .store import STATUS_EMPTY, STATUS_LATENTS, STATUS_PIXELS, CanvasStore, recorded_sampler
 
-__all__ = ["EarlyStart", "SchedulerStats", "TileScheduler"]
+__all__ = ["SchedulerStats", "TileScheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -997,54 +997,3 @@ class TileScheduler:
                 fn(stats)
             except Exception:
                 log.exception("progress callback failed")
-
-
-class EarlyStart:
-    """A scheduler that starts generating before anyone shows the canvas, and is handed over later.
-
-    The demo opens napari on a new canvas; building its layers takes seconds on a small CPU (napari's first
-    image layer, units, thumbnails). Generating the centre tiles meanwhile brings the first tile that much
-    sooner. Tiles finished before the hand-over are kept and replayed to the new owner's callback, in order.
-    """
-
-    def __init__(
-        self,
-        store: CanvasStore,
-        model,
-        *,
-        centre_px: tuple[float, float],
-        view_px: tuple[int, int] = (1080, 1920),
-        **options,
-    ):
-        self.scheduler = TileScheduler(store, model, **options)
-        self._lock = threading.Lock()
-        self._landed: list[TileKey] = []
-        self._sink: Callable[[TileKey], None] | None = None
-        self.scheduler.add_tile_done_callback(self._done)
-        cy, cx = centre_px
-        h, w = view_px
-        self.scheduler.request_view(0, (cy - h / 2, cy + h / 2, cx - w / 2, cx + w / 2))
-        self.scheduler.start()
-
-    def _done(self, key: TileKey) -> None:
-        with self._lock:
-            sink = self._sink
-            if sink is None:
-                self._landed.append(key)
-                return
-        sink(key)
-
-    def hand_over(self, on_tile_done: Callable[[TileKey], None]) -> TileScheduler:
-        """From now on finished tiles go to ``on_tile_done``; the ones that finished earlier go there at once."""
-        with self._lock:
-            self._sink = on_tile_done
-            landed, self._landed = self._landed, []
-        for key in landed:
-            on_tile_done(key)
-        return self.scheduler
-
-    @property
-    def landed(self) -> list[TileKey]:
-        """Tiles finished and not yet handed over."""
-        with self._lock:
-            return list(self._landed)

@@ -19,7 +19,7 @@ from .grid import Rect, TileKey, as_rect
 from .store import STATUS_EMPTY, STATUS_PIXELS, CanvasStore, recorded_sampler
 
 if TYPE_CHECKING:
-    from .scheduler import EarlyStart, TileScheduler
+    from .scheduler import TileScheduler
 
 __all__ = ["MAX_MASK_SIDE", "MAX_REROLL_TILES", "UNPAINTED_MODES", "CanvasSession"]
 
@@ -68,9 +68,9 @@ class CanvasSession:
         return self.store.read_only
 
     # ------------------------------------------------------------------ model and generation
-    def set_model(self, model, spec=None, *, early: EarlyStart | None = None) -> None:
+    def set_model(self, model, spec=None) -> None:
         """Generate with ``model`` from now on (a new scheduler; the running tile of the old one is abandoned).
-        ``early``: adopt this scheduler, already generating ``model`` on this canvas. Raises ``ValueError`` when
+        Raises ``ValueError`` when
         the model cannot continue this canvas (other latent channels, fewer classes, another model while tiles
         exist) and ``PermissionError`` for a read-only canvas."""
         from .scheduler import TileScheduler
@@ -79,18 +79,13 @@ class CanvasSession:
             raise PermissionError(
                 f"the canvas {self.store.root} is open read-only (another program is writing it)"
             )
-        if early is not None:
-            if early.scheduler.store is not self.store or early.scheduler.model is not model:
-                raise ValueError("the early scheduler generates another canvas or model")
-            sched = early.hand_over(self.tile_landed.emit)
-        else:
-            sched = TileScheduler(
-                self.store,
-                model,
-                on_tile_done=self.tile_landed.emit,
-                allow_other_model=self._may_change_model(model),
-                **self.scheduler_options,
-            )
+        sched = TileScheduler(
+            self.store,
+            model,
+            on_tile_done=self.tile_landed.emit,
+            allow_other_model=self._may_change_model(model),
+            **self.scheduler_options,
+        )
         sched.add_error_callback(lambda key, exc: self.tile_failed.emit(key, str(exc)))
         sched.add_progress_callback(lambda _stats: self.progressed.emit())
         old, self.scheduler = self.scheduler, sched

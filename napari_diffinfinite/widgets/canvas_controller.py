@@ -84,8 +84,6 @@ from .registry import (
 if TYPE_CHECKING:
     import napari
 
-    from ..canvas.scheduler import EarlyStart
-
 __all__ = [
     "SELECTION_NAME",
     "CanvasController",
@@ -339,9 +337,9 @@ class CanvasController(QObject):
     auto_masked = property(lambda self: self.session.auto_masked)
     scheduler_options = property(lambda self: self.session.scheduler_options, doc="for the next scheduler")
 
-    def set_model(self, model, spec: ModelSpec | None = None, *, early: EarlyStart | None = None) -> None:
+    def set_model(self, model, spec: ModelSpec | None = None) -> None:
         """:meth:`CanvasSession.set_model`, and the view is requested if generating."""
-        self.session.set_model(model, spec, early=early)
+        self.session.set_model(model, spec)
         if self.generating:
             self.update_view()
 
@@ -1176,7 +1174,6 @@ def open_canvas(
     camera: tuple[tuple[float, float], float] | None = None,
     start: bool = False,
     load_model: bool = True,
-    early: EarlyStart | None = None,
     defer_load: bool = False,
     **options,
 ) -> CanvasController:
@@ -1186,7 +1183,6 @@ def open_canvas(
     camera goes to ``camera`` (``(centre_px, zoom)``, zoom in screen px per image px), else to the saved view,
     else to the centre at 1:1. The model is ``model``, else ``model_spec`` (or the canvas's recorded source,
     or the default) loaded in a worker thread; with ``start`` generation starts as soon as it is loaded.
-    ``early``: a scheduler already generating ``model`` on ``store`` (see :class:`EarlyStart`), adopted.
     ``defer_load``: start loading the model only after napari's first paint of the new layers.
     """
     viewer = unwrap_viewer(viewer)
@@ -1206,7 +1202,7 @@ def open_canvas(
     if store.read_only:
         return ctrl
     if model is not None:
-        ctrl.set_model(model, model_spec, early=early)
+        ctrl.set_model(model, model_spec)
         if start:
             ctrl.start()
     elif load_model:

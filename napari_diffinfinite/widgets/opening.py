@@ -81,12 +81,8 @@ def schedule_attach(folder, *, store=None, **kwargs) -> None:
 
             notify(f"DiffInfinite: the canvas {folder} is shown but cannot be edited: {exc}", "warning")
         finally:
-            if not attached:  # nobody drives the canvas: stop generating it, let others write it
-                early = kwargs.get("early")
-                if early is not None:
-                    early.scheduler.stop(timeout=0)
-                if store is None:
-                    opened.close()
+            if not attached and store is None:  # nobody drives the canvas: let others write it
+                opened.close()
 
     if store is None:
         QTimer.singleShot(OPEN_STEP_MS, open_store)
