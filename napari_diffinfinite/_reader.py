@@ -102,8 +102,7 @@ def read_canvas(path, *, attach: bool = True) -> list[tuple]:
     from .widgets.canvas_layers import canvas_layer_data
 
     store = CanvasStore.open(path, mode="r")
-    view = store.settings.get("view") or {}
-    return canvas_layer_data(store, centre_px=tuple(view["centre_px"]) if "centre_px" in view else None)
+    return canvas_layer_data(store, centre_px=store.header.view_centre_px)
 
 
 def _qt_running() -> bool:

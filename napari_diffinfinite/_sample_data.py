@@ -109,9 +109,10 @@ def demo_labels(grid, num_classes: int):
 
 
 def demo_mask_window(folder, manifest) -> tuple:
-    """LayerData of the demo canvas's Labels window, computed from the model's manifest before the canvas
-    exists (no zarr, no store): what the controller will read from the store once it is made, so it adopts
-    this layer as it is."""
+    """LayerData of the demo canvas's Labels window, computed before the canvas exists (no zarr, no store) from
+    what the canvas is made for: a model's manifest, a loaded model or :data:`NO_MODEL_GEOMETRY` (anything with
+    ``downsampling``, ``num_classes`` and ``pixel_size_um``). It is what the controller reads from the store
+    once it is made."""
     from .canvas.grid import DEFAULT_SIDE, CanvasGrid
     from .widgets.canvas_layers import window_layer_data
 

@@ -70,9 +70,8 @@ class CanvasSession:
     # ------------------------------------------------------------------ model and generation
     def set_model(self, model, spec=None) -> None:
         """Generate with ``model`` from now on (a new scheduler; the running tile of the old one is abandoned).
-        Raises ``ValueError`` when
-        the model cannot continue this canvas (other latent channels, fewer classes, another model while tiles
-        exist) and ``PermissionError`` for a read-only canvas."""
+        Raises ``ValueError`` when the model cannot continue this canvas (other latent channels, fewer classes,
+        another model while tiles exist) and ``PermissionError`` for a read-only canvas."""
         from .scheduler import TileScheduler
 
         if self.read_only:

@@ -41,6 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -274,18 +275,18 @@ class CanvasStore:
             self._mirror = handle.shared.setdefault("status", _StatusMirror(ttl=None))
         else:
             self._mirror = None
-        header = CanvasHeader.from_attrs(root, group.attrs[ATTRS_KEY])
-        self.grid = header.grid
-        self.latent_channels = header.latent_channels
-        self.model_name = header.model_name
-        self._settings = header.settings
+        #: the recorded format, geometry and settings (kept current by update_settings)
+        self.header = CanvasHeader.from_attrs(root, group.attrs[ATTRS_KEY])
+        self.grid = self.header.grid
+        self.latent_channels = self.header.latent_channels
+        self.model_name = self.header.model_name
         self.latents = group["latents"]
         self.status = group["status"]
         self.version = group["version"]
         self.seed = group["seed"]
         self.tissue = [group[f"tissue/{k}"] for k in range(self.grid.levels)]
         self.labels = [group[f"labels/{k}"] for k in range(self.grid.levels)]
-        self._lut = placeholder_lut(int(self._settings.get("num_classes", 5)))
+        self._lut = placeholder_lut(self.num_classes)
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -487,7 +488,7 @@ class CanvasStore:
     # ------------------------------------------------------------------ metadata
     @property
     def settings(self) -> dict:
-        return dict(self._settings)
+        return dict(self.header.settings)
 
     @property
     def attrs(self) -> dict:
@@ -495,15 +496,15 @@ class CanvasStore:
 
     @property
     def canvas_seed(self) -> int:
-        return int(self._settings["seed"])
+        return int(self.header.settings["seed"])
 
     @property
     def pixel_size_um(self) -> float:
-        return float(self._settings.get("pixel_size_um", 0.5))
+        return self.header.pixel_size_um
 
     @property
     def num_classes(self) -> int:
-        return int(self._settings.get("num_classes", 5))
+        return self.header.num_classes
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -522,7 +523,7 @@ class CanvasStore:
             settings.update(changes)
             meta["settings"] = plain_json(settings)
             self._group.attrs[ATTRS_KEY] = meta
-            self._settings = dict(meta["settings"])
+            self.header = replace(self.header, settings=dict(meta["settings"]))
             if "num_classes" in changes:
                 self._lut = placeholder_lut(self.num_classes)
             return self.settings

@@ -1148,9 +1148,8 @@ class CanvasController(QObject):
         self.session.stop()
         self._io.shutdown(wait=True)
         self.session.close()
-        unregister(self)
         self.state_changed.emit()
-        canvas_registry.changed.emit(self.viewer)
+        unregister(self)
 
 
 # ---------------------------------------------------------------------------------------------- opening
@@ -1195,9 +1194,8 @@ def open_canvas(
     tissue, labels = find_canvas_layers(viewer, folder)
     ctrl = CanvasController(viewer, store, tissue_layer=tissue, labels_layer=labels, **options)
     if camera is None:
-        view = store.settings.get("view") or {}
-        centre = view.get("centre_px") or store.grid.centre()
-        camera = (tuple(centre), float(view.get("zoom", 1.0)))
+        centre = store.header.view_centre_px or store.grid.centre()  # where the reader put the window
+        camera = (centre, float((store.settings.get("view") or {}).get("zoom", 1.0)))
     ctrl.set_camera(camera[0], camera[1])
     if store.read_only:
         return ctrl

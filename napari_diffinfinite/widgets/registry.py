@@ -90,6 +90,7 @@ def unregister(ctrl: CanvasController) -> None:
     """``ctrl`` closed: its viewer has no canvas any more (unless another took its place)."""
     if _controllers.get(id(ctrl.viewer)) is ctrl:
         del _controllers[id(ctrl.viewer)]
+    canvas_registry.changed.emit(ctrl.viewer)
 
 
 def close_all_controllers() -> None:
