@@ -316,8 +316,9 @@ def enter_demo_mode(
         schedule_demo_canvas,
     )
     from .widgets.opening import OPEN_STEP_MS
+    from .widgets.registry import unwrap_viewer
 
-    viewer = getattr(viewer, "__wrapped__", viewer)
+    viewer = unwrap_viewer(viewer)
     spec, made_for, model, error = demo_source()
     if model is None:  # "auto" is the CPU preset until the model's device is known (see _load_demo_model)
         chosen = choose_preset("cpu" if preset in (None, "auto") else preset)

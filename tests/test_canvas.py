@@ -666,11 +666,12 @@ def test_the_header_reads_a_canvas_without_zarr_and_names_a_newer_format(tmp_pat
     from napari_diffinfinite.canvas.header import read_header
 
     root = tmp_path / "c"
-    settings = {"num_classes": 3, "pixel_size_um": 0.25, "view": {"centre_px": [100, 200]}}
+    settings = {"num_classes": 3, "pixel_size_um": 0.25, "view": {"centre_px": [100, 200], "zoom": 2.5}}
     store = CanvasStore.create(root, shape_px=(2048, 3072), model_name="m", settings=settings)
     header = read_header(root)
     assert header.grid == store.grid and header.model_name == "m" and header.latent_channels == 4
     assert (header.num_classes, header.pixel_size_um, header.view_centre_px) == (3, 0.25, (100.0, 200.0))
+    assert header.view_zoom == 2.5
     store.close()
     assert not is_canvas_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a DiffInfinite canvas"):

@@ -47,6 +47,11 @@ class CanvasHeader:
         centre = (self.settings.get("view") or {}).get("centre_px")
         return None if centre is None else (float(centre[0]), float(centre[1]))
 
+    @property
+    def view_zoom(self) -> float:
+        """The zoom of that saved view (screen px per image px); 1:1 when none was saved."""
+        return float((self.settings.get("view") or {}).get("zoom", 1.0))
+
     @classmethod
     def from_attrs(cls, root, meta: Mapping) -> CanvasHeader:
         """The header of the canvas at ``root`` from its attributes; ValueError names what is wrong."""

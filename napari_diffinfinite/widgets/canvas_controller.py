@@ -1195,7 +1195,7 @@ def open_canvas(
     ctrl = CanvasController(viewer, store, tissue_layer=tissue, labels_layer=labels, **options)
     if camera is None:
         centre = store.header.view_centre_px or store.grid.centre()  # where the reader put the window
-        camera = (centre, float((store.settings.get("view") or {}).get("zoom", 1.0)))
+        camera = (centre, store.header.view_zoom)
     ctrl.set_camera(camera[0], camera[1])
     if store.read_only:
         return ctrl
